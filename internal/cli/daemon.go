@@ -1,0 +1,255 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/daemon"
+	"github.com/banger-vm/banger/internal/system"
+)
+
+// daemonStartTimeout bounds how long `daemon start` waits for a new daemon's socket.
+const daemonStartTimeout = 15 * time.Second
+
+func (a *app) daemonCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the owner daemon in the foreground, or manage it",
+		Long: `The owner daemon runs as you (never as root) and owns banger's state: the SQLite
+store, images, VMs and their VMM processes. Its API is a Unix socket under
+$XDG_RUNTIME_DIR/banger/ that only you can open.
+
+'banger daemon' with no subcommand runs it in the foreground, logging to stderr;
+SIGTERM or Ctrl-C shut it down gracefully. Use it under a supervisor, e.g. the
+systemd user unit shipped in contrib/systemd/banger.service.
+
+When no daemon runs, 'banger daemon start' starts one detached from the terminal,
+logging to $XDG_STATE_HOME/banger/daemon.log. Commands that need a daemon start
+one the same way unless daemon.autostart = false in the config, in which case
+they print the command to run instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.runDaemonForeground(cmd.Context()) },
+	}
+	var asJSON bool
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show whether the daemon runs, its version, and how long its startup stages took",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			st, err := c.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.env.Stdout, st)
+			}
+			a.printStatus(st)
+			return nil
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	start := &cobra.Command{
+		Use:   "start",
+		Short: "Start the daemon in the background if it is not running",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := a.ensureDaemon(cmd.Context(), true)
+			return err
+		},
+	}
+	stop := &cobra.Command{
+		Use:   "stop",
+		Short: "Stop the daemon gracefully",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.stopDaemon(cmd.Context()) },
+	}
+	restart := &cobra.Command{
+		Use:   "restart",
+		Short: "Stop the daemon if it runs, then start it (e.g. after upgrading banger)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.stopDaemon(cmd.Context()); err != nil {
+				return err
+			}
+			_, err := a.ensureDaemon(cmd.Context(), true)
+			return err
+		},
+	}
+	cmd.AddCommand(status, start, stop, restart)
+	return cmd
+}
+
+func (a *app) runDaemonForeground(ctx context.Context) error {
+	cfg, layout, err := a.load()
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	logger := slog.New(slog.NewTextHandler(a.env.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return daemon.Run(ctx, daemon.Options{
+		Layout:       layout,
+		Config:       cfg,
+		Logger:       logger,
+		Version:      a.version,
+		NotifySocket: a.env.Getenv("NOTIFY_SOCKET"),
+	})
+}
+
+func (a *app) printStatus(st api.StatusResponse) {
+	fmt.Fprintf(a.env.Stdout, "banger daemon %s running (pid %d, up %s)\n", st.Version, st.PID, time.Since(st.StartedAt).Round(time.Second))
+	fmt.Fprintf(a.env.Stdout, "  socket:   %s\n  data dir: %s\n  log:      %s\n", st.Socket, st.DataDir, st.LogFile)
+	if len(st.Startup) > 0 {
+		parts := make([]string, 0, len(st.Startup))
+		var total float64
+		for _, s := range st.Startup {
+			parts = append(parts, fmt.Sprintf("%s %.1f ms", s.Name, s.DurationMS))
+			total += s.DurationMS
+		}
+		fmt.Fprintf(a.env.Stdout, "  startup:  %.1f ms (%s)\n", total, strings.Join(parts, ", "))
+	}
+	if st.Version != a.version {
+		fmt.Fprintf(a.env.Stderr, "warning: the daemon runs banger %s but this CLI is %s; restart it with `banger daemon restart`\n", st.Version, a.version)
+	}
+}
+
+// ensureDaemon returns a client to a running daemon, starting a detached one when none runs
+// and autostart is allowed (explicit is true for `daemon start`, which always may).
+func (a *app) ensureDaemon(ctx context.Context, explicit bool) (*api.Client, error) {
+	cfg, layout, err := a.load()
+	if err != nil {
+		return nil, err
+	}
+	c := api.NewClient(layout.Socket, a.version)
+	st, err := c.Status(ctx)
+	if err == nil {
+		if explicit {
+			fmt.Fprintf(a.env.Stdout, "banger daemon already running (pid %d, version %s)\n", st.PID, st.Version)
+		}
+		return c, nil
+	}
+	if !api.IsDaemonNotRunning(err) {
+		return nil, err
+	}
+	if !explicit && !cfg.Daemon.Autostart {
+		return nil, &api.Error{Code: api.CodeDaemonNotRunning, Message: "no banger daemon is running",
+			Hint: "start it with `banger daemon start` (daemon.autostart is off in " + layout.ConfigFile + ")"}
+	}
+	if a.env.Executable == "" {
+		return nil, errors.New("cannot find the banger executable to start the daemon: run `banger daemon` yourself")
+	}
+	if err := layout.EnsureDaemonDirs(); err != nil {
+		return nil, err
+	}
+	args := []string{"daemon"}
+	if a.configFlag != "" {
+		args = append(args, "--config", a.configFlag)
+	}
+	logOffset := fileSize(layout.DaemonLog)
+	proc, err := system.StartDetached(a.env.Executable, args, layout.DaemonLog, nil)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(daemonStartTimeout)
+	for {
+		st, err = c.Status(ctx)
+		if err == nil {
+			fmt.Fprintf(a.env.Stderr, "started banger daemon (pid %d), logging to %s\n", st.PID, layout.DaemonLog)
+			return c, nil
+		}
+		// A daemon that exited (lost a race to another one, bad config, ...) says why in its log.
+		exited := false
+		select {
+		case <-proc.Exited:
+			exited = true
+		default:
+		}
+		if exited || time.Now().After(deadline) {
+			if _, err := c.Status(ctx); err == nil {
+				return c, nil // another daemon won the race: it serves us just as well
+			}
+			return nil, fmt.Errorf("the daemon did not come up within %s; its log %s says:\n%s",
+				daemonStartTimeout, layout.DaemonLog, tail(layout.DaemonLog, logOffset, 15))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (a *app) stopDaemon(ctx context.Context) error {
+	cfg, layout, err := a.load()
+	if err != nil {
+		return err
+	}
+	c := api.NewClient(layout.Socket, a.version)
+	st, err := c.Status(ctx)
+	if api.IsDaemonNotRunning(err) {
+		fmt.Fprintln(a.env.Stdout, "no banger daemon is running")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.Shutdown(ctx, "banger daemon stop"); err != nil {
+		return err
+	}
+	// Wait for the process itself to be gone, not just the socket, so `restart` never
+	// races the old daemon's lock.
+	deadline := time.Now().Add(cfg.Daemon.ShutdownTimeout + 5*time.Second)
+	for syscall.Kill(st.PID, 0) == nil {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("daemon pid %d did not exit within %s: kill it with `kill %d`", st.PID, cfg.Daemon.ShutdownTimeout+5*time.Second, st.PID)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	fmt.Fprintf(a.env.Stdout, "stopped banger daemon (pid %d)\n", st.PID)
+	return nil
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// tail returns the last n lines written to path after offset.
+func tail(path string, offset int64, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "(cannot read log: " + err.Error() + ")"
+	}
+	if offset <= int64(len(data)) {
+		data = data[offset:]
+	}
+	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + string(bytes.Join(lines, []byte("\n  ")))
+}

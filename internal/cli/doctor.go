@@ -1,0 +1,103 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/doctor"
+)
+
+func (a *app) doctorCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check that this host can run banger VMs, and say how to fix what it can't",
+		Long: `Run health checks and print PASS, WARN or FAIL for each, with one line of detail
+and a hint for anything that is not a PASS. The exit status is 1 if any check
+FAILs, so scripts can gate on it.
+
+Checks: the daemon (reachable, same version as this CLI), KVM (a real probe that
+runs guest instructions, not just opening /dev/kvm), firecracker (>= 1.8) and
+qemu-system-x86_64, which VMM 'vmm.driver = auto' will pick and why, e2fsprogs,
+free space in the data dir, and the daemon's state database.
+
+When the daemon runs, the checks run inside it (as the user VMs run as); when it
+does not, they run here and the daemon check FAILs with how to start it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			results, err := a.runDoctor(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if err := printJSON(a.env.Stdout, struct {
+					OK     bool              `json:"ok"`
+					Checks []api.CheckResult `json:"checks"`
+				}{!doctor.Failed(results), results}); err != nil {
+					return err
+				}
+			} else {
+				a.printChecks(results)
+			}
+			if doctor.Failed(results) {
+				return &ExitError{Code: 1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return cmd
+}
+
+func (a *app) runDoctor(ctx context.Context) ([]api.CheckResult, error) {
+	cfg, layout, err := a.load()
+	if err != nil {
+		return nil, err
+	}
+	c := api.NewClient(layout.Socket, a.version)
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	st, err := c.Status(sctx)
+	cancel()
+	if err != nil {
+		daemonCheck := doctor.Failf("start it with `banger daemon start` (or `systemctl --user start banger`)", "%s", errorMessage(err))
+		daemonCheck.Name = "daemon"
+		reg := doctor.NewRegistry(30 * time.Second)
+		doctor.RegisterHostChecks(reg, doctor.HostOptions{Config: cfg, DataDir: layout.DataDir})
+		return append([]api.CheckResult{daemonCheck}, reg.Run(ctx)...), nil
+	}
+	daemonCheck := doctor.Pass("pid %d, version %s, socket %s", st.PID, st.Version, st.Socket)
+	if st.Version != a.version {
+		daemonCheck = doctor.Warnf("restart it with `banger daemon restart`", "daemon runs banger %s but this CLI is %s", st.Version, a.version)
+	}
+	daemonCheck.Name = "daemon"
+	resp, err := c.Doctor(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("daemon doctor: %w", err)
+	}
+	return append([]api.CheckResult{daemonCheck}, resp.Checks...), nil
+}
+
+func (a *app) printChecks(results []api.CheckResult) {
+	width := 0
+	for _, r := range results {
+		width = max(width, len(r.Name))
+	}
+	var fails, warns int
+	for _, r := range results {
+		fmt.Fprintf(a.env.Stdout, "%-4s  %-*s  %s\n", r.Status, width, r.Name, r.Detail)
+		if r.Hint != "" && r.Status != api.Pass {
+			fmt.Fprintf(a.env.Stdout, "      %-*s  hint: %s\n", width, "", r.Hint)
+		}
+		switch r.Status {
+		case api.Fail:
+			fails++
+		case api.Warn:
+			warns++
+		}
+	}
+	fmt.Fprintf(a.env.Stdout, "\n%d checks: %d passed, %d warnings, %d failed\n", len(results), len(results)-fails-warns, warns, fails)
+}

@@ -1,0 +1,189 @@
+// Package cli is banger's command line: thin cobra commands that parse flags, call the
+// daemon API (or a local package), and print for humans or, with --json, for scripts.
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/buildinfo"
+	"github.com/banger-vm/banger/internal/config"
+	"github.com/banger-vm/banger/internal/paths"
+)
+
+// Env is everything the CLI takes from its process, passed in so tests can run commands
+// in-process with their own directories and streams.
+type Env struct {
+	Paths  paths.Env
+	Stdout io.Writer
+	Stderr io.Writer
+	// Getenv reads other variables (BANGER_CONFIG, NOTIFY_SOCKET).
+	Getenv func(string) string
+	// Executable is the banger binary, used to start a detached daemon.
+	Executable string
+}
+
+// EnvFromOS builds Env from the real process.
+func EnvFromOS() Env {
+	exe, _ := os.Executable()
+	return Env{Paths: paths.EnvFromOS(), Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Executable: exe}
+}
+
+// ExitError carries a specific exit status without an extra error message (doctor's FAIL).
+type ExitError struct{ Code int }
+
+func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// app is the state shared by the commands of one invocation.
+type app struct {
+	env        Env
+	configFlag string
+	version    string
+
+	loaded bool
+	cfg    config.Config
+	layout paths.Layout
+}
+
+// NewRootCommand builds the command tree.
+func NewRootCommand(env Env) *cobra.Command {
+	a := &app{env: env, version: buildinfo.Version()}
+	root := &cobra.Command{
+		Use:   "banger",
+		Short: "Fast, real Linux microVMs on your own Linux box",
+		Long: `banger gives you a real Linux machine in about a second: a Firecracker (or QEMU)
+microVM with its own kernel, a root filesystem from an image, and a persistent
+work disk at /root, reachable by SSH with no prompts.
+
+The CLI talks to an owner daemon that runs as you (banger daemon); a small root
+helper does only the networking. Start with:
+
+  banger daemon start     # start the owner daemon in the background
+  banger doctor           # check this host: KVM, VMMs, disk tools, space`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       a.version,
+	}
+	root.SetOut(env.Stdout)
+	root.SetErr(env.Stderr)
+	root.SetVersionTemplate("banger {{.Version}}\n")
+	root.PersistentFlags().StringVar(&a.configFlag, "config", "", "config file (default $BANGER_CONFIG or $XDG_CONFIG_HOME/banger/config.toml)")
+	root.AddCommand(
+		a.versionCommand(),
+		a.configCommand(),
+		a.daemonCommand(),
+		a.doctorCommand(),
+	)
+	return root
+}
+
+// Execute runs the CLI and returns the process exit status.
+func Execute(env Env, args []string) int {
+	root := NewRootCommand(env)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	var exit *ExitError
+	if errors.As(err, &exit) {
+		return exit.Code
+	}
+	fmt.Fprintf(env.Stderr, "banger: %v\n", errorMessage(err))
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Hint != "" {
+		fmt.Fprintf(env.Stderr, "hint: %s\n", ae.Hint)
+	}
+	return 1
+}
+
+func errorMessage(err error) string {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae.Message
+	}
+	return err.Error()
+}
+
+// load reads the config once per invocation and prints its warnings.
+func (a *app) load() (config.Config, paths.Layout, error) {
+	if a.loaded {
+		return a.cfg, a.layout, nil
+	}
+	layout, err := paths.Resolve(a.env.Paths)
+	if err != nil {
+		return config.Config{}, paths.Layout{}, err
+	}
+	file := a.configFile(layout)
+	cfg, err := config.Load(file)
+	if err != nil {
+		return config.Config{}, paths.Layout{}, err
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(a.env.Stderr, "warning: %s\n", w)
+	}
+	if cfg.DataDir != "" {
+		layout = layout.WithDataDir(cfg.DataDir)
+	}
+	layout.ConfigFile = file
+	a.cfg, a.layout, a.loaded = cfg, layout, true
+	return cfg, layout, nil
+}
+
+func (a *app) configFile(layout paths.Layout) string {
+	if a.configFlag != "" {
+		return a.configFlag
+	}
+	if v := a.env.Getenv("BANGER_CONFIG"); v != "" {
+		return v
+	}
+	return layout.ConfigFile
+}
+
+func (a *app) client() (*api.Client, error) {
+	_, layout, err := a.load()
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(layout.Socket, a.version), nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// table prints aligned columns without pulling in a table library.
+func table(w io.Writer, rows [][]string) {
+	if len(rows) == 0 {
+		return
+	}
+	widths := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			if i < len(widths) && len(c) > widths[i] {
+				widths[i] = len(c)
+			}
+		}
+	}
+	for _, r := range rows {
+		var b strings.Builder
+		for i, c := range r {
+			if i == len(r)-1 {
+				b.WriteString(c)
+				break
+			}
+			fmt.Fprintf(&b, "%-*s  ", widths[i], c)
+		}
+		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
+	}
+}

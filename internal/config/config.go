@@ -1,0 +1,357 @@
+// Package config loads banger's TOML configuration. Every key is optional; the effective
+// value of each key remembers where it came from so `banger config show` can explain it.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/banger-vm/banger/internal/units"
+)
+
+// Config is the effective configuration.
+type Config struct {
+	LogLevel string
+	// DataDir overrides $XDG_DATA_HOME/banger when set.
+	DataDir string
+	Daemon  Daemon
+	VMM     VMM
+	Runtime Runtime
+	Doctor  Doctor
+
+	// File is the config file that was read ("" when none exists).
+	File string
+	// Sources maps every key to where its value came from.
+	Sources map[string]Source
+	// Warnings are non-fatal problems (unknown or deprecated keys) for the caller to show.
+	Warnings []string
+}
+
+// Daemon configures the owner daemon.
+type Daemon struct {
+	// Autostart lets the CLI start a detached daemon when none is running.
+	Autostart       bool
+	ShutdownTimeout time.Duration
+}
+
+// VMM picks the virtual machine monitor.
+type VMM struct {
+	Driver string // auto, firecracker, qemu
+}
+
+// Runtime is the runtime bundle: the host binaries and guest artifacts banger runs VMs with.
+// Empty paths mean "look up the default".
+type Runtime struct {
+	FirecrackerPath string
+	QEMUPath        string
+	KernelPath      string
+	AgentPath       string
+	SSHKeyPath      string
+}
+
+// Doctor tunes doctor's thresholds.
+type Doctor struct {
+	MinFreeSpace int64
+}
+
+// SourceKind says where a value came from.
+type SourceKind string
+
+const (
+	FromDefault SourceKind = "default"
+	FromFile    SourceKind = "file"
+)
+
+// Source records the origin of one effective value.
+type Source struct {
+	Kind SourceKind `json:"kind"`
+	File string     `json:"file,omitempty"`
+	// Key is the key as written in the file when it differs from the canonical one (legacy keys).
+	Key string `json:"key,omitempty"`
+}
+
+func (s Source) String() string {
+	switch {
+	case s.Kind == FromFile && s.Key != "":
+		return fmt.Sprintf("%s (as deprecated %s)", s.File, s.Key)
+	case s.Kind == FromFile:
+		return s.File
+	default:
+		return string(s.Kind)
+	}
+}
+
+// legacyPrefix/currentPrefix: the guest agent was once called the "ping helper"; its keys
+// were renamed and old config files must keep working.
+const (
+	legacyPrefix  = "ping_helper_"
+	currentPrefix = "agent_"
+)
+
+// Defaults returns the configuration with no file.
+func Defaults() Config {
+	c := Config{
+		LogLevel: "info",
+		Daemon:   Daemon{Autostart: true, ShutdownTimeout: 10 * time.Second},
+		VMM:      VMM{Driver: "auto"},
+		Doctor:   Doctor{MinFreeSpace: 10 << 30},
+		Sources:  map[string]Source{},
+	}
+	for _, k := range keys(&c) {
+		c.Sources[k.name] = Source{Kind: FromDefault}
+	}
+	return c
+}
+
+// Load reads path; a missing file yields the defaults.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Defaults(), nil
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("read config %s: %w", path, err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes TOML text; path is only used in messages and sources.
+func Parse(path string, data []byte) (Config, error) {
+	c := Defaults()
+	c.File = path
+	var raw map[string]any
+	if _, err := toml.Decode(string(data), &raw); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	flat := map[string]any{}
+	flatten("", raw, flat)
+
+	known := map[string]key{}
+	for _, k := range keys(&c) {
+		known[k.name] = k
+	}
+	// Legacy keys first, so a file using both spellings has the current one win.
+	names := make([]string, 0, len(flat))
+	for n := range flat {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		canonical, legacy := canonicalName(name)
+		k, ok := known[canonical]
+		if !ok {
+			c.Warnings = append(c.Warnings, fmt.Sprintf("config %s: unknown key %q ignored (see `banger config show` for the valid keys)", path, name))
+			continue
+		}
+		if legacy {
+			if _, both := flat[canonical]; both {
+				c.Warnings = append(c.Warnings, fmt.Sprintf("config %s: deprecated key %q ignored because %q is also set; remove it", path, name, canonical))
+				continue
+			}
+			c.Warnings = append(c.Warnings, fmt.Sprintf("config %s: key %q is deprecated; rename it to %q", path, name, canonical))
+		}
+		if err := k.set(flat[name]); err != nil {
+			return Config{}, fmt.Errorf("config %s: key %q: %w", path, name, err)
+		}
+		src := Source{Kind: FromFile, File: path}
+		if legacy {
+			src.Key = name
+		}
+		c.Sources[canonical] = src
+	}
+	return c, nil
+}
+
+func canonicalName(name string) (string, bool) {
+	dir, leaf := "", name
+	if i := strings.LastIndex(name, "."); i >= 0 {
+		dir, leaf = name[:i+1], name[i+1:]
+	}
+	if strings.HasPrefix(leaf, legacyPrefix) {
+		return dir + currentPrefix + strings.TrimPrefix(leaf, legacyPrefix), true
+	}
+	return name, false
+}
+
+func flatten(prefix string, m map[string]any, out map[string]any) {
+	for k, v := range m {
+		name := prefix + k
+		if sub, ok := v.(map[string]any); ok {
+			flatten(name+".", sub, out)
+			continue
+		}
+		out[name] = v
+	}
+}
+
+// Entry is one effective key for display.
+type Entry struct {
+	Key    string `json:"key"`
+	Value  string `json:"value"`
+	Source Source `json:"source"`
+	Help   string `json:"help"`
+}
+
+// Entries lists every key with its effective value, in a stable order.
+func (c *Config) Entries() []Entry {
+	var out []Entry
+	for _, k := range keys(c) {
+		out = append(out, Entry{Key: k.name, Value: k.show(), Source: c.Sources[k.name], Help: k.help})
+	}
+	return out
+}
+
+// key describes one config key: how to set it from TOML, how to print it, what it means.
+type key struct {
+	name string
+	help string
+	set  func(v any) error
+	show func() string
+}
+
+func keys(c *Config) []key {
+	return []key{
+		enumKey("log_level", "daemon log verbosity", &c.LogLevel, "debug", "info", "warn", "error"),
+		pathKey("data_dir", "where images, VM disks and state.db live (default $XDG_DATA_HOME/banger)", &c.DataDir),
+		boolKey("daemon.autostart", "start a detached daemon when a command needs one and none runs", &c.Daemon.Autostart),
+		durationKey("daemon.shutdown_timeout", "how long the daemon waits for in-flight requests on SIGTERM", &c.Daemon.ShutdownTimeout),
+		enumKey("vmm.driver", "virtual machine monitor: auto picks firecracker, else qemu", &c.VMM.Driver, "auto", "firecracker", "qemu"),
+		pathKey("runtime.firecracker_path", "firecracker binary (default: firecracker on PATH)", &c.Runtime.FirecrackerPath),
+		pathKey("runtime.qemu_path", "qemu-system-x86_64 binary (default: on PATH)", &c.Runtime.QEMUPath),
+		pathKey("runtime.kernel_path", "guest kernel (default: banger's managed kernel)", &c.Runtime.KernelPath),
+		pathKey("runtime.agent_path", "guest agent binary (default: the one shipped with banger)", &c.Runtime.AgentPath),
+		pathKey("runtime.ssh_key_path", "SSH private key for VMs (default: banger's own ed25519 key)", &c.Runtime.SSHKeyPath),
+		sizeKey("doctor.min_free_space", "doctor warns when the data dir's filesystem has less free space", &c.Doctor.MinFreeSpace),
+	}
+}
+
+func stringValue(v any) (string, error) {
+	s, ok := v.(string)
+	if !ok {
+		return "", fmt.Errorf("want a string, got %s", tomlType(v))
+	}
+	return s, nil
+}
+
+func enumKey(name, help string, dst *string, allowed ...string) key {
+	return key{name: name, help: help + " (" + strings.Join(allowed, ", ") + ")",
+		set: func(v any) error {
+			s, err := stringValue(v)
+			if err != nil {
+				return err
+			}
+			for _, a := range allowed {
+				if s == a {
+					*dst = s
+					return nil
+				}
+			}
+			return fmt.Errorf("%q is not one of %s", s, strings.Join(allowed, ", "))
+		},
+		show: func() string { return *dst }}
+}
+
+func pathKey(name, help string, dst *string) key {
+	return key{name: name, help: help,
+		set: func(v any) error {
+			s, err := stringValue(v)
+			if err != nil {
+				return err
+			}
+			if s == "" {
+				*dst = ""
+				return nil
+			}
+			if strings.HasPrefix(s, "~/") {
+				home, err := os.UserHomeDir()
+				if err != nil {
+					return fmt.Errorf("cannot expand ~: %w", err)
+				}
+				s = filepath.Join(home, s[2:])
+			}
+			if !filepath.IsAbs(s) {
+				return fmt.Errorf("path %q must be absolute (or start with ~/)", s)
+			}
+			*dst = filepath.Clean(s)
+			return nil
+		},
+		show: func() string { return *dst }}
+}
+
+func boolKey(name, help string, dst *bool) key {
+	return key{name: name, help: help,
+		set: func(v any) error {
+			b, ok := v.(bool)
+			if !ok {
+				return fmt.Errorf("want true or false, got %s", tomlType(v))
+			}
+			*dst = b
+			return nil
+		},
+		show: func() string { return fmt.Sprint(*dst) }}
+}
+
+func durationKey(name, help string, dst *time.Duration) key {
+	return key{name: name, help: help,
+		set: func(v any) error {
+			s, err := stringValue(v)
+			if err != nil {
+				return fmt.Errorf("want a duration string like \"10s\": %w", err)
+			}
+			d, err := time.ParseDuration(s)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("%q is not a positive duration like \"10s\" or \"1m30s\"", s)
+			}
+			*dst = d
+			return nil
+		},
+		show: func() string { return dst.String() }}
+}
+
+func sizeKey(name, help string, dst *int64) key {
+	return key{name: name, help: help,
+		set: func(v any) error {
+			switch x := v.(type) {
+			case int64:
+				if x < 0 {
+					return fmt.Errorf("size must not be negative")
+				}
+				*dst = x
+				return nil
+			case string:
+				n, err := units.ParseSize(x)
+				if err != nil {
+					return err
+				}
+				*dst = n
+				return nil
+			}
+			return fmt.Errorf("want a size like \"10GiB\", got %s", tomlType(v))
+		},
+		show: func() string { return units.FormatSize(*dst) }}
+}
+
+func tomlType(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case []any:
+		return "an array"
+	case time.Time:
+		return "a datetime"
+	}
+	return fmt.Sprintf("%T", v)
+}

@@ -1,0 +1,218 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/config"
+	"github.com/banger-vm/banger/internal/kvm"
+	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/units"
+)
+
+// MinFirecrackerVersion is the oldest Firecracker with ACPI device discovery, which the
+// guest kernels banger boots rely on.
+const MinFirecrackerVersion = "1.8"
+
+// hardMinFreeSpace is the floor below which nothing banger does can succeed (an image pull
+// alone needs more).
+const hardMinFreeSpace = 1 << 30
+
+const firecrackerHint = "install firecracker >= " + MinFirecrackerVersion + " from its GitHub releases (firecracker-microvm/firecracker) onto PATH, or set runtime.firecracker_path"
+
+// HostOptions is what the host checks look at.
+type HostOptions struct {
+	Config     config.Config
+	DataDir    string
+	KVMDevice  string // "" means /dev/kvm
+	SearchPath string // overrides PATH for tool lookups when non-empty (tests)
+}
+
+// hostFacts are gathered once and shared by the checks that need them (the vmm check needs
+// the KVM, firecracker and qemu facts).
+type hostFacts struct {
+	kvm         func() kvm.ProbeResult
+	firecracker func() toolFact
+	qemu        func() toolFact
+}
+
+type toolFact struct {
+	tool system.HostTool
+	err  error
+}
+
+// RegisterHostChecks adds the checks that need no daemon: KVM, VMMs, e2fsprogs, disk space.
+func RegisterHostChecks(r *Registry, o HostOptions) {
+	lookup := func(name, explicit string, args ...string) func() toolFact {
+		return sync.OnceValue(func() toolFact {
+			// A background context: the result is shared between checks and must not be cut
+			// short by whichever check asked first.
+			t, err := system.LookupTool(context.Background(), name, explicit, o.SearchPath, args...)
+			return toolFact{t, err}
+		})
+	}
+	f := hostFacts{
+		kvm: sync.OnceValue(func() kvm.ProbeResult {
+			return kvm.Probe(context.Background(), o.KVMDevice)
+		}),
+		firecracker: lookup("firecracker", o.Config.Runtime.FirecrackerPath, "--version"),
+		qemu:        lookup("qemu-system-x86_64", o.Config.Runtime.QEMUPath, "--version"),
+	}
+	r.Register("kvm", func(context.Context) api.CheckResult { return kvmCheck(f.kvm()) })
+	r.Register("firecracker", func(context.Context) api.CheckResult { return firecrackerCheck(o.Config.VMM.Driver, f.firecracker()) })
+	r.Register("qemu", func(context.Context) api.CheckResult { return qemuCheck(o.Config.VMM.Driver, f.qemu()) })
+	r.Register("vmm", func(context.Context) api.CheckResult {
+		return vmmCheck(o.Config.VMM.Driver, f.kvm(), f.firecracker(), f.qemu())
+	})
+	r.Register("e2fsprogs", func(ctx context.Context) api.CheckResult { return e2fsprogsCheck(ctx, o.SearchPath) })
+	r.Register("disk-space", func(context.Context) api.CheckResult {
+		return diskSpaceCheck(o.DataDir, o.Config.Doctor.MinFreeSpace)
+	})
+}
+
+func kvmCheck(p kvm.ProbeResult) api.CheckResult {
+	switch p.Status {
+	case kvm.StatusUsable:
+		return Pass("%s", p.Detail)
+	case kvm.StatusAbsent, kvm.StatusUnusable:
+		return Warnf(p.Hint, "%s", p.Detail)
+	default:
+		return Warnf(p.Hint, "%s", p.Detail)
+	}
+}
+
+func firecrackerCheck(driver string, f toolFact) api.CheckResult {
+	sev := Warnf
+	if driver == "firecracker" {
+		sev = Failf // the user asked for it explicitly: nothing can run without it
+	}
+	switch {
+	case f.err != nil:
+		return sev(firecrackerHint, "firecracker is configured but unusable: %v", f.err)
+	case f.tool.Path == "":
+		detail := "firecracker not found on PATH"
+		if driver != "firecracker" {
+			detail += "; VMs will use qemu"
+		}
+		return sev(firecrackerHint, "%s", detail)
+	case f.tool.Version == "":
+		return sev(firecrackerHint, "%s: cannot tell its version from %q", f.tool.Path, f.tool.Output)
+	case !system.VersionAtLeast(f.tool.Version, MinFirecrackerVersion):
+		return sev(firecrackerHint, "%s is version %s; banger needs >= %s", f.tool.Path, f.tool.Version, MinFirecrackerVersion)
+	}
+	return Pass("%s version %s", f.tool.Path, f.tool.Version)
+}
+
+const qemuHint = "install it: apt-get install qemu-system-x86 (or set runtime.qemu_path)"
+
+func qemuCheck(driver string, f toolFact) api.CheckResult {
+	sev := Warnf
+	if driver != "firecracker" {
+		sev = Failf
+	}
+	switch {
+	case f.err != nil:
+		return sev(qemuHint, "qemu-system-x86_64 is unusable: %v", f.err)
+	case f.tool.Path == "":
+		return sev(qemuHint, "qemu-system-x86_64 not found on PATH")
+	}
+	return Pass("%s version %s", f.tool.Path, f.tool.Version)
+}
+
+// vmmCheck says which VMM `vmm.driver` resolves to on this host and why, the same choice the
+// VM lifecycle makes: firecracker when it and KVM work, else qemu with KVM, else qemu with
+// software emulation.
+func vmmCheck(driver string, k kvm.ProbeResult, fc, q toolFact) api.CheckResult {
+	kvmOK := k.Status == kvm.StatusUsable
+	fcOK := fc.err == nil && fc.tool.Path != "" && system.VersionAtLeast(fc.tool.Version, MinFirecrackerVersion)
+	qOK := q.err == nil && q.tool.Path != ""
+	var why []string
+	if !fcOK {
+		why = append(why, "no usable firecracker")
+	}
+	if !kvmOK {
+		why = append(why, "KVM "+string(k.Status))
+	}
+	switch driver {
+	case "firecracker":
+		if fcOK && kvmOK {
+			return Pass("firecracker (configured)")
+		}
+		return Failf("set vmm.driver = \"auto\" to fall back to qemu, or fix the checks above", "vmm.driver = firecracker, but %s", strings.Join(why, " and "))
+	case "qemu":
+		if !qOK {
+			return Failf(qemuHint, "vmm.driver = qemu, but qemu-system-x86_64 is missing")
+		}
+		if kvmOK {
+			return Pass("qemu with KVM (configured)")
+		}
+		return Warnf("guests boot in seconds instead of under one; fix KVM for full speed", "qemu with software emulation (TCG) (configured; KVM %s)", k.Status)
+	}
+	switch {
+	case fcOK && kvmOK:
+		return Pass("auto: firecracker with KVM")
+	case qOK && kvmOK:
+		return Pass("auto: qemu with KVM (%s)", strings.Join(why, ", "))
+	case qOK:
+		return Warnf("software emulation works but is slower; a host with working KVM and firecracker boots VMs in about a second",
+			"auto: qemu with software emulation (TCG), because %s", strings.Join(why, " and "))
+	}
+	return Failf(qemuHint, "no VMM can run here: %s and qemu-system-x86_64 is missing", strings.Join(why, ", "))
+}
+
+func e2fsprogsCheck(ctx context.Context, searchPath string) api.CheckResult {
+	var found, missing []string
+	var version string
+	for _, tool := range []string{"mkfs.ext4", "debugfs", "e2fsck"} {
+		t, err := system.LookupTool(ctx, tool, "", searchPath, "-V")
+		if err != nil || t.Path == "" {
+			missing = append(missing, tool)
+			continue
+		}
+		found = append(found, tool)
+		if version == "" {
+			version = t.Version
+		}
+	}
+	if len(missing) > 0 {
+		return Failf("install them: apt-get install e2fsprogs", "missing %s: banger builds every disk with e2fsprogs", strings.Join(missing, ", "))
+	}
+	return Pass("%s version %s", strings.Join(found, ", "), version)
+}
+
+func diskSpaceCheck(dataDir string, minFree int64) api.CheckResult {
+	// The data dir may not exist before the first daemon start: measure its nearest parent.
+	dir := dataDir
+	for {
+		if _, err := os.Stat(dir); err == nil || !errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return Failf("check that the data dir exists and is readable, or set data_dir", "cannot measure free space of %s: %v", dir, err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	detail := fmt.Sprintf("%s free on the filesystem of %s", units.FormatSize(free), dataDir)
+	hint := "free some space there, or point data_dir at a bigger filesystem"
+	switch {
+	case free < hardMinFreeSpace:
+		return Failf(hint, "%s: too little to build images or disks", detail)
+	case free < minFree:
+		return Warnf(hint, "%s: below doctor.min_free_space (%s)", detail, units.FormatSize(minFree))
+	}
+	return Pass("%s", detail)
+}
