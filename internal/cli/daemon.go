@@ -76,7 +76,7 @@ they print the command to run instead.`,
 		Use:   "stop",
 		Short: "Stop the daemon gracefully",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return a.stopDaemon(cmd.Context()) },
+		RunE:  func(cmd *cobra.Command, _ []string) error { return a.stopDaemon(cmd.Context()) },
 	}
 	restart := &cobra.Command{
 		Use:   "restart",

@@ -69,11 +69,11 @@ type Daemon struct {
 
 // Start acquires the daemon lock, opens the store and starts serving. Whatever it set up is
 // undone when a later step fails, so a failed start leaves no socket, lock or open store.
-func Start(ctx context.Context, opts Options) (d *Daemon, err error) {
+func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	d = &Daemon{
+	d := &Daemon{
 		opts:        opts,
 		log:         opts.Logger,
 		startedAt:   time.Now(),

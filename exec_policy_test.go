@@ -1,0 +1,122 @@
+package banger_test
+
+// The exec policy: shelling out to host tools happens only in the packages below, so the
+// list of external commands banger depends on stays auditable in one place (and the owner
+// daemon cannot grow an accidental `sudo`). Test files are exempt: they drive real binaries
+// (the built banger, e2fsck on images) to check the code from outside.
+
+import (
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// execAllowed are the package directories that may import os/exec or start processes.
+var execAllowed = map[string]string{
+	"internal/system":           "the ext4 toolkit, host tool versions, detached daemon start",
+	"internal/vmm/firecracker":  "spawns firecracker / jailer",
+	"internal/vmm/qemu":         "spawns qemu-system-x86_64",
+	"internal/cli/sshhandoff":   "hands the terminal to the system ssh",
+}
+
+// processStarters are calls that start processes without importing os/exec.
+var processStarters = []string{"os.StartProcess", "syscall.ForkExec", "syscall.Exec", "unix.Exec", "unix.ForkExec"}
+
+func TestExecPolicy(t *testing.T) {
+	violations, checked, err := scanExecPolicy(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked < 10 {
+		t.Fatalf("only %d Go files checked: is the test running from the module root?", checked)
+	}
+	for _, v := range violations {
+		t.Errorf("%s: only %s may start processes (see execAllowed in this test)", v, allowedList())
+	}
+}
+
+// scanExecPolicy returns every non-test Go file under root, outside execAllowed, that
+// imports os/exec or calls a process starter.
+func scanExecPolicy(root string) (violations []string, checked int, err error) {
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		if d.IsDir() {
+			if name := d.Name(); rel != "." && (strings.HasPrefix(name, ".") || name == "testdata" || name == "bin") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		if _, ok := execAllowed[filepath.ToSlash(filepath.Dir(rel))]; ok {
+			return nil
+		}
+		checked++
+		f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, imp := range f.Imports {
+			if p, _ := strconv.Unquote(imp.Path.Value); p == "os/exec" {
+				violations = append(violations, rel+": imports os/exec")
+			}
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, call := range processStarters {
+			if strings.Contains(string(src), call+"(") {
+				violations = append(violations, rel+": calls "+call)
+			}
+		}
+		return nil
+	})
+	sort.Strings(violations)
+	return violations, checked, err
+}
+
+func allowedList() string {
+	keys := make([]string, 0, len(execAllowed))
+	for k := range execAllowed {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ", ")
+}
+
+// TestExecPolicyCatchesViolations proves the check can fail, on a throwaway tree.
+func TestExecPolicyCatchesViolations(t *testing.T) {
+	root := t.TempDir()
+	write := func(rel, src string) {
+		p := filepath.Join(root, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("internal/daemon/bad.go", "package daemon\n\nimport \"os/exec\"\n\nvar _ = exec.Command\n")
+	write("internal/store/sneaky.go", "package store\n\nimport \"os\"\n\nfunc f() { os.StartProcess(\"x\", nil, nil) }\n")
+	write("internal/system/ok.go", "package system\n\nimport \"os/exec\"\n\nvar _ = exec.Command\n")
+	write("internal/daemon/ok_test.go", "package daemon\n\nimport \"os/exec\"\n\nvar _ = exec.Command\n")
+	violations, checked, err := scanExecPolicy(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"internal/daemon/bad.go: imports os/exec", "internal/store/sneaky.go: calls os.StartProcess"}
+	if checked != 2 || strings.Join(violations, "|") != strings.Join(want, "|") {
+		t.Fatalf("checked %d, violations %q; want 2 and %q", checked, violations, want)
+	}
+}
