@@ -19,10 +19,10 @@ import (
 
 // execAllowed are the package directories that may import os/exec or start processes.
 var execAllowed = map[string]string{
-	"internal/system":           "the ext4 toolkit, host tool versions, detached daemon start",
-	"internal/vmm/firecracker":  "spawns firecracker / jailer",
-	"internal/vmm/qemu":         "spawns qemu-system-x86_64",
-	"internal/cli/sshhandoff":   "hands the terminal to the system ssh",
+	"internal/system":          "the ext4 toolkit, host tool versions, detached daemon start",
+	"internal/vmm/firecracker": "spawns firecracker / jailer",
+	"internal/vmm/qemu":        "spawns qemu-system-x86_64",
+	"internal/cli/sshhandoff":  "hands the terminal to the system ssh",
 }
 
 // processStarters are calls that start processes without importing os/exec.

@@ -292,14 +292,12 @@ func TestEvents(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	for i, id := range ids {
-		if prev := first; i > 0 {
-			prev = ids[i-1]
-			_ = prev
+	prev := first
+	for _, id := range ids {
+		if id <= prev {
+			t.Fatalf("ids not increasing: %d after %d", id, prev)
 		}
-		if id <= first {
-			t.Fatalf("ids not increasing: %d after %d", id, first)
-		}
+		prev = id
 	}
 
 	all, err := s.ListEvents(ctx, EventFilter{})

@@ -22,11 +22,11 @@ type migration struct {
 //     late and far from the bug.
 //   - Timestamps are INTEGER Unix nanoseconds, UTC: exact round trip of
 //     time.Time (to the nanosecond), sortable, no time zone or format parsing.
-//   - Optional text is NOT NULL DEFAULT '' rather than NULL, so Go code scans
+//   - Optional text is NOT NULL DEFAULT ” rather than NULL, so Go code scans
 //     into plain strings and "unset" has one representation.
 //   - JSON columns are TEXT with CHECK(json_valid(...)), so a bad document is
 //     rejected at write time instead of failing every later read.
-//   - Identifiers and names must be non-empty (CHECK), as '' would be a
+//   - Identifiers and names must be non-empty (CHECK), as ” would be a
 //     valid, unique, and useless key.
 var migrations = []migration{
 	{

@@ -299,6 +299,14 @@ func mapErr(err error, what string, onFK error) error {
 		sentinel = ErrConflict
 	case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
 		sentinel = onFK
+	case sqlite3.SQLITE_CONSTRAINT_TRIGGER:
+		// ON DELETE RESTRICT is carried out by SQLite as a foreign key
+		// action and reported as CONSTRAINT_TRIGGER with the usual FK
+		// message. The schema has no triggers of its own, but check the
+		// message so one added later is not mistaken for an FK failure.
+		if strings.Contains(err.Error(), "FOREIGN KEY constraint failed") {
+			sentinel = onFK
+		}
 	case sqlite3.SQLITE_CONSTRAINT_CHECK, sqlite3.SQLITE_CONSTRAINT_NOTNULL,
 		sqlite3.SQLITE_CONSTRAINT_DATATYPE:
 		sentinel = ErrInvalid

@@ -108,12 +108,10 @@ func (e *Ext4) runDebugfs(ctx context.Context, image string, write bool, s *dfSc
 		bad = append(bad, line)
 	}
 	res := &debugfsResult{stderr: string(errb)}
-	for _, part := range strings.Split(string(out), "debugfs: ") {
-		res.sections = append(res.sections, part)
-	}
-	if len(res.sections) > 0 {
-		res.sections = res.sections[1:] // text before the first echo
-	}
+	// Split at the echoed commands (always at a line start; names in ls
+	// output start with "/", so they cannot fake an echo).
+	parts := strings.Split("\n"+string(out), "\ndebugfs: ")
+	res.sections = parts[1:] // parts[0] is text before the first echo
 	if len(bad) > 0 {
 		msg := strings.Join(bad, "; ")
 		hint := ""
@@ -249,8 +247,10 @@ func unixModeToFileMode(m uint32) fs.FileMode {
 }
 
 // fileModeToUnix converts to st_mode (type + permission bits).
+// Raw unix bits 0o7000 (e.g. a literal 0o4755) are honoured too: Go's
+// FileMode never uses them, so callers may pass either form.
 func fileModeToUnix(fm fs.FileMode) uint32 {
-	m := uint32(fm.Perm())
+	m := uint32(fm.Perm()) | uint32(fm)&0o7000
 	if fm&fs.ModeSetuid != 0 {
 		m |= 0o4000
 	}
