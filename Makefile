@@ -1,0 +1,27 @@
+# Convenience targets; the scripts are the source of truth for CI and the quick start.
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/banger-vm/banger/internal/buildinfo.version=$(VERSION)
+
+.PHONY: build test test-all lint bench install
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/banger ./cmd/banger
+
+# Fast local loop: the race-enabled suite as the current user.
+test:
+	$(GO) test -race ./...
+
+# Everything CI runs (needs root: installs packages, creates an unprivileged test user).
+test-all:
+	bash scripts/test.sh
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/system/
+
+install: build
+	install -m 0755 bin/banger /usr/local/bin/banger

@@ -1,0 +1,58 @@
+# Shared by banger's scripts. Sourced, not run.
+
+# Debian packages banger needs at run time and for its tests.
+BANGER_APT_PACKAGES=(
+	ca-certificates git
+	e2fsprogs fakeroot   # disk toolkit: mkfs.ext4, debugfs, e2fsck; fakeroot for ownership
+	qemu-system-x86      # the VMM where firecracker/KVM cannot run
+	iproute2 util-linux  # ip for diagnostics; runuser for unprivileged test runs
+)
+
+# Oldest Go that builds banger: go.mod's go line.
+BANGER_MIN_GO=$(sed -n 's/^go //p' "$(dirname "${BASH_SOURCE[0]}")/../go.mod")
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+	[ "$(id -u)" -eq 0 ] || die "run this as root or with sudo: it installs Debian packages"
+}
+
+# install_apt_packages installs what is missing, and only runs apt-get update when needed.
+install_apt_packages() {
+	local missing=()
+	for p in "${BANGER_APT_PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	if [ ${#missing[@]} -eq 0 ]; then
+		log "Debian packages already installed"
+		return
+	fi
+	log "installing Debian packages: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# find_go puts a Go toolchain on PATH or explains how to get one.
+find_go() {
+	if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+		export PATH="/usr/local/go/bin:$PATH"
+	fi
+	command -v go >/dev/null 2>&1 || die "Go >= $BANGER_MIN_GO is needed to build banger: install it from go.dev/dl into /usr/local/go"
+	local v
+	v=$(go env GOVERSION | sed 's/^go//')
+	if [ "$(printf '%s\n%s\n' "$BANGER_MIN_GO" "$v" | sort -V | head -n1)" != "$BANGER_MIN_GO" ]; then
+		die "Go $v is too old: banger needs Go >= $BANGER_MIN_GO"
+	fi
+}
+
+# build_banger builds the static binary into bin/banger.
+build_banger() {
+	local version
+	version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)
+	log "building banger $version"
+	CGO_ENABLED=0 go build -trimpath \
+		-ldflags "-s -w -X github.com/banger-vm/banger/internal/buildinfo.version=$version" \
+		-o bin/banger ./cmd/banger
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Quick start on a fresh Debian machine: install what banger needs, build and install it,
+# start the owner daemon as you (not as root) and check the host with `banger doctor`.
+#   sudo ./scripts/quickstart.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+need_root
+install_apt_packages
+find_go
+build_banger
+install -m 0755 bin/banger /usr/local/bin/banger
+install -D -m 0644 contrib/systemd/banger.service /usr/local/lib/systemd/user/banger.service
+log "installed /usr/local/bin/banger and the systemd user unit banger.service"
+
+# The daemon belongs to the user who asked for it: under sudo that is SUDO_USER.
+owner=${SUDO_USER:-root}
+uid=$(id -u "$owner")
+as_owner() {
+	if [ "$owner" = root ]; then "$@"; return; fi
+	local rt=""
+	[ -d "/run/user/$uid" ] && rt="/run/user/$uid"
+	runuser -u "$owner" -- env HOME="$(getent passwd "$owner" | cut -d: -f6)" ${rt:+XDG_RUNTIME_DIR=$rt} "$@"
+}
+log "starting the banger daemon as $owner"
+as_owner banger daemon start
+as_owner banger daemon status
+log "banger doctor"
+status=0
+as_owner banger doctor || status=$?
+if [ "$status" -ne 0 ]; then
+	die "banger doctor found a FAIL above: fix it as its hint says, then rerun 'banger doctor'"
+fi
+log "banger is ready. To start the daemon at login instead: systemctl --user enable --now banger"

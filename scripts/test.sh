@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install what the tests need and run every test: formatting, go vet, the race-enabled test
+# suite as root, then the privilege-split suites again as an unprivileged user, because the
+# owner daemon and the disk toolkit must work without root.
+#   sudo ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+need_root
+install_apt_packages
+find_go
+
+log "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'))
+[ -z "$unformatted" ] || die "gofmt would change: $unformatted (run: gofmt -w .)"
+
+log "go vet ./..."
+go vet ./...
+
+log "go test -race ./... (as root)"
+go test -race -count=1 ./...
+
+# The same code as a plain user: no root, no sudo, nothing mounted.
+ci_user=banger-ci
+if ! id "$ci_user" >/dev/null 2>&1; then
+	log "creating unprivileged user $ci_user"
+	useradd --create-home --shell /bin/bash "$ci_user"
+fi
+ci_home=$(getent passwd "$ci_user" | cut -d: -f6)
+src="$ci_home/src"
+log "copying the tree to $src for $ci_user"
+rm -rf "$src"
+mkdir -p "$src"
+cp -a . "$src"/
+chown -R "$ci_user:" "$src"
+# Share root's module cache read-only; give the user its own build cache.
+modcache=$(go env GOMODCACHE)
+unpriv_pkgs=(./internal/system/... ./internal/daemon/... ./internal/cli/... ./internal/kvm/... ./internal/store/...)
+log "go test -race ${unpriv_pkgs[*]} (as $ci_user)"
+if ! runuser -u "$ci_user" -- test -r "$modcache/cache/download"; then
+	modcache="$ci_home/gomod"
+fi
+runuser -u "$ci_user" -- env -i HOME="$ci_home" PATH="$(dirname "$(command -v go)"):/usr/local/bin:/usr/bin:/bin" \
+	GOMODCACHE="$modcache" GOCACHE="$ci_home/.cache/go-build" GOFLAGS=-modcacherw GOPROXY="$(go env GOPROXY)" \
+	GOTOOLCHAIN=local TMPDIR=/tmp \
+	bash -c "cd '$src' && go test -race -count=1 ${unpriv_pkgs[*]}"
+log "all tests passed"
