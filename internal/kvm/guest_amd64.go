@@ -2,7 +2,10 @@
 
 package kvm
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"time"
+)
 
 // The guest programs. Each writes probeValue to I/O port probePort with an
 // OUT instruction (a KVM_EXIT_IO the probe checks) and then executes HLT
@@ -53,17 +56,32 @@ const (
 // realModeCode: mov al,0x40; add al,2; out 0xE9,al; hlt.
 var realModeCode = []byte{0xb0, 0x40, 0x04, 0x02, 0xe6, probePort, 0xf4}
 
+// speedLoopIters is how many times longModeCode spins in a dec/jnz loop
+// (2 instructions per iteration) before reporting. Hardware-assisted KVM runs
+// this in well under a millisecond. A hypervisor that emulates guest kernel
+// code instead (PVM without a PVM-aware guest, observed here at about one
+// million instructions per second) takes hundreds of milliseconds, and a stock
+// kernel then needs minutes just to decompress itself.
+const speedLoopIters = 200_000
+
+// speedLoopLimit is the most time the loop may take: 400k instructions in
+// 40 ms is 10 M instructions/s, two orders of magnitude below hardware
+// virtualization and ten times above the emulation seen on PVM, so scheduling
+// noise on a loaded host does not flip the verdict either way.
+const speedLoopLimit = 40 * time.Millisecond
+
 // longModeCode uses 64-bit-only encodings (REX.W immediates and shifts) and
 // the stack (so memory accesses go through the page tables):
 //
+//	mov ecx, speedLoopIters ; loop: dec ecx ; jnz loop
 //	mov rax, 0x42_0000_0000 ; push rax ; pop rbx ; shr rbx, 32
 //	mov eax, ebx ; out 0xE9, al ; hlt
 //
 // Run in any other mode the REX prefixes decode as INC/DEC and the value
 // written differs.
 var longModeCode = []byte{
-	0xb9, 0x40, 0x42, 0x0f, 0x00, // mov ecx
-	0xff, 0xc9, 0x75, 0xfc, // dec ecx; jnz
+	0xb9, speedLoopIters & 0xff, speedLoopIters >> 8 & 0xff, speedLoopIters >> 16 & 0xff, speedLoopIters >> 24, // mov ecx, speedLoopIters
+	0xff, 0xc9, 0x75, 0xfc, // loop: dec ecx; jnz loop
 	0x48, 0xb8, 0, 0, 0, 0, probeValue, 0, 0, 0,
 	0x50,
 	0x5b,
@@ -79,17 +97,25 @@ type guestProgram struct {
 	setup func(mem []byte, regs *kvmRegs, sregs *kvmSregs)
 	// wantRBX, when non-zero, is checked with KVM_GET_REGS after HLT.
 	wantRBX uint64
+	// maxTime, when non-zero, bounds the time from the first KVM_RUN to the
+	// guest's OUT: the program's speed loop must run at hardware speed.
+	maxTime time.Duration
 }
 
 var guestPrograms = []guestProgram{
 	{mode: "real-mode", setup: setupRealMode},
-	{mode: "long-mode", setup: setupLongMode, wantRBX: probeValue},
+	{mode: "long-mode", setup: setupLongMode, wantRBX: probeValue, maxTime: speedLoopLimit},
 }
 
 // setupRealMode starts the vCPU at 0000:1000 in the 16-bit real mode every
 // x86 CPU resets into (what BIOS-style firmware runs in).
 func setupRealMode(mem []byte, regs *kvmRegs, sregs *kvmSregs) {
 	copy(mem[rmCode:], realModeCode)
+	setupRealModeRegs(regs, sregs)
+}
+
+// setupRealModeRegs points the vCPU at 0000:1000 in real mode.
+func setupRealModeRegs(regs *kvmRegs, sregs *kvmSregs) {
 	sregs.CS.Base = 0
 	sregs.CS.Selector = 0
 	*regs = kvmRegs{RIP: rmCode, RFLAGS: rflagsRsv}

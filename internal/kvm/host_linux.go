@@ -30,7 +30,7 @@ func PVMHost() bool {
 func hypervisorInfo() string {
 	var parts []string
 	for _, m := range []struct{ mod, label string }{
-		{"kvm_pvm", "kvm_pvm (PVM: runs only PVM-aware guest kernels)"},
+		{"kvm_pvm", "kvm_pvm (PVM)"},
 		{"kvm_intel", "kvm_intel"},
 		{"kvm_amd", "kvm_amd"},
 	} {

@@ -8,7 +8,11 @@
 // few guest instructions in the CPU modes a stock x86_64 boot uses: 16-bit real
 // mode (firmware such as SeaBIOS/qboot under QEMU) and 64-bit long mode with
 // paging (how Firecracker enters a vmlinux, and where every Linux kernel ends
-// up). The verdict is "usable" only if both ran to completion.
+// up). The long-mode guest also runs a short timed loop: a hypervisor can
+// accept a guest and then emulate its kernel-mode code instruction by
+// instruction (PVM does this for stock kernels, at about a million
+// instructions per second), which makes a stock kernel take minutes to boot.
+// The verdict is "usable" only if both guests completed, at hardware speed.
 //
 // The probe uses raw ioctls through golang.org/x/sys/unix: no cgo, no helper
 // processes.
@@ -53,6 +57,8 @@ type Check struct {
 	Exits []string
 	// Detail is one line: what happened.
 	Detail string
+	// GuestTime is the wall time from the first KVM_RUN to the guest's OUT.
+	GuestTime time.Duration
 }
 
 // ProbeResult is what Probe found. Detail and Hint are always set and are

@@ -89,7 +89,8 @@ func probe(ctx context.Context, device string) ProbeResult {
 		return res
 	}
 
-	deadline := time.Now().Add(DefaultTimeout)
+	start := time.Now()
+	deadline := start.Add(DefaultTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -104,9 +105,11 @@ func probe(ctx context.Context, device string) ProbeResult {
 	case <-w.done:
 		return w.result(res)
 	case <-timer.C:
-		why = "timed out"
 	case <-ctx.Done():
-		why = ctx.Err().Error()
+	}
+	why = fmt.Sprintf("timed out after %s", time.Since(start).Round(time.Millisecond))
+	if err := ctx.Err(); err != nil {
+		why += " (" + err.Error() + ")"
 	}
 
 	// Out of time: make the vCPU leave KVM_RUN and wait briefly for it.
@@ -122,7 +125,7 @@ func probe(ctx context.Context, device string) ProbeResult {
 			r := w.result(res)
 			if r.Status != StatusUsable {
 				r.Status = StatusUnusable
-				r.Detail = fmt.Sprintf("%s after %s: %s", why, time.Since(deadline.Add(-DefaultTimeout)).Round(time.Millisecond), r.Detail)
+				r.Detail = why + ": " + r.Detail
 			}
 			return r
 		case <-tick.C:
@@ -251,7 +254,21 @@ func (w *worker) loop() {
 		if w.stop.Load() {
 			return
 		}
-		c, last, err := w.runGuest(p, runSize, cpuid)
+		// A timed program gets a few attempts so that one unlucky
+		// preemption of this thread on a busy host is not a verdict.
+		var c Check
+		var last string
+		var err error
+		for attempt := 0; attempt < 3 && !w.stop.Load(); attempt++ {
+			c, last, err = w.runGuest(p, runSize, cpuid)
+			// Retry only a run that was slow but near the limit: far over
+			// it is emulation, not noise, and other failures are final.
+			nearMiss := err == nil && !c.OK && p.maxTime > 0 &&
+				c.GuestTime > p.maxTime && c.GuestTime <= 4*p.maxTime
+			if !nearMiss {
+				break
+			}
+		}
 		if err != nil {
 			w.setupErr = fmt.Sprintf("%s setup: %v", p.mode, err)
 			return
@@ -401,6 +418,7 @@ func (w *worker) runVCPU(vcpuFD int, run []byte, p guestProgram, c *Check) strin
 	le := binary.LittleEndian
 	sawOut := false
 	last := ""
+	start := time.Now()
 	for range maxExits {
 		if w.stop.Load() {
 			c.Detail = "stopped: guest did not finish in time" + w.ripSuffix(vcpuFD)
@@ -439,6 +457,7 @@ func (w *worker) runVCPU(vcpuFD int, run []byte, p guestProgram, c *Check) strin
 				return last
 			}
 			sawOut = true
+			c.GuestTime = time.Since(start)
 		case exitHLT:
 			if !sawOut {
 				c.Detail = "guest halted without writing the probe value" + w.ripSuffix(vcpuFD)
@@ -455,8 +474,14 @@ func (w *worker) runVCPU(vcpuFD int, run []byte, p guestProgram, c *Check) strin
 					return last
 				}
 			}
+			if p.maxTime > 0 && c.GuestTime > p.maxTime {
+				ips := float64(2*speedLoopIters) / c.GuestTime.Seconds()
+				c.Detail = fmt.Sprintf("guest code is emulated, not run by hardware: %d instructions took %s (%.1f M instructions/s, limit %s; hardware does >1000 M/s), so a stock kernel would take minutes to boot",
+					2*speedLoopIters, c.GuestTime.Round(time.Millisecond), ips/1e6, p.maxTime)
+				return last
+			}
 			c.OK = true
-			c.Detail = fmt.Sprintf("OUT %#x to port %#x, then HLT", probeValue, probePort)
+			c.Detail = fmt.Sprintf("OUT %#x to port %#x, then HLT, in %s", probeValue, probePort, c.GuestTime.Round(time.Microsecond))
 			return last
 		default:
 			c.Detail = describeExit(reason, run) + w.ripSuffix(vcpuFD)
