@@ -15,6 +15,12 @@ log "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'))
 [ -z "$unformatted" ] || die "gofmt would change: $unformatted (run: gofmt -w .)"
 
+log "static build"
+build_banger
+if ldd bin/banger >/dev/null 2>&1; then
+	die "bin/banger is dynamically linked: banger must build with CGO_ENABLED=0"
+fi
+
 log "go vet ./..."
 go vet ./...
 

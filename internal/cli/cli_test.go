@@ -385,3 +385,30 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Errorf("unknown command: exit %d, %q", code, errs)
 	}
 }
+
+func TestDoctorWarnsOnDaemonVersionMismatch(t *testing.T) {
+	other := filepath.Join(t.TempDir(), "banger-v9")
+	build := exec.Command("go", "build", "-o", other,
+		"-ldflags", "-X github.com/banger-vm/banger/internal/buildinfo.version=v9.9.9", "../../cmd/banger")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	s := newSandbox(t)
+	daemon := exec.Command(other, "daemon")
+	daemon.Env = s.env
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = daemon.Process.Kill(); _ = daemon.Wait() }()
+	s.waitUp()
+	d, _ := s.doctor()
+	c := check(t, d, "daemon")
+	if c.Status != api.Warn || !strings.Contains(c.Detail, "daemon runs banger v9.9.9 but this CLI is") || !strings.Contains(c.Hint, "banger daemon restart") {
+		t.Fatalf("daemon check with a mismatched daemon: %+v", c)
+	}
+	out, errs, _ := s.run("daemon", "status")
+	if !strings.Contains(out, "v9.9.9") || !strings.Contains(errs, "restart it with `banger daemon restart`") {
+		t.Fatalf("status with a mismatched daemon: %q / %q", out, errs)
+	}
+}
