@@ -87,12 +87,17 @@ func VersionAtLeast(have, want string) bool {
 	return true
 }
 
+// defaultSearchPath is $PATH plus the sbin directories: e2fsprogs lives in /usr/sbin on
+// Debian, which is not on an unprivileged user's PATH.
+func defaultSearchPath() string {
+	return os.Getenv("PATH") + ":/usr/sbin:/sbin:/usr/local/sbin"
+}
+
 // LookPathIn finds an executable named name in the colon-separated dirs of searchPath, or of
-// $PATH when searchPath is empty; it returns "" when there is none. Tools in /usr/sbin and
-// /sbin (e2fsprogs) are found even when an unprivileged user's PATH lacks them.
+// defaultSearchPath when searchPath is empty; it returns "" when there is none.
 func LookPathIn(name, searchPath string) string {
 	if searchPath == "" {
-		searchPath = os.Getenv("PATH") + ":/usr/local/sbin:/usr/sbin:/sbin"
+		searchPath = defaultSearchPath()
 	}
 	for _, dir := range filepath.SplitList(searchPath) {
 		if dir == "" {

@@ -1,0 +1,100 @@
+package system
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// AtomicReplace installs newSrc at dst, keeping the previous dst as
+// dst+suffixPrevious (for `banger update` and its rollback). newSrc must be
+// on dst's filesystem so the final rename is atomic. A stale backup from a
+// half-finished earlier run is replaced when dst exists, and kept (it is
+// then the only copy of the previous binary) when dst is missing. If
+// installing fails, the original dst is put back.
+func AtomicReplace(newSrc, dst, suffixPrevious string) error {
+	return atomicReplace(newSrc, dst, suffixPrevious, os.Rename)
+}
+
+// atomicReplace takes the rename used for the final step so tests can make
+// exactly that step fail.
+func atomicReplace(newSrc, dst, suffixPrevious string, finalRename func(string, string) error) error {
+	if suffixPrevious == "" {
+		return errors.New("atomic replace: empty backup suffix refused: the previous binary would be lost")
+	}
+	src, err := os.Lstat(newSrc)
+	if err != nil {
+		return fmt.Errorf("atomic replace %s: new file: %w", dst, err)
+	}
+	if src.IsDir() {
+		return fmt.Errorf("atomic replace %s: new file %s is a directory", dst, newSrc)
+	}
+	backup := dst + suffixPrevious
+	dir := filepath.Dir(dst)
+	hadDst := false
+	if st, err := os.Lstat(dst); err == nil {
+		if st.IsDir() {
+			return fmt.Errorf("atomic replace %s: destination is a directory", dst)
+		}
+		hadDst = true
+		// rename(2) replaces a stale backup atomically; a directory in
+		// its way is an error the user must clear.
+		if err := os.Rename(dst, backup); err != nil {
+			return fmt.Errorf("atomic replace %s: keep previous as %s: %w (remove %s and retry)", dst, backup, err, backup)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("atomic replace %s: %w", dst, err)
+	}
+	if err := finalRename(newSrc, dst); err != nil {
+		if hadDst {
+			if rerr := os.Rename(backup, dst); rerr != nil {
+				return fmt.Errorf("atomic replace %s: install failed (%v) and restoring the previous file failed too (%v): it is at %s, move it back by hand", dst, err, rerr, backup)
+			}
+			_ = syncDir(dir)
+		}
+		return fmt.Errorf("atomic replace %s: install %s: %w (previous file kept)", dst, newSrc, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("atomic replace %s: installed but could not sync %s: %w", dst, dir, err)
+	}
+	return nil
+}
+
+// AtomicReplaceRollback undoes AtomicReplace: the backup dst+suffixPrevious
+// is renamed over dst. Without a backup (the replace was a fresh install)
+// dst is removed and no error is returned.
+func AtomicReplaceRollback(dst, suffixPrevious string) error {
+	if suffixPrevious == "" {
+		return errors.New("atomic replace rollback: empty backup suffix refused")
+	}
+	backup := dst + suffixPrevious
+	dir := filepath.Dir(dst)
+	if _, err := os.Lstat(backup); errors.Is(err, fs.ErrNotExist) {
+		if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("rollback %s (no backup, fresh install): remove: %w", dst, err)
+		}
+		return syncDir(dir)
+	} else if err != nil {
+		return fmt.Errorf("rollback %s: %w", dst, err)
+	}
+	// rename(2) replaces dst atomically: there is never a moment without it.
+	if err := os.Rename(backup, dst); err != nil {
+		return fmt.Errorf("rollback %s: restore %s: %w", dst, backup, err)
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes renames in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}

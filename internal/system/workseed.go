@@ -1,0 +1,72 @@
+package system
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// BuildWorkSeed builds seedPath (conventionally work-seed.ext4) from the
+// /root directory of rootfsImage, without mounting. Regular files,
+// directories and symlinks are kept with owners and modes; special files are
+// skipped with a warning. A rootfs without /root gives an empty seed and a
+// warning. seedPath is replaced atomically, so a failed build keeps the old
+// seed.
+func (e *Ext4) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath string) (warnings []string, err error) {
+	for _, t := range []string{toolMkfs, toolDebugfs} {
+		if _, err := e.tool(t); err != nil {
+			return nil, fmt.Errorf("build work seed: %w", err)
+		}
+	}
+	if err := checkExt4Image(rootfsImage); err != nil {
+		return nil, fmt.Errorf("build work seed: %w", err)
+	}
+	work, err := e.stagingDir(seedPath, "seed", 1<<30)
+	if err != nil {
+		return nil, err
+	}
+	defer removeAllForce(work)
+	stage := filepath.Join(work, "root")
+	scratch := filepath.Join(work, "scratch")
+	for _, d := range []string{stage, scratch} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return nil, fmt.Errorf("build work seed: %w", err)
+		}
+	}
+	t := newStagedTree(stage)
+	t.meta[""] = &nodeMeta{mode: 0o040700}
+	st, err := e.StatExt4(ctx, rootfsImage, "/root")
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		warnings = append(warnings, fmt.Sprintf("%s has no /root: the work seed is empty", rootfsImage))
+	case err != nil:
+		return nil, fmt.Errorf("build work seed: %w", err)
+	case !st.Mode.IsDir():
+		warnings = append(warnings, fmt.Sprintf("/root in %s is not a directory (%v): the work seed is empty", rootfsImage, st.Mode.Type()))
+	default:
+		w, err := e.stageFromImage(ctx, rootfsImage, "/root", t)
+		warnings = append(warnings, w...)
+		if err != nil {
+			return warnings, fmt.Errorf("build work seed: %w", err)
+		}
+	}
+	// Build beside seedPath so the final rename is atomic.
+	f, err := os.CreateTemp(filepath.Dir(seedPath), "."+filepath.Base(seedPath)+".tmp-")
+	if err != nil {
+		return warnings, fmt.Errorf("build work seed: %w", err)
+	}
+	tmpImage := f.Name()
+	f.Close()
+	os.Remove(tmpImage)
+	defer os.Remove(tmpImage) // no-op after a successful rename
+	if err := e.buildImage(ctx, tmpImage, 0, t, scratch); err != nil {
+		return warnings, fmt.Errorf("build work seed: %w", err)
+	}
+	if err := os.Rename(tmpImage, seedPath); err != nil {
+		return warnings, fmt.Errorf("build work seed: install %s: %w", seedPath, err)
+	}
+	return warnings, syncDir(filepath.Dir(seedPath))
+}
