@@ -39,8 +39,16 @@ func atomicReplace(newSrc, dst, suffixPrevious string, finalRename func(string, 
 			return fmt.Errorf("atomic replace %s: destination is a directory", dst)
 		}
 		hadDst = true
-		// rename(2) replaces a stale backup atomically; a directory in
-		// its way is an error the user must clear.
+		if err := linkBackup(dst, backup); err == nil {
+			// dst never disappeared: the final rename swaps it atomically, so a kill -9 at
+			// any point leaves the old or the new file at dst, never neither.
+			if err := finalRename(newSrc, dst); err != nil {
+				_ = os.Remove(backup) // dst is still the previous file; the extra name is noise
+				return fmt.Errorf("atomic replace %s: install %s: %w (previous file kept)", dst, newSrc, err)
+			}
+			return syncDir(dir)
+		}
+		// No hard links on this filesystem: move dst aside, leaving a short window without it.
 		if err := os.Rename(dst, backup); err != nil {
 			return fmt.Errorf("atomic replace %s: keep previous as %s: %w (remove %s and retry)", dst, backup, err, backup)
 		}
@@ -84,6 +92,21 @@ func AtomicReplaceRollback(dst, suffixPrevious string) error {
 		return fmt.Errorf("rollback %s: restore %s: %w", dst, backup, err)
 	}
 	return syncDir(dir)
+}
+
+// linkBackup makes backup a second name of dst, replacing a stale backup atomically (link to
+// a temporary name, then rename over the backup).
+func linkBackup(dst, backup string) error {
+	tmp := fmt.Sprintf("%s.%d.tmp", backup, os.Getpid())
+	_ = os.Remove(tmp)
+	if err := os.Link(dst, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, backup); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 // syncDir makes renames in dir durable.

@@ -109,6 +109,21 @@ func TestAtomicReplace(t *testing.T) {
 			t.Fatalf("second rollback: %v", err)
 		}
 	})
+	t.Run("dst exists throughout", func(t *testing.T) {
+		// A kill -9 right before the final rename must still leave a working binary at dst.
+		_, src, dst := setup(t)
+		writeFile(t, dst, "v1")
+		err := atomicReplace(src, dst, suf, func(from, to string) error {
+			wantContent(t, dst, "v1")
+			wantContent(t, dst+suf, "v1")
+			return os.Rename(from, to)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantContent(t, dst, "v2")
+		wantContent(t, dst+suf, "v1")
+	})
 	t.Run("rename failure restores original", func(t *testing.T) {
 		_, src, dst := setup(t)
 		writeFile(t, dst, "v1")
