@@ -86,26 +86,18 @@ func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) 
 
 	q := `SELECT id, at, operation, subject, stage, duration_ns, error FROM lifecycle_events WHERE ` +
 		strings.Join(where, " AND ") + ` ORDER BY id LIMIT ?`
-	rows, err := s.r.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("store: list events: %w", err)
+	return queryAll(ctx, s.r, "list events", scanEvent, q, args...)
+}
+
+func scanEvent(sc scanner) (Event, error) {
+	var e Event
+	var at, dur int64
+	if err := sc.Scan(&e.ID, &at, &e.Operation, &e.Subject, &e.Stage, &dur, &e.Error); err != nil {
+		return Event{}, err
 	}
-	defer rows.Close()
-	var out []Event
-	for rows.Next() {
-		var e Event
-		var at, dur int64
-		if err := rows.Scan(&e.ID, &at, &e.Operation, &e.Subject, &e.Stage, &dur, &e.Error); err != nil {
-			return nil, fmt.Errorf("store: list events: %w", err)
-		}
-		e.At = fromNanos(at)
-		e.Duration = time.Duration(dur)
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: list events: %w", err)
-	}
-	return out, nil
+	e.At = fromNanos(at)
+	e.Duration = time.Duration(dur)
+	return e, nil
 }
 
 // fromNanos converts a stored timestamp back to a time.Time, in UTC so

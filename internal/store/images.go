@@ -55,7 +55,7 @@ ON CONFLICT(id) DO UPDATE SET
 const imageCols = `id, name, source, digest, rootfs_path, work_seed_path, kernel_ref,
 	size_bytes, created_at, updated_at, metadata`
 
-func scanImage(sc interface{ Scan(...any) error }) (Image, error) {
+func scanImage(sc scanner) (Image, error) {
 	var img Image
 	var created, updated int64
 	var meta string
@@ -79,23 +79,7 @@ func (s *Store) GetImageByName(ctx context.Context, name string) (Image, error) 
 
 // ListImages returns all images ordered by name.
 func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+imageCols+` FROM images ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("store: list images: %w", err)
-	}
-	defer rows.Close()
-	var out []Image
-	for rows.Next() {
-		img, err := scanImage(rows)
-		if err != nil {
-			return nil, fmt.Errorf("store: list images: %w", err)
-		}
-		out = append(out, img)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: list images: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, s.r, "list images", scanImage, `SELECT `+imageCols+` FROM images ORDER BY name`)
 }
 
 // DeleteImage deletes the image with the given id. It is ErrNotFound if there

@@ -41,7 +41,7 @@ func (s *Store) PutLease(ctx context.Context, l Lease) error {
 
 const leaseCols = `ip, vm_id, mac, leased_at`
 
-func scanLease(sc interface{ Scan(...any) error }) (Lease, error) {
+func scanLease(sc scanner) (Lease, error) {
 	var l Lease
 	var ip, mac string
 	var at int64
@@ -75,21 +75,9 @@ func (s *Store) GetLeaseByVM(ctx context.Context, vmID string) (Lease, error) {
 // ListLeases returns all leases in address order (numeric, not textual:
 // 10.0.0.2 before 10.0.0.10).
 func (s *Store) ListLeases(ctx context.Context) ([]Lease, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+leaseCols+` FROM network_leases`)
+	out, err := queryAll(ctx, s.r, "list leases", scanLease, `SELECT `+leaseCols+` FROM network_leases`)
 	if err != nil {
-		return nil, fmt.Errorf("store: list leases: %w", err)
-	}
-	defer rows.Close()
-	var out []Lease
-	for rows.Next() {
-		l, err := scanLease(rows)
-		if err != nil {
-			return nil, fmt.Errorf("store: list leases: %w", err)
-		}
-		out = append(out, l)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: list leases: %w", err)
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b Lease) int { return a.IP.Compare(b.IP) })
 	return out, nil

@@ -83,7 +83,7 @@ func (s *Store) SetVMState(ctx context.Context, id string, state VMState) error 
 
 const vmCols = `id, name, image_id, state, vmm, spec, created_at, updated_at`
 
-func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
+func scanVM(sc scanner) (VM, error) {
 	var vm VM
 	var state, spec string
 	var created, updated int64
@@ -107,23 +107,7 @@ func (s *Store) GetVMByName(ctx context.Context, name string) (VM, error) {
 
 // ListVMs returns all VMs ordered by name.
 func (s *Store) ListVMs(ctx context.Context) ([]VM, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+vmCols+` FROM vms ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("store: list vms: %w", err)
-	}
-	defer rows.Close()
-	var out []VM
-	for rows.Next() {
-		vm, err := scanVM(rows)
-		if err != nil {
-			return nil, fmt.Errorf("store: list vms: %w", err)
-		}
-		out = append(out, vm)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: list vms: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, s.r, "list vms", scanVM, `SELECT `+vmCols+` FROM vms ORDER BY name`)
 }
 
 // DeleteVM deletes the VM with the given id, and its network lease with it

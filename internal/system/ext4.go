@@ -341,6 +341,28 @@ func (e *Ext4) stagingDir(image, pattern string, need int64) (string, error) {
 	return d, nil
 }
 
+// staging is a private scratch area for one build: stage holds the tree that becomes the
+// image, scratch holds debugfs inputs.
+type staging struct{ dir, stage, scratch string }
+
+// newStaging makes a staging area for building target (see stagingDir).
+func (e *Ext4) newStaging(target, pattern string, need int64) (staging, error) {
+	dir, err := e.stagingDir(target, pattern, need)
+	if err != nil {
+		return staging{}, err
+	}
+	s := staging{dir: dir, stage: filepath.Join(dir, "root"), scratch: filepath.Join(dir, "scratch")}
+	for _, d := range []string{s.stage, s.scratch} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			removeAllForce(dir)
+			return staging{}, err
+		}
+	}
+	return s, nil
+}
+
+func (s staging) remove() { removeAllForce(s.dir) }
+
 // removeAllForce removes a staging tree even if it has read-only dirs.
 func removeAllForce(dir string) {
 	if err := os.RemoveAll(dir); err == nil {

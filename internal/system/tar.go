@@ -41,18 +41,12 @@ func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, 
 	if _, err := os.Lstat(image); err == nil {
 		return stats, fmt.Errorf("build %s from tar: %s already exists (remove it first)", image, image)
 	}
-	work, err := e.stagingDir(image, "tar", max(sizeBytes, 4<<30))
+	work, err := e.newStaging(image, "tar", max(sizeBytes, 4<<30))
 	if err != nil {
-		return stats, err
+		return stats, fmt.Errorf("build %s from tar: %w", image, err)
 	}
-	defer removeAllForce(work)
-	stage := filepath.Join(work, "root")
-	scratch := filepath.Join(work, "scratch")
-	for _, d := range []string{stage, scratch} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			return stats, fmt.Errorf("build %s from tar: %w", image, err)
-		}
-	}
+	defer work.remove()
+	stage, scratch := work.stage, work.scratch
 	t := newStagedTree(stage)
 	if err := e.extractTar(ctx, r, t, &stats); err != nil {
 		return stats, fmt.Errorf("build %s from tar: %w", image, err)

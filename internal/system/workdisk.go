@@ -58,18 +58,12 @@ func (e *Ext4) BuildWorkDisk(ctx context.Context, spec WorkDiskSpec) (warnings [
 	if _, err := os.Lstat(spec.Path); err == nil {
 		return nil, fmt.Errorf("build work disk %s: already exists (delete the old disk first)", spec.Path)
 	}
-	work, err := e.stagingDir(spec.Path, "disk", 1<<30)
+	work, err := e.newStaging(spec.Path, "disk", 1<<30)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("build work disk %s: %w", spec.Path, err)
 	}
-	defer removeAllForce(work)
-	stage := filepath.Join(work, "root")
-	scratch := filepath.Join(work, "scratch")
-	for _, d := range []string{stage, scratch} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			return nil, fmt.Errorf("build work disk %s: %w", spec.Path, err)
-		}
-	}
+	defer work.remove()
+	stage, scratch := work.stage, work.scratch
 	t := newStagedTree(stage)
 	t.meta[""] = &nodeMeta{mode: 0o040700}
 	seedOK := false

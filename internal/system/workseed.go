@@ -24,18 +24,12 @@ func (e *Ext4) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath string) 
 	if err := checkExt4Image(rootfsImage); err != nil {
 		return nil, fmt.Errorf("build work seed: %w", err)
 	}
-	work, err := e.stagingDir(seedPath, "seed", 1<<30)
+	work, err := e.newStaging(seedPath, "seed", 1<<30)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("build work seed: %w", err)
 	}
-	defer removeAllForce(work)
-	stage := filepath.Join(work, "root")
-	scratch := filepath.Join(work, "scratch")
-	for _, d := range []string{stage, scratch} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			return nil, fmt.Errorf("build work seed: %w", err)
-		}
-	}
+	defer work.remove()
+	stage, scratch := work.stage, work.scratch
 	t := newStagedTree(stage)
 	t.meta[""] = &nodeMeta{mode: 0o040700}
 	st, err := e.StatExt4(ctx, rootfsImage, "/root")
