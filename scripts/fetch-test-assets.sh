@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Fetch the guest artifacts the boot tests use, from the Debian archive, unpacked without
+# installing anything into the host's /boot or /lib/modules:
+#   $BANGER_TEST_ASSETS/kernel/   Debian's linux-image-cloud-amd64 (boot/vmlinuz-*, lib/modules/*)
+#   $BANGER_TEST_ASSETS/busybox/  busybox-static (bin/busybox), for a tiny test root filesystem
+# Idempotent: a second run with the same package versions does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+assets=${BANGER_TEST_ASSETS:-/var/cache/banger-test}
+mkdir -p "$assets"
+
+# fetch NAME DIR: download the .deb of NAME (resolving a meta package to what it depends on)
+# and unpack it into $assets/DIR, unless that exact version is already there.
+fetch() {
+	local name=$1 dir=$2 pkg ver
+	pkg=$name
+	# linux-image-cloud-amd64 is a meta package: follow it to the versioned image package.
+	if dep=$(apt-cache depends "$name" 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1) && [ -n "$dep" ]; then
+		pkg=$dep
+	fi
+	ver=$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')
+	[ -n "$ver" ] && [ "$ver" != "(none)" ] || die "package $pkg not found: run apt-get update"
+	if [ -f "$assets/$dir/.version" ] && [ "$(cat "$assets/$dir/.version")" = "$pkg=$ver" ]; then
+		log "$pkg $ver already in $assets/$dir"
+		return
+	fi
+	log "fetching $pkg $ver into $assets/$dir"
+	local tmp
+	tmp=$(mktemp -d)
+	chmod 755 "$tmp" # apt downloads as the _apt user
+	(cd "$tmp" && apt-get download -q "$pkg=$ver" >/dev/null)
+	rm -rf "$assets/$dir"
+	mkdir -p "$assets/$dir"
+	dpkg-deb -x "$tmp"/*.deb "$assets/$dir"
+	echo "$pkg=$ver" > "$assets/$dir/.version"
+	rm -rf "$tmp"
+}
+
+if ! apt-cache policy linux-image-cloud-amd64 | grep -q 'Candidate: [0-9]'; then
+	apt-get update -qq
+fi
+fetch linux-image-cloud-amd64 kernel
+fetch busybox-static busybox
+# Readable by the unprivileged test user too.
+chmod -R a+rX "$assets"
+log "test assets ready in $assets"
