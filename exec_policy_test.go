@@ -23,6 +23,8 @@ var execAllowed = map[string]string{
 	"internal/vmm/firecracker": "spawns firecracker / jailer",
 	"internal/vmm/qemu":        "spawns qemu-system-x86_64",
 	"internal/cli/sshhandoff":  "hands the terminal to the system ssh",
+	"internal/guestinit":       "guest PID 1: starts the agent and sshd inside the guest",
+	"internal/testsupport":     "test fixtures: builds the guest binaries for boot tests",
 }
 
 // processStarters are calls that start processes without importing os/exec.
