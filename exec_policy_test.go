@@ -19,12 +19,13 @@ import (
 
 // execAllowed are the package directories that may import os/exec or start processes.
 var execAllowed = map[string]string{
-	"internal/system":          "the ext4 toolkit, host tool versions, detached daemon start",
-	"internal/vmm/firecracker": "spawns firecracker / jailer",
-	"internal/vmm/qemu":        "spawns qemu-system-x86_64",
-	"internal/cli/sshhandoff":  "hands the terminal to the system ssh",
-	"internal/guestinit":       "guest PID 1: starts the agent and sshd inside the guest",
-	"internal/testsupport":     "test fixtures: builds the guest binaries for boot tests",
+	"internal/system":            "the ext4 toolkit, host tool versions, detached daemon start",
+	"internal/vmm/firecracker":   "spawns firecracker / jailer",
+	"internal/vmm/qemu":          "spawns qemu-system-x86_64",
+	"internal/cli/sshhandoff":    "hands the terminal to the system ssh",
+	"internal/guestinit":         "guest PID 1: starts the agent and sshd inside the guest",
+	"internal/agent/agentserver": "guest agent: runs the commands the host asks it to run",
+	"internal/testsupport":       "test fixtures: builds the guest binaries for boot tests",
 }
 
 // processStarters are calls that start processes without importing os/exec.

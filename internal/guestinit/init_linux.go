@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,6 +51,9 @@ func Main(version string) {
 		fmt.Fprintln(os.Stderr, "banger-init "+version+": this is PID 1 of banger's guest initramfs; it is not meant to be run by hand")
 		os.Exit(2)
 	}
+	// The kernel names PID 1 after /init; the agent recognises banger-init by this name when
+	// it asks PID 1 to power off.
+	_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte("banger-init\x00")[0])), 0, 0, 0)
 	b.logf("banger-init %s starting", version)
 	if err := b.run(); err != nil {
 		b.fatal(err)

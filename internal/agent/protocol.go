@@ -1,0 +1,199 @@
+// Package agent holds the wire protocol shared by the guest agent (banger-agent, package
+// agentserver) and its host-side client (package agentclient): request and response types,
+// typed errors, the exec stream frames and the virtio-serial session handshake.
+//
+// It imports only the standard library so the host binary pulls in nothing guest-specific.
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Transport defaults shared by the guest agent and the host.
+const (
+	// DefaultVsockPort is the AF_VSOCK (and Firecracker hybrid vsock) port the agent listens on.
+	DefaultVsockPort = 1024
+	// DefaultSerialPortName is the virtio-serial port name (virtserialport,name=...).
+	DefaultSerialPortName = "banger.agent"
+	// BootStagesPath is where banger-init leaves its boot-stage timings (a JSON array of
+	// {"name","duration_ms"}); /v1/healthz passes it through unchanged.
+	BootStagesPath = "/run/banger/boot-stages.json"
+)
+
+// API paths (all under /v1).
+const (
+	PathHealth = "/v1/healthz"
+	PathExec   = "/v1/exec"
+	PathFiles  = "/v1/files"
+	PathPower  = "/v1/power"
+)
+
+// Health is the body of GET /v1/healthz.
+type Health struct {
+	Status             string          `json:"status"` // always "ok"
+	AgentVersion       string          `json:"agent_version"`
+	AgentUptimeSeconds float64         `json:"agent_uptime_seconds"`
+	UptimeSeconds      float64         `json:"uptime_seconds"` // system uptime, /proc/uptime
+	Time               time.Time       `json:"time"`           // the guest clock
+	Kernel             Kernel          `json:"kernel"`
+	Hostname           string          `json:"hostname"`
+	Interfaces         []Interface     `json:"interfaces"`
+	PID1               string          `json:"pid1"`                  // /proc/1/comm
+	BootStages         json.RawMessage `json:"boot_stages,omitempty"` // BootStagesPath, verbatim
+	Warnings           []string        `json:"warnings,omitempty"`    // facts that could not be read
+}
+
+// Kernel is the guest's uname.
+type Kernel struct {
+	Release string `json:"release"`
+	Version string `json:"version"`
+	Machine string `json:"machine"`
+}
+
+// Interface is one guest network interface and its addresses in CIDR form.
+type Interface struct {
+	Name  string   `json:"name"`
+	MAC   string   `json:"mac,omitempty"`
+	Up    bool     `json:"up"`
+	Addrs []string `json:"addrs"`
+}
+
+// BootStage is one entry of the boot-stages file, for callers that want to decode
+// Health.BootStages.
+type BootStage struct {
+	Name       string  `json:"name"`
+	DurationMS float64 `json:"duration_ms"`
+}
+
+// ExecRequest is the JSON body of POST /v1/exec.
+type ExecRequest struct {
+	Argv []string `json:"argv"`
+	// Env entries ("KEY=value") are added to the agent's default environment
+	// (PATH, HOME=/root, USER, LOGNAME, SHELL, and TERM when TTY), replacing defaults with
+	// the same key.
+	Env []string `json:"env,omitempty"`
+	// Cwd is the working directory (absolute); empty means /root if it exists, else /.
+	Cwd  string `json:"cwd,omitempty"`
+	TTY  bool   `json:"tty,omitempty"`
+	Rows uint16 `json:"rows,omitempty"` // initial terminal size when TTY (default 24x80)
+	Cols uint16 `json:"cols,omitempty"`
+}
+
+// ExitStatus is how an exec'd process ended.
+type ExitStatus struct {
+	// Code is the exit code; for a process killed by a signal it is 128+signal, like a shell.
+	// 127: command not found; 126: found but not executable.
+	Code int `json:"code"`
+	// Signal is the signal that killed the process, 0 if it exited normally.
+	Signal int `json:"signal,omitempty"`
+}
+
+// Success reports a zero exit code.
+func (s ExitStatus) Success() bool { return s.Code == 0 }
+
+func (s ExitStatus) String() string {
+	if s.Signal != 0 {
+		return fmt.Sprintf("killed by signal %d (exit code %d)", s.Signal, s.Code)
+	}
+	return fmt.Sprintf("exit code %d", s.Code)
+}
+
+// FileInfo answers PUT /v1/files (JSON body) and GET /v1/files (headers).
+type FileInfo struct {
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+	Mode uint32 `json:"mode"` // permission bits incl. setuid/setgid/sticky (07777)
+	UID  int    `json:"uid"`
+	GID  int    `json:"gid"`
+}
+
+// Headers carrying FileInfo on GET /v1/files (Content-Length carries the size).
+const (
+	HeaderFileMode = "X-Banger-File-Mode" // octal, e.g. 0644
+	HeaderFileUID  = "X-Banger-File-Uid"
+	HeaderFileGID  = "X-Banger-File-Gid"
+)
+
+// Power actions for POST /v1/power.
+const (
+	PowerOff    = "poweroff"
+	PowerReboot = "reboot"
+)
+
+// PowerRequest is the body of POST /v1/power.
+type PowerRequest struct {
+	Action string `json:"action"`
+}
+
+// PowerResponse is the 202 body of POST /v1/power: the agent answers first, then acts.
+type PowerResponse struct {
+	Action string `json:"action"`
+	// Method says how the agent will act: "signal pid1 (systemd)" or "reboot(2)".
+	Method string `json:"method"`
+}
+
+// Error codes of typed errors.
+const (
+	CodeBadRequest       = "bad_request"
+	CodeNotFound         = "not_found"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeUpgradeRequired  = "upgrade_required"
+	CodeIsDirectory      = "is_directory"
+	CodeInternal         = "internal"
+)
+
+// ErrorBody is the JSON shape of every error answer: {"error":{"code","message"}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inside of ErrorBody.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error is a typed error answered by the agent, as seen by the client.
+type Error struct {
+	Status  int    // HTTP status
+	Code    string // one of the Code* constants
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("agent: %s (%s, HTTP %d)", e.Message, e.Code, e.Status)
+}
+
+// ErrorCode returns the typed error code in err's chain, or "" if there is none.
+func ErrorCode(err error) string {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return ae.Code
+	}
+	return ""
+}
+
+// IsNotFound reports whether err is the agent's not_found error (e.g. a missing file).
+func IsNotFound(err error) bool { return ErrorCode(err) == CodeNotFound }
+
+// StatusForCode is the HTTP status the agent answers for a code.
+func StatusForCode(code string) int {
+	switch code {
+	case CodeBadRequest:
+		return http.StatusBadRequest
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case CodeUpgradeRequired:
+		return http.StatusUpgradeRequired
+	case CodeIsDirectory:
+		return http.StatusConflict
+	default:
+		return http.StatusInternalServerError
+	}
+}
