@@ -110,16 +110,17 @@ func TestVMMChoice(t *testing.T) {
 		status api.CheckStatus
 		detail string
 	}{
-		{"auto", usable, fc, q, api.Pass, "firecracker with KVM"},
+		{"auto", usable, fc, q, api.Pass, "firecracker with KVM (firecracker and KVM work)"},
 		{"auto", usable, oldFC, q, api.Pass, "qemu with KVM"},
-		{"auto", unusable, fc, q, api.Warn, "qemu with software emulation (TCG), because KVM unusable"},
+		{"auto", unusable, fc, q, api.Warn, "qemu with software emulation (TCG) (auto: KVM unusable)"},
 		{"auto", unusable, none, q, api.Warn, "no usable firecracker and KVM unusable"},
 		{"auto", unusable, none, none, api.Fail, "no VMM can run here"},
 		{"firecracker", unusable, fc, q, api.Fail, "vmm.driver = firecracker, but KVM unusable"},
-		{"firecracker", usable, fc, none, api.Pass, "firecracker (configured)"},
+		{"firecracker", usable, fc, none, api.Pass, "firecracker with KVM (configured)"},
 		{"qemu", usable, fc, q, api.Pass, "qemu with KVM (configured)"},
 		{"qemu", unusable, none, q, api.Warn, "TCG"},
 		{"qemu", usable, fc, none, api.Fail, "qemu-system-x86_64 is missing"},
+		{"vmware", usable, fc, q, api.Fail, "unknown vmm.driver"},
 	}
 	for _, c := range cases {
 		r := vmmCheck(c.driver, c.k, c.fc, c.q)

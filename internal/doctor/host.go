@@ -16,6 +16,7 @@ import (
 	"github.com/banger-vm/banger/internal/kvm"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/units"
+	"github.com/banger-vm/banger/internal/vmm"
 )
 
 // MinFirecrackerVersion is the oldest Firecracker with ACPI device discovery, which the
@@ -127,45 +128,25 @@ func qemuCheck(driver string, f toolFact) api.CheckResult {
 	return Pass("%s version %s", f.tool.Path, f.tool.Version)
 }
 
-// vmmCheck says which VMM `vmm.driver` resolves to on this host and why, the same choice the
-// VM lifecycle makes: firecracker when it and KVM work, else qemu with KVM, else qemu with
-// software emulation.
+// vmmCheck says which VMM vmm.driver resolves to on this host and why: the same choice the
+// VM lifecycle makes, through vmm.Choose.
 func vmmCheck(driver string, k kvm.ProbeResult, fc, q toolFact) api.CheckResult {
-	kvmOK := k.Status == kvm.StatusUsable
-	fcOK := fc.err == nil && fc.tool.Path != "" && system.VersionAtLeast(fc.tool.Version, MinFirecrackerVersion)
-	qOK := q.err == nil && q.tool.Path != ""
-	var why []string
-	if !fcOK {
-		why = append(why, "no usable firecracker")
-	}
-	if !kvmOK {
-		why = append(why, "KVM "+string(k.Status))
-	}
-	switch driver {
-	case "firecracker":
-		if fcOK && kvmOK {
-			return Pass("firecracker (configured)")
-		}
-		return Failf("set vmm.driver = \"auto\" to fall back to qemu, or fix the checks above", "vmm.driver = firecracker, but %s", strings.Join(why, " and "))
-	case "qemu":
-		if !qOK {
-			return Failf(qemuHint, "vmm.driver = qemu, but qemu-system-x86_64 is missing")
-		}
-		if kvmOK {
-			return Pass("qemu with KVM (configured)")
-		}
-		return Warnf("guests boot in seconds instead of under one; fix KVM for full speed", "qemu with software emulation (TCG) (configured; KVM %s)", k.Status)
-	}
+	c, err := vmm.Choose(driver, vmm.Host{
+		KVMUsable:     k.Status == kvm.StatusUsable,
+		KVMStatus:     string(k.Status),
+		FirecrackerOK: fc.err == nil && fc.tool.Path != "" && system.VersionAtLeast(fc.tool.Version, MinFirecrackerVersion),
+		QEMUOK:        q.err == nil && q.tool.Path != "",
+	})
 	switch {
-	case fcOK && kvmOK:
-		return Pass("auto: firecracker with KVM")
-	case qOK && kvmOK:
-		return Pass("auto: qemu with KVM (%s)", strings.Join(why, ", "))
-	case qOK:
+	case err != nil && strings.Contains(err.Error(), "qemu-system-x86_64 is missing"):
+		return Failf(qemuHint, "%v", err)
+	case err != nil:
+		return Failf("set vmm.driver = \"auto\" to fall back to qemu, or fix the checks above", "%v", err)
+	case c.Driver == "qemu" && c.Accel == "tcg":
 		return Warnf("software emulation works but is slower; a host with working KVM and firecracker boots VMs in about a second",
-			"auto: qemu with software emulation (TCG), because %s", strings.Join(why, " and "))
+			"qemu with software emulation (TCG) (%s)", c.Reason)
 	}
-	return Failf(qemuHint, "no VMM can run here: %s and qemu-system-x86_64 is missing", strings.Join(why, ", "))
+	return Pass("%s with %s (%s)", c.Driver, strings.ToUpper(c.Accel), c.Reason)
 }
 
 func e2fsprogsCheck(ctx context.Context, searchPath string) api.CheckResult {

@@ -6,6 +6,7 @@ package testsupport
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +15,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/banger-vm/banger/internal/hostinfo"
+	"github.com/banger-vm/banger/internal/initramfs"
+	"github.com/banger-vm/banger/internal/system"
 )
 
 // Assets are the unpacked Debian packages under $BANGER_TEST_ASSETS.
@@ -183,4 +188,44 @@ func BusyboxRootfsTar(busybox string, extra ...TarFile) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// BootFixture is everything needed to boot a test guest: the kernel, an initramfs with the
+// real banger-init and banger-agent, and a read-only busybox image.
+type BootFixture struct {
+	Assets    Assets
+	Binaries  GuestBinaries
+	Initramfs string
+	Rootfs    string
+	TSCKHz    int
+}
+
+// BuildBootFixture builds a BootFixture into dir.
+func BuildBootFixture(dir string, assets Assets) (BootFixture, error) {
+	ctx := context.Background()
+	f := BootFixture{Assets: assets}
+	var err error
+	if f.Binaries, err = BuildGuestBinaries(dir); err != nil {
+		return f, err
+	}
+	res, err := initramfs.Cache{Dir: filepath.Join(dir, "initramfs")}.Ensure(ctx, initramfs.Spec{
+		InitBinary: f.Binaries.Init, AgentBinary: f.Binaries.Agent,
+		ModulesDir: assets.ModulesDir, KernelRelease: assets.KernelRelease, BangerVersion: "test",
+	})
+	if err != nil {
+		return f, fmt.Errorf("build initramfs: %w", err)
+	}
+	f.Initramfs = res.Path
+	tarData, err := BusyboxRootfsTar(assets.Busybox, TarFile{Path: "/etc/banger-test", Mode: 0o644, Data: "from the image\n"})
+	if err != nil {
+		return f, err
+	}
+	f.Rootfs = filepath.Join(dir, "rootfs.ext4")
+	if _, err := system.NewExt4().BuildExt4FromTar(ctx, f.Rootfs, bytes.NewReader(tarData), 64<<20); err != nil {
+		return f, fmt.Errorf("build rootfs: %w", err)
+	}
+	if f.TSCKHz, err = hostinfo.TSCKHz(); err != nil {
+		return f, err
+	}
+	return f, nil
 }

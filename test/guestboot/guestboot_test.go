@@ -30,20 +30,15 @@ import (
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/agent/agentclient"
 	"github.com/banger-vm/banger/internal/guestinit"
-	"github.com/banger-vm/banger/internal/hostinfo"
-	"github.com/banger-vm/banger/internal/initramfs"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/testsupport"
 )
 
 // fixture is what every boot shares: the kernel, one initramfs, one read-only image.
 type fixture struct {
-	qemu      string
-	assets    testsupport.Assets
-	initramfs string
-	rootfs    string
-	ext4      *system.Ext4
-	tscKHz    int
+	testsupport.BootFixture
+	qemu string
+	ext4 *system.Ext4
 }
 
 var (
@@ -70,40 +65,13 @@ func getFixture(t testing.TB) fixture {
 		if fixtureErr != nil {
 			return
 		}
-		shared, fixtureErr = buildFixture(fixtureDir, assets, qemu)
+		shared = fixture{qemu: qemu, ext4: system.NewExt4()}
+		shared.BootFixture, fixtureErr = testsupport.BuildBootFixture(fixtureDir, assets)
 	})
 	if fixtureErr != nil {
 		t.Fatal(fixtureErr)
 	}
 	return shared
-}
-
-func buildFixture(dir string, assets testsupport.Assets, qemu string) (fixture, error) {
-	ctx := context.Background()
-	f := fixture{qemu: qemu, assets: assets, ext4: system.NewExt4()}
-	bins, err := testsupport.BuildGuestBinaries(dir)
-	if err != nil {
-		return f, err
-	}
-	res, err := initramfs.Cache{Dir: filepath.Join(dir, "initramfs")}.Ensure(ctx, initramfs.Spec{
-		InitBinary: bins.Init, AgentBinary: bins.Agent, ModulesDir: assets.ModulesDir, KernelRelease: assets.KernelRelease, BangerVersion: "test",
-	})
-	if err != nil {
-		return f, fmt.Errorf("build initramfs: %w", err)
-	}
-	f.initramfs = res.Path
-	tarData, err := testsupport.BusyboxRootfsTar(assets.Busybox, testsupport.TarFile{Path: "/etc/banger-test", Mode: 0o644, Data: "from the image\n"})
-	if err != nil {
-		return f, err
-	}
-	f.rootfs = filepath.Join(dir, "rootfs.ext4")
-	if _, err := f.ext4.BuildExt4FromTar(ctx, f.rootfs, bytes.NewReader(tarData), 64<<20); err != nil {
-		return f, fmt.Errorf("build rootfs: %w", err)
-	}
-	if f.tscKHz, err = hostinfo.TSCKHz(); err != nil {
-		return f, err
-	}
-	return f, nil
 }
 
 // vm is one running guest.
@@ -160,13 +128,13 @@ func boot(t testing.TB, f fixture, o bootOptions) *vm {
 	}
 	agentSock := filepath.Join(dir, "agent.sock")
 	cmdline := fmt.Sprintf("console=ttyS0 reboot=t panic=-1 tsc_early_khz=%d banger.root=%s banger.layer=serial:layer banger.work=serial:work banger.agent=serial banger.hostname=guest-%d banger.device_wait=%d",
-		f.tscKHz, root, os.Getpid()%1000, wait)
+		f.TSCKHz, root, os.Getpid()%1000, wait)
 	args := []string{
 		"-M", "microvm,acpi=on", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "512",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-kernel", f.assets.Kernel, "-initrd", f.initramfs, "-append", cmdline,
+		"-kernel", f.Assets.Kernel, "-initrd", f.Initramfs, "-append", cmdline,
 		"-chardev", "file,id=con,path=" + v.console, "-serial", "chardev:con",
-		"-drive", "id=root,file=" + f.rootfs + ",format=raw,if=none,readonly=on",
+		"-drive", "id=root,file=" + f.Rootfs + ",format=raw,if=none,readonly=on",
 		"-device", "virtio-blk-device,drive=root,serial=rootfs",
 		"-drive", "id=layer,file=" + v.layer + ",format=raw,if=none",
 		"-device", "virtio-blk-device,drive=layer,serial=layer",
@@ -288,7 +256,7 @@ func sha256File(t testing.TB, p string) string {
 
 func TestGuestBoots(t *testing.T) {
 	f := getFixture(t)
-	imageSum := sha256File(t, f.rootfs)
+	imageSum := sha256File(t, f.Rootfs)
 	v := boot(t, f, bootOptions{})
 	took := v.waitReady(3 * time.Minute)
 	t.Logf("agent ready %s after qemu start", took.Round(time.Millisecond))
@@ -298,8 +266,8 @@ func TestGuestBoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Kernel.Release != f.assets.KernelRelease {
-		t.Errorf("healthz kernel %+v, want %s", h.Kernel, f.assets.KernelRelease)
+	if h.Kernel.Release != f.Assets.KernelRelease {
+		t.Errorf("healthz kernel %+v, want %s", h.Kernel, f.Assets.KernelRelease)
 	}
 	if stages := bootStages(t, h); len(stages) == 0 || stages[len(stages)-1].Name != "total" {
 		t.Errorf("healthz boot stages: %+v", stages)
@@ -333,7 +301,7 @@ func TestGuestBoots(t *testing.T) {
 	v.poweroff()
 
 	// The write to /etc landed in the writable layer; the image did not change at all.
-	if got := sha256File(t, f.rootfs); got != imageSum {
+	if got := sha256File(t, f.Rootfs); got != imageSum {
 		t.Errorf("the image changed: %s -> %s", imageSum, got)
 	}
 	data, err := f.ext4.ReadExt4File(ctx, v.layer, "/upper/etc/written-in-guest")

@@ -1,0 +1,157 @@
+// Package vmm is the one interface banger drives virtual machine monitors through, with one
+// subpackage per VMM (firecracker, qemu). The daemon speaks only this interface.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/banger-vm/banger/internal/agent/agentclient"
+)
+
+// DriveRole says what a disk is to banger-init; the driver turns it into the right
+// banger.<role>= command line key for how its devices are named in the guest.
+type DriveRole string
+
+const (
+	RoleRoot  DriveRole = "root"  // the image, attached read-only
+	RoleLayer DriveRole = "layer" // the per-VM writable overlay
+	RoleWork  DriveRole = "work"  // mounted at /root
+	RoleExtra DriveRole = "extra" // anything else (e.g. a per-kernel modules disk)
+)
+
+// Drive is a disk image attached to the VM.
+type Drive struct {
+	ID       string // short, unique within the VM: [a-z0-9_-], at most 20 characters
+	Path     string
+	ReadOnly bool
+	Role     DriveRole
+}
+
+// NIC is a network interface backed by a host TAP device.
+type NIC struct {
+	TAP string
+	MAC net.HardwareAddr
+}
+
+// MachineSpec is everything a driver needs to start a VM.
+type MachineSpec struct {
+	Name      string
+	Kernel    string // bzImage (qemu) or ELF vmlinux (firecracker prepares it itself)
+	Initramfs string
+	// Cmdline is the base kernel command line (console, banger.ip, ...); the driver appends
+	// the device, agent and clock keys that depend on how it attaches things.
+	Cmdline   string
+	Drives    []Drive
+	NICs      []NIC
+	VCPUs     int
+	MemoryMiB int
+	// RunDir holds the VM's sockets and the console log; it must exist, be private to the
+	// user, and be short enough for Unix socket paths (about 80 bytes).
+	RunDir string
+	// AgentPort is the guest agent's vsock port (default 1024).
+	AgentPort uint32
+}
+
+// Validate reports the first problem with the spec in words a user can act on.
+func (s MachineSpec) Validate() error {
+	switch {
+	case s.Kernel == "":
+		return errors.New("machine spec: no kernel")
+	case s.VCPUs < 1:
+		return fmt.Errorf("machine spec: %d vCPUs: need at least 1", s.VCPUs)
+	case s.MemoryMiB < 64:
+		return fmt.Errorf("machine spec: %d MiB of memory: need at least 64", s.MemoryMiB)
+	case s.RunDir == "":
+		return errors.New("machine spec: no run directory")
+	}
+	roots := 0
+	seen := map[string]bool{}
+	for _, d := range s.Drives {
+		if d.ID == "" || len(d.ID) > 20 {
+			return fmt.Errorf("machine spec: drive id %q must be 1-20 characters", d.ID)
+		}
+		for _, r := range d.ID {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("machine spec: drive id %q: use a-z, 0-9, '-' and '_'", d.ID)
+			}
+		}
+		if seen[d.ID] {
+			return fmt.Errorf("machine spec: drive id %q used twice", d.ID)
+		}
+		seen[d.ID] = true
+		if d.Role == RoleRoot {
+			roots++
+		}
+	}
+	if roots != 1 {
+		return fmt.Errorf("machine spec: need exactly one root drive, have %d", roots)
+	}
+	return nil
+}
+
+// ExitInfo says why a VM stopped.
+type ExitInfo struct {
+	// Reason is one line: "guest powered off", "killed by signal 9", "exit status 1", ...
+	Reason string
+	// Clean is true when the guest shut itself down (power off), false for crashes and kills.
+	Clean bool
+	// ConsoleTail holds the last lines of the serial console, to show with the reason.
+	ConsoleTail []string
+	At          time.Time
+}
+
+// State is what the daemon persists to find a running VM again after it restarts.
+type State struct {
+	Driver string `json:"driver"`
+	PID    int    `json:"pid"`
+	// StartTime is the process start time in clock ticks since boot (/proc/PID/stat field
+	// 22): together with PID it identifies the process, so a reused PID is not mistaken for
+	// the VM.
+	StartTime  uint64 `json:"start_time"`
+	RunDir     string `json:"run_dir"`
+	ConsoleLog string `json:"console_log"`
+	// Driver-specific sockets and settings.
+	ControlSocket  string `json:"control_socket,omitempty"` // QMP or the Firecracker API
+	AgentSocket    string `json:"agent_socket,omitempty"`
+	AgentTransport string `json:"agent_transport"` // "serial", "vsock" or "hybrid-vsock"
+	VsockCID       uint32 `json:"vsock_cid,omitempty"`
+	AgentPort      uint32 `json:"agent_port,omitempty"`
+	Accel          string `json:"accel,omitempty"`
+}
+
+// Machine is a running VM.
+type Machine interface {
+	// State is what to persist for Reattach.
+	State() State
+	PID() int
+	// Agent is a client for the guest agent over this VM's channel.
+	Agent() *agentclient.Client
+	// Done is closed when the VMM process has exited; Exit then says why.
+	Done() <-chan struct{}
+	Exit() ExitInfo
+	// Stop shuts the guest down gracefully: agent power off, then an ACPI power button
+	// (or Ctrl-Alt-Del), then kill when timeout runs out. It returns once the VMM is gone.
+	Stop(ctx context.Context, timeout time.Duration) (ExitInfo, error)
+	// Kill ends the VMM at once.
+	Kill() error
+	// Close releases the driver's connections to a VM without stopping it (daemon exit).
+	Close() error
+}
+
+// Driver starts VMs on one VMM.
+type Driver interface {
+	Name() string
+	// Start boots spec. If any step fails, nothing is left running and the sockets are gone.
+	Start(ctx context.Context, spec MachineSpec) (Machine, error)
+	// Reattach finds a VM started by an earlier daemon from its persisted state. It fails
+	// with ErrGone when the process is no longer that VM.
+	Reattach(ctx context.Context, st State) (Machine, error)
+}
+
+// ErrGone means the VMM process of a persisted State no longer exists (or its PID now
+// belongs to another process).
+var ErrGone = errors.New("the VM's process is gone")
