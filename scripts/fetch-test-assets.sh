@@ -43,6 +43,16 @@ if ! apt-cache policy linux-image-cloud-amd64 | grep -q 'Candidate: [0-9]'; then
 fi
 fetch linux-image-cloud-amd64 kernel
 fetch busybox-static busybox
+
+# A minimal Debian root with systemd, to test the hand-over to systemd (about 15 s, 200 MB).
+if [ ! -s "$assets/debian-systemd.tar" ]; then
+	command -v mmdebstrap >/dev/null || { apt-get install -y -qq --no-install-recommends mmdebstrap debian-archive-keyring >/dev/null; }
+	log "building a minimal Debian bookworm root with systemd into $assets/debian-systemd.tar"
+	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+	mmdebstrap --quiet --format=tar --variant=apt --include=systemd-sysv --mode=root bookworm \
+		"$assets/debian-systemd.tar.tmp" ${mirror:-http://deb.debian.org/debian}
+	mv "$assets/debian-systemd.tar.tmp" "$assets/debian-systemd.tar"
+fi
 # Readable by the unprivileged test user too.
 chmod -R a+rX "$assets"
 log "test assets ready in $assets"

@@ -89,6 +89,7 @@ type vm struct {
 }
 
 type bootOptions struct {
+	rootfs     string // image; default the busybox fixture
 	rootSpec   string // banger.root; default serial:rootfs
 	deviceWait int
 	noAgent    bool
@@ -126,6 +127,10 @@ func boot(t testing.TB, f fixture, o bootOptions) *vm {
 	if wait == 0 {
 		wait = 30
 	}
+	rootfs := o.rootfs
+	if rootfs == "" {
+		rootfs = f.Rootfs
+	}
 	agentSock := filepath.Join(dir, "agent.sock")
 	cmdline := fmt.Sprintf("console=ttyS0 reboot=t panic=-1 tsc_early_khz=%d banger.root=%s banger.layer=serial:layer banger.work=serial:work banger.agent=serial banger.hostname=guest-%d banger.device_wait=%d",
 		f.TSCKHz, root, os.Getpid()%1000, wait)
@@ -134,7 +139,7 @@ func boot(t testing.TB, f fixture, o bootOptions) *vm {
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-kernel", f.Assets.Kernel, "-initrd", f.Initramfs, "-append", cmdline,
 		"-chardev", "file,id=con,path=" + v.console, "-serial", "chardev:con",
-		"-drive", "id=root,file=" + f.Rootfs + ",format=raw,if=none,readonly=on",
+		"-drive", "id=root,file=" + rootfs + ",format=raw,if=none,readonly=on",
 		"-device", "virtio-blk-device,drive=root,serial=rootfs",
 		"-drive", "id=layer,file=" + v.layer + ",format=raw,if=none",
 		"-device", "virtio-blk-device,drive=layer,serial=layer",
@@ -345,6 +350,51 @@ func TestWrongRootDevicePowersOffWithClearLine(t *testing.T) {
 	re := regexp.MustCompile(`banger-init: FATAL: mount root: device serial:nope did not appear within 3s: .*block devices present: .*serial rootfs`)
 	if !re.MatchString(console) {
 		t.Fatalf("console lacks the clear FATAL line:\n%s", console)
+	}
+}
+
+// TestSystemdImageGetsAgentUnit boots a Debian root with systemd: banger-init must hand over
+// to systemd and the agent must come up as the runtime unit it wrote, with no change to the
+// image.
+func TestSystemdImageGetsAgentUnit(t *testing.T) {
+	f := getFixture(t)
+	tarPath := filepath.Join(f.Assets.Dir, "debian-systemd.tar")
+	tarFile, err := os.Open(tarPath)
+	if err != nil {
+		msg := "no " + tarPath + ": run scripts/fetch-test-assets.sh"
+		if os.Getenv("BANGER_REQUIRE_ASSETS") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	defer tarFile.Close()
+	img := filepath.Join(t.TempDir(), "debian.ext4")
+	if _, err := f.ext4.BuildExt4FromTar(context.Background(), img, tarFile, 0); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256File(t, img)
+	v := boot(t, f, bootOptions{rootfs: img})
+	took := v.waitReady(4 * time.Minute)
+	t.Logf("agent ready under systemd %s after qemu start", took.Round(time.Millisecond))
+	h, err := v.agent.Health(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.PID1 != "systemd" {
+		t.Fatalf("pid 1 is %q, want systemd", h.PID1)
+	}
+	if out, _, code := v.exec("systemctl", "is-active", "banger-agent.service"); code != 0 || out != "active\n" {
+		t.Errorf("banger-agent.service: %q exit %d", out, code)
+	}
+	if out, _, _ := v.exec("sh", "-c", "systemctl show -p FragmentPath banger-agent.service"); !strings.Contains(out, "/run/systemd/system/banger-agent.service") {
+		t.Errorf("unit not from /run: %q", out)
+	}
+	if out, _, code := v.exec("cat", "/root/on-work-disk"); code != 0 || out != "work\n" {
+		t.Errorf("/root under systemd: %q %d", out, code)
+	}
+	v.poweroff()
+	if got := sha256File(t, img); got != sum {
+		t.Error("the image changed")
 	}
 }
 
