@@ -1,0 +1,141 @@
+package qemu
+
+import (
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/banger-vm/banger/internal/agent"
+	"github.com/banger-vm/banger/internal/vmm"
+)
+
+// Agent transports, as recorded in vmm.State.AgentTransport.
+const (
+	TransportSerial = "serial"
+	TransportVsock  = "vsock"
+)
+
+// Files QEMU makes in the spec's RunDir.
+const (
+	qmpSocketName   = "qmp.sock"
+	agentSocketName = "agent.sock"
+	consoleLogName  = "console.log"
+	// qemuLogName gets QEMU's own stdout and stderr. A file, not a pipe to the daemon: the
+	// VM outlives a daemon restart and must not get EPIPE (or SIGPIPE) when it writes then.
+	qemuLogName = "qemu.log"
+)
+
+// layout is where one VM's files are and how its agent is reached.
+type layout struct {
+	QMPSocket   string
+	AgentSocket string // serial transport only
+	ConsoleLog  string
+	QEMULog     string
+	Transport   string
+	CID         uint32 // vsock transport only
+	AgentPort   uint32
+}
+
+func newLayout(runDir, transport string, cid, port uint32) layout {
+	l := layout{
+		QMPSocket:  filepath.Join(runDir, qmpSocketName),
+		ConsoleLog: filepath.Join(runDir, consoleLogName),
+		QEMULog:    filepath.Join(runDir, qemuLogName),
+		Transport:  transport,
+		AgentPort:  port,
+	}
+	if l.AgentPort == 0 {
+		l.AgentPort = agent.DefaultVsockPort
+	}
+	if transport == TransportSerial {
+		l.AgentSocket = filepath.Join(runDir, agentSocketName)
+	} else {
+		l.CID = cid
+	}
+	return l
+}
+
+// opt escapes a value inside a QEMU option string, where ',' separates keys.
+func opt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// roleKeys are the banger-init command line keys for drive roles; RoleExtra has none.
+var roleKeys = map[vmm.DriveRole]string{
+	vmm.RoleRoot:  "banger.root",
+	vmm.RoleLayer: "banger.layer",
+	vmm.RoleWork:  "banger.work",
+}
+
+// kernelCmdline is the spec's base command line plus the keys that depend on how this
+// driver attaches things: virtio-blk serials name the drives, the agent's channel, and for
+// TCG the host's TSC frequency (the guest's clock calibration hangs under load without it).
+func kernelCmdline(spec vmm.MachineSpec, l layout, accel string, tscKHz int) string {
+	parts := []string{}
+	if base := strings.TrimSpace(spec.Cmdline); base != "" {
+		parts = append(parts, base)
+	}
+	for _, d := range spec.Drives {
+		if key, ok := roleKeys[d.Role]; ok {
+			parts = append(parts, key+"=serial:"+d.ID)
+		}
+	}
+	parts = append(parts, "banger.agent="+l.Transport)
+	if l.Transport == TransportVsock && l.AgentPort != agent.DefaultVsockPort {
+		parts = append(parts, "banger.agent_port="+strconv.FormatUint(uint64(l.AgentPort), 10))
+	}
+	if accel == AccelTCG && tscKHz > 0 && !strings.Contains(spec.Cmdline, "tsc_early_khz=") {
+		parts = append(parts, "tsc_early_khz="+strconv.Itoa(tscKHz))
+	}
+	return strings.Join(parts, " ")
+}
+
+// qemuArgs is QEMU's argument list (without argv[0]) for spec.
+func qemuArgs(spec vmm.MachineSpec, l layout, accel, cpu string, tscKHz int) []string {
+	a := []string{
+		"-M", "microvm,acpi=on",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-accel", accel, "-cpu", cpu,
+		"-smp", strconv.Itoa(spec.VCPUs), "-m", strconv.Itoa(spec.MemoryMiB),
+		"-kernel", spec.Kernel,
+	}
+	if spec.Initramfs != "" {
+		a = append(a, "-initrd", spec.Initramfs)
+	}
+	a = append(a, "-append", kernelCmdline(spec, l, accel, tscKHz))
+	a = append(a,
+		"-chardev", "file,id=con,path="+opt(l.ConsoleLog),
+		"-serial", "chardev:con",
+		"-qmp", "unix:"+opt(l.QMPSocket)+",server=on,wait=off",
+	)
+	for _, d := range spec.Drives {
+		drive := fmt.Sprintf("id=%s,file=%s,format=raw,if=none", d.ID, opt(d.Path))
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		}
+		// serial= is what the guest sees (/sys/block/*/serial): banger.<role>=serial:<id>.
+		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", d.ID, d.ID))
+	}
+	for i, n := range spec.NICs {
+		id := "net" + strconv.Itoa(i)
+		a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, opt(n.TAP)))
+		dev := "virtio-net-device,netdev=" + id
+		if len(n.MAC) != 0 {
+			dev += ",mac=" + n.MAC.String()
+		}
+		a = append(a, "-device", dev)
+	}
+	switch l.Transport {
+	case TransportVsock:
+		a = append(a, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", l.CID))
+	default:
+		a = append(a,
+			"-device", "virtio-serial-device",
+			"-chardev", "socket,id=agent,path="+opt(l.AgentSocket)+",server=on,wait=off",
+			"-device", "virtserialport,chardev=agent,name="+agentPortName,
+		)
+	}
+	return a
+}
+
+// agentPortName is the virtio-serial port banger-init looks for (banger.agent_name default).
+const agentPortName = "banger.agent"

@@ -1,0 +1,397 @@
+// Package qemu runs banger VMs on `qemu-system-x86_64 -M microvm`, with KVM or with
+// software emulation (TCG), controlled over QMP. The guest agent is reached over
+// vhost-vsock when the host has a usable /dev/vhost-vsock, else over a virtio-serial port
+// whose chardev is a Unix socket in the VM's run directory.
+//
+// QEMU runs as a child of the daemon in its own session (so terminal signals aimed at the
+// daemon do not reach it) and writes everything to files, so it keeps running when the
+// daemon exits; a new daemon finds it again with Reattach.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/banger-vm/banger/internal/agent/agentclient"
+	"github.com/banger-vm/banger/internal/hostinfo"
+	"github.com/banger-vm/banger/internal/vmm"
+)
+
+// Accelerators.
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
+)
+
+// DriverName is the driver's name in vmm.State.
+const DriverName = "qemu"
+
+// Config configures the driver.
+type Config struct {
+	// Binary is the QEMU to run; default qemu-system-x86_64 found on PATH.
+	Binary string
+	// Accel is "kvm" or "tcg" (default): the caller decides with vmm.Choose, after a real
+	// KVM probe. Under "tcg" the guest gets tsc_early_khz=<host TSC kHz>.
+	Accel string
+	// CPUModel is QEMU's -cpu; default "host" with KVM, "max" with TCG.
+	CPUModel string
+	// AgentTransport forces "serial" or "vsock"; empty picks vsock when /dev/vhost-vsock is
+	// usable, else serial.
+	AgentTransport string
+	// TSCKHz overrides the host TSC frequency given to TCG guests; 0 measures it
+	// (hostinfo.TSCKHz). If it cannot be measured the key is left out.
+	TSCKHz int
+}
+
+// Driver starts and reattaches QEMU VMs. It is safe for concurrent use.
+type Driver struct {
+	cfg Config
+
+	// vhostVsock is the vhost-vsock device; a variable so tests can point it elsewhere.
+	vhostVsock string
+
+	tscOnce sync.Once
+	tsc     int
+}
+
+// New returns a driver for cfg, with defaults filled in.
+func New(cfg Config) *Driver {
+	if cfg.Binary == "" {
+		cfg.Binary = "qemu-system-x86_64"
+	}
+	if cfg.Accel == "" {
+		cfg.Accel = AccelTCG
+	}
+	if cfg.CPUModel == "" {
+		cfg.CPUModel = "max"
+		if cfg.Accel == AccelKVM {
+			cfg.CPUModel = "host"
+		}
+	}
+	return &Driver{cfg: cfg, vhostVsock: "/dev/vhost-vsock"}
+}
+
+var _ vmm.Driver = (*Driver)(nil)
+
+// Name is "qemu".
+func (d *Driver) Name() string { return DriverName }
+
+// Timeouts for QMP to answer.
+const (
+	// startQMPTimeout bounds Start's wait for QEMU's first answer when ctx has no earlier
+	// deadline. QMP answers once the machine is set up (the kernel loaded), well before
+	// the guest boots: milliseconds normally, seconds on a badly loaded host.
+	startQMPTimeout = 30 * time.Second
+	// reattachQMPTimeout bounds Reattach's QMP handshake.
+	reattachQMPTimeout = 10 * time.Second
+)
+
+func (d *Driver) tscKHz() int {
+	if d.cfg.TSCKHz > 0 {
+		return d.cfg.TSCKHz
+	}
+	d.tscOnce.Do(func() {
+		// Not fatal: without the key the guest calibrates its clock itself, which works
+		// on an idle host and is merely at risk of hanging on a loaded one.
+		d.tsc, _ = hostinfo.TSCKHz()
+	})
+	return d.tsc
+}
+
+// maxSocketPath is the longest path a Unix socket can have (sun_path is 108 bytes with its
+// terminating NUL).
+const maxSocketPath = 107
+
+// check finds what would make QEMU fail, and says it in banger's words, before starting it.
+func (d *Driver) check(spec vmm.MachineSpec) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	switch d.cfg.Accel {
+	case AccelKVM, AccelTCG:
+	default:
+		return fmt.Errorf("qemu: unknown accelerator %q: use kvm or tcg", d.cfg.Accel)
+	}
+	fi, err := os.Stat(spec.RunDir)
+	if err != nil {
+		return fmt.Errorf("machine spec: run directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("machine spec: run directory %s is not a directory", spec.RunDir)
+	}
+	// Whoever can reach the QMP socket controls the VM.
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("machine spec: run directory %s is mode %04o: it must be private to its owner (chmod 700)", spec.RunDir, fi.Mode().Perm())
+	}
+	for _, name := range []string{qmpSocketName, agentSocketName} {
+		if p := filepath.Join(spec.RunDir, name); len(p) > maxSocketPath {
+			return fmt.Errorf("machine spec: run directory %s is too long: socket path %s is %d bytes, Unix sockets allow %d", spec.RunDir, p, len(p), maxSocketPath)
+		}
+	}
+	files := []struct{ what, path string }{{"kernel", spec.Kernel}}
+	if spec.Initramfs != "" {
+		files = append(files, struct{ what, path string }{"initramfs", spec.Initramfs})
+	}
+	for _, dr := range spec.Drives {
+		files = append(files, struct{ what, path string }{"drive " + dr.ID, dr.Path})
+	}
+	for _, f := range files {
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("machine spec: %s: %w", f.what, err)
+		}
+		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
+			return fmt.Errorf("machine spec: %s %s is not a file", f.what, f.path)
+		}
+	}
+	roles := map[vmm.DriveRole]int{}
+	for _, dr := range spec.Drives {
+		roles[dr.Role]++
+	}
+	for _, r := range []vmm.DriveRole{vmm.RoleLayer, vmm.RoleWork} {
+		if roles[r] > 1 {
+			return fmt.Errorf("machine spec: %d %s drives: at most one", roles[r], r)
+		}
+	}
+	for _, n := range spec.NICs {
+		// As root, QEMU would silently create a missing TAP, unattached to any bridge; as a
+		// user it would fail with a cryptic TUNSETIFF error. The root helper makes TAPs.
+		if n.TAP == "" || len(n.TAP) > 15 {
+			return fmt.Errorf("machine spec: TAP name %q: must be 1-15 characters", n.TAP)
+		}
+		if _, err := os.Stat(filepath.Join("/sys/class/net", n.TAP, "tun_flags")); err != nil {
+			if _, err2 := os.Stat(filepath.Join("/sys/class/net", n.TAP)); err2 == nil {
+				return fmt.Errorf("machine spec: network device %s is not a TAP device", n.TAP)
+			}
+			return fmt.Errorf("machine spec: TAP device %s does not exist (the banger helper creates it: is it running?)", n.TAP)
+		}
+		if len(n.MAC) != 0 && len(n.MAC) != 6 {
+			return fmt.Errorf("machine spec: MAC %s of TAP %s: want 6 bytes", n.MAC, n.TAP)
+		}
+	}
+	return nil
+}
+
+// agentChannel picks the agent transport: vhost-vsock when the device can be opened (and
+// then a free CID), else virtio-serial.
+func (d *Driver) agentChannel() (string, uint32, error) {
+	random := func() uint32 { return 3 + rand.Uint32N(1<<31) } // 0-2 are reserved
+	switch d.cfg.AgentTransport {
+	case TransportSerial:
+		return TransportSerial, 0, nil
+	case TransportVsock:
+		cid, err := reserveCID(d.vhostVsock, random)
+		if err != nil {
+			return "", 0, fmt.Errorf("qemu: agent over vsock: %w", err)
+		}
+		return TransportVsock, cid, nil
+	case "":
+		if cid, err := reserveCID(d.vhostVsock, random); err == nil {
+			return TransportVsock, cid, nil
+		}
+		return TransportSerial, 0, nil
+	}
+	return "", 0, fmt.Errorf("qemu: unknown agent transport %q: use serial or vsock", d.cfg.AgentTransport)
+}
+
+// removeSockets removes the sockets QEMU makes in runDir (after QEMU is gone).
+func removeSockets(runDir string) {
+	for _, name := range []string{qmpSocketName, agentSocketName} {
+		p := filepath.Join(runDir, name)
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(p)
+		}
+	}
+}
+
+// CommandLine returns the QEMU binary and arguments Start would run for spec (with the
+// agent transport picked now), for `banger vm inspect` and for comparing with QEMU run by
+// hand.
+func (d *Driver) CommandLine(spec vmm.MachineSpec) (string, []string, error) {
+	if err := d.check(spec); err != nil {
+		return "", nil, err
+	}
+	transport, cid, err := d.agentChannel()
+	if err != nil {
+		return "", nil, err
+	}
+	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
+	return d.cfg.Binary, qemuArgs(spec, l, d.cfg.Accel, d.cfg.CPUModel, d.tscKHz()), nil
+}
+
+// Start boots spec and returns once QMP answers query-status; it does not wait for the
+// guest agent (Agent().WaitReady does). If any step fails, QEMU is killed and its sockets
+// removed; console.log and qemu.log stay in RunDir to explain what happened.
+func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine, err error) {
+	if err := d.check(spec); err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath(d.cfg.Binary)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w (apt-get install qemu-system-x86)", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Name, context.Cause(ctx))
+	}
+	transport, cid, err := d.agentChannel()
+	if err != nil {
+		return nil, err
+	}
+	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
+	args := qemuArgs(spec, l, d.cfg.Accel, d.cfg.CPUModel, d.tscKHz())
+
+	// Sockets left by a VM that died uncleanly would make our wait below talk to nothing.
+	removeSockets(spec.RunDir)
+	logf, err := os.OpenFile(l.QEMULog, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = spec.RunDir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own session: Ctrl-C in the daemon's terminal must not reach the VM. No Pdeathsig: the
+	// VM outlives the daemon on purpose.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	logf.Close() // QEMU has its own copy
+	if err != nil {
+		removeSockets(spec.RunDir)
+		return nil, fmt.Errorf("start %s: run %s: %w", spec.Name, bin, err)
+	}
+
+	st := vmm.State{
+		Driver:         DriverName,
+		PID:            cmd.Process.Pid,
+		RunDir:         spec.RunDir,
+		ConsoleLog:     l.ConsoleLog,
+		ControlSocket:  l.QMPSocket,
+		AgentSocket:    l.AgentSocket,
+		AgentTransport: l.Transport,
+		VsockCID:       l.CID,
+		AgentPort:      l.AgentPort,
+		Accel:          d.cfg.Accel,
+	}
+	// The zombie keeps its /proc entry until our wait goroutine reaps it, so this only
+	// fails when QEMU is already gone; waitQMP below then reports why.
+	if ps, err := readProcStat(st.PID); err == nil {
+		st.StartTime = ps.StartTime
+	}
+	m := newMachine(st, l)
+	m.cmd = cmd
+	go m.waitChild()
+	defer func() {
+		if err != nil {
+			m.killAndWait()
+			m.Close()
+			removeSockets(spec.RunDir)
+		}
+	}()
+
+	qctx, cancel := context.WithTimeout(ctx, startQMPTimeout)
+	defer cancel()
+	q, err := m.waitQMP(qctx)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
+	}
+	m.setQMP(q)
+	m.agent = agentClient(l)
+	return m, nil
+}
+
+func agentClient(l layout) *agentclient.Client {
+	if l.Transport == TransportVsock {
+		return agentclient.NewVsock(l.CID, l.AgentPort)
+	}
+	return agentclient.NewSerial(l.AgentSocket)
+}
+
+// Reattach finds a VM an earlier daemon started, from its persisted State: the process must
+// still be the one that started at st.StartTime (else vmm.ErrGone). It reconnects QMP and
+// builds a new agent client; the VM is not the daemon's child now, so its end is watched
+// through a pidfd and its exit status is unknown.
+func (d *Driver) Reattach(ctx context.Context, st vmm.State) (_ vmm.Machine, err error) {
+	if st.Driver != DriverName {
+		return nil, fmt.Errorf("qemu: cannot reattach a %q VM", st.Driver)
+	}
+	if st.PID <= 0 {
+		return nil, fmt.Errorf("reattach: %w: no pid recorded", vmm.ErrGone)
+	}
+	if err := sameProcess(st.PID, st.StartTime); err != nil {
+		return nil, fmt.Errorf("reattach qemu: %w: %v", vmm.ErrGone, err)
+	}
+	// The pidfd pins the process: once it is open, a PID reused later cannot be mistaken
+	// for the VM. Check the start time again in case it was reused just before the open.
+	pidfd, err := pidfdOpen(st.PID)
+	if err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return nil, fmt.Errorf("reattach qemu: %w: pid %d exited", vmm.ErrGone, st.PID)
+		}
+		return nil, fmt.Errorf("reattach qemu pid %d: %w", st.PID, err)
+	}
+	if err := sameProcess(st.PID, st.StartTime); err != nil {
+		closeFD(pidfd)
+		return nil, fmt.Errorf("reattach qemu: %w: %v", vmm.ErrGone, err)
+	}
+	port := st.AgentPort
+	l := layout{
+		QMPSocket:   st.ControlSocket,
+		AgentSocket: st.AgentSocket,
+		ConsoleLog:  st.ConsoleLog,
+		QEMULog:     filepath.Join(st.RunDir, qemuLogName),
+		Transport:   st.AgentTransport,
+		CID:         st.VsockCID,
+		AgentPort:   port,
+	}
+	if l.QMPSocket == "" {
+		l.QMPSocket = filepath.Join(st.RunDir, qmpSocketName)
+	}
+	if l.ConsoleLog == "" {
+		l.ConsoleLog = filepath.Join(st.RunDir, consoleLogName)
+	}
+	switch l.Transport {
+	case TransportSerial:
+		if l.AgentSocket == "" {
+			l.AgentSocket = filepath.Join(st.RunDir, agentSocketName)
+		}
+	case TransportVsock:
+	default:
+		closeFD(pidfd)
+		return nil, fmt.Errorf("reattach qemu pid %d: unknown agent transport %q", st.PID, l.Transport)
+	}
+	m := newMachine(st, l)
+	m.pidfd = pidfd
+	go m.watchPidfd()
+	defer func() {
+		if err != nil {
+			close(m.stopWatch) // the watcher closes the pidfd
+			m.Close()
+		}
+	}()
+	qctx, cancel := context.WithTimeout(ctx, reattachQMPTimeout)
+	defer cancel()
+	q, err := dialQMP(qctx, l.QMPSocket)
+	if err == nil {
+		if _, err = q.queryStatus(qctx); err != nil {
+			q.Close()
+		}
+	}
+	if err != nil {
+		select {
+		case <-m.done:
+			return nil, fmt.Errorf("reattach qemu: %w: pid %d exited", vmm.ErrGone, st.PID)
+		default:
+		}
+		return nil, fmt.Errorf("reattach qemu pid %d: QMP does not answer on %s: %w", st.PID, l.QMPSocket, err)
+	}
+	m.setQMP(q)
+	m.agent = agentClient(l)
+	return m, nil
+}
