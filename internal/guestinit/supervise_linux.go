@@ -40,6 +40,11 @@ func (b *boot) supervise() error {
 	} else if sshd != nil {
 		services = append(services, sshd)
 	}
+	// Ctrl-Alt-Del (Firecracker's SendCtrlAltDel) then reaches PID 1 as SIGINT, which powers
+	// off cleanly, instead of an immediate kernel reboot.
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
+		b.logf("warning: cannot route Ctrl-Alt-Del to banger-init: %v", err)
+	}
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGPWR, SigPowerOff, SigReboot)
 	for _, s := range services {
