@@ -6,6 +6,8 @@ BANGER_APT_PACKAGES=(
 	e2fsprogs fakeroot   # disk toolkit: mkfs.ext4, debugfs, e2fsck; fakeroot for ownership
 	qemu-system-x86      # the VMM where firecracker/KVM cannot run
 	iproute2 util-linux  # ip for diagnostics; runuser for unprivileged test runs
+	mmdebstrap debian-archive-keyring  # the systemd test root filesystem
+	xz-utils lz4 zstd    # the kernel build's compressors, to cross-check vmlinux extraction
 )
 
 # Oldest Go that builds banger: go.mod's go line.
