@@ -295,7 +295,7 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (vmm.Machine, error
 	}
 	// Pin the process first (a pidfd keeps meaning this process even if the PID is reused
 	// later), then check it is still the one we started.
-	pidfd, perr := pidfdOpen(st.PID)
+	pidfd, perr := vmm.PidfdOpen(st.PID)
 	if perr != nil && !errors.Is(perr, syscall.ENOSYS) {
 		return nil, fmt.Errorf("%w: pid %d: %v", vmm.ErrGone, st.PID, perr)
 	}

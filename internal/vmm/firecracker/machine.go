@@ -386,12 +386,3 @@ func (m *machine) Stop(ctx context.Context, timeout time.Duration) (vmm.ExitInfo
 	}
 	return kill(nil)
 }
-
-// pidfdOpen returns a pidfd for pid (Linux 5.3+).
-func pidfdOpen(pid int) (int, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return -1, err
-	}
-	return fd, nil
-}

@@ -168,7 +168,7 @@ func processesWith(s string) []string {
 		if err != nil || !bytes.Contains(data, []byte(s)) {
 			continue
 		}
-		if st, err := readProcStat(atoiOr(filepath.Base(d))); err == nil && st.State == 'Z' {
+		if st, err := vmm.ReadProcStat(atoiOr(filepath.Base(d))); err == nil && st.State == 'Z' {
 			continue
 		}
 		found = append(found, filepath.Base(d)+": "+string(bytes.ReplaceAll(data, []byte{0}, []byte{' '})))

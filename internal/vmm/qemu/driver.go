@@ -281,7 +281,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 	}
 	// The zombie keeps its /proc entry until our wait goroutine reaps it, so this only
 	// fails when QEMU is already gone; waitQMP below then reports why.
-	if ps, err := readProcStat(st.PID); err == nil {
+	if ps, err := vmm.ReadProcStat(st.PID); err == nil {
 		st.StartTime = ps.StartTime
 	}
 	m := newMachine(st, l)
@@ -324,19 +324,19 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (_ vmm.Machine, err
 	if st.PID <= 0 {
 		return nil, fmt.Errorf("reattach: %w: no pid recorded", vmm.ErrGone)
 	}
-	if err := sameProcess(st.PID, st.StartTime); err != nil {
+	if err := vmm.SameProcess(st.PID, st.StartTime); err != nil {
 		return nil, fmt.Errorf("reattach qemu: %w: %v", vmm.ErrGone, err)
 	}
 	// The pidfd pins the process: once it is open, a PID reused later cannot be mistaken
 	// for the VM. Check the start time again in case it was reused just before the open.
-	pidfd, err := pidfdOpen(st.PID)
+	pidfd, err := vmm.PidfdOpen(st.PID)
 	if err != nil {
 		if errors.Is(err, syscall.ESRCH) {
 			return nil, fmt.Errorf("reattach qemu: %w: pid %d exited", vmm.ErrGone, st.PID)
 		}
 		return nil, fmt.Errorf("reattach qemu pid %d: %w", st.PID, err)
 	}
-	if err := sameProcess(st.PID, st.StartTime); err != nil {
+	if err := vmm.SameProcess(st.PID, st.StartTime); err != nil {
 		closeFD(pidfd)
 		return nil, fmt.Errorf("reattach qemu: %w: %v", vmm.ErrGone, err)
 	}

@@ -98,7 +98,7 @@ func (m *machine) waitChild() {
 func (m *machine) watchPidfd() {
 	defer closeFD(m.pidfd)
 	for {
-		exited, err := pidfdWait(m.pidfd, 250*time.Millisecond)
+		exited, err := vmm.PidfdWait(m.pidfd, 250*time.Millisecond)
 		if exited || err != nil {
 			break
 		}
@@ -276,7 +276,7 @@ func (m *machine) sigkill(note string) error {
 			err = nil
 		}
 	} else {
-		err = pidfdKill(m.pidfd)
+		err = vmm.PidfdKill(m.pidfd)
 	}
 	if err != nil && !m.exited() {
 		return fmt.Errorf("kill qemu pid %d: %w", m.st.PID, err)

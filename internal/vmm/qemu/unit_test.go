@@ -21,24 +21,24 @@ import (
 func TestParseProcStat(t *testing.T) {
 	// comm may hold spaces and parentheses: fields count from the last ')'.
 	line := "4242 (we (ird) ) comm) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 10 18446744073709551615\n"
-	st, err := parseProcStat([]byte(line))
+	st, err := vmm.ParseProcStat([]byte(line))
 	if err != nil || st.State != 'S' || st.StartTime != 987654 {
-		t.Fatalf("parseProcStat = %+v, %v", st, err)
+		t.Fatalf("vmm.ParseProcStat = %+v, %v", st, err)
 	}
 	for _, bad := range []string{"", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 notanumber"} {
-		if _, err := parseProcStat([]byte(bad)); err == nil {
-			t.Errorf("parseProcStat(%q): no error", bad)
+		if _, err := vmm.ParseProcStat([]byte(bad)); err == nil {
+			t.Errorf("vmm.ParseProcStat(%q): no error", bad)
 		}
 	}
-	self, err := readProcStat(os.Getpid())
+	self, err := vmm.ReadProcStat(os.Getpid())
 	if err != nil || self.StartTime == 0 {
 		t.Fatalf("own stat: %+v, %v", self, err)
 	}
-	if err := sameProcess(os.Getpid(), self.StartTime); err != nil {
-		t.Errorf("sameProcess(self): %v", err)
+	if err := vmm.SameProcess(os.Getpid(), self.StartTime); err != nil {
+		t.Errorf("vmm.SameProcess(self): %v", err)
 	}
-	if err := sameProcess(os.Getpid(), self.StartTime+1); err == nil || !strings.Contains(err.Error(), "another process") {
-		t.Errorf("sameProcess(self, wrong start): %v", err)
+	if err := vmm.SameProcess(os.Getpid(), self.StartTime+1); err == nil || !strings.Contains(err.Error(), "another process") {
+		t.Errorf("vmm.SameProcess(self, wrong start): %v", err)
 	}
 }
 
