@@ -80,6 +80,8 @@ helper does only the networking. Start with:
 		a.configCommand(),
 		a.daemonCommand(),
 		a.doctorCommand(),
+		a.imageCommand(),
+		a.helperCommand(),
 	)
 	return root
 }

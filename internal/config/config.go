@@ -5,6 +5,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,6 +26,8 @@ type Config struct {
 	VMM     VMM
 	Runtime Runtime
 	Doctor  Doctor
+	Network Network
+	Images  Images
 
 	// File is the config file that was read ("" when none exists).
 	File string
@@ -60,6 +63,20 @@ type Runtime struct {
 type Doctor struct {
 	MinFreeSpace int64
 }
+
+// Network configures guest networking (the root helper reads the same keys).
+type Network struct {
+	Bridge       string
+	Subnet       string // IPv4 prefix, e.g. 10.213.66.0/24
+	TAPPoolSize  int
+	DNS          []string // empty: the host's upstream resolvers
+	IsolateVMs   bool
+	HelperSocket string
+}
+
+// DefaultSubnet is a /24 deep inside 10/8, picked to be unlikely to collide with home
+// routers (192.168.x), Docker (172.17-31.x) or the usual VPN ranges (10.0-10.10.x).
+const DefaultSubnet = "10.213.66.0/24"
 
 // SourceKind says where a value came from.
 type SourceKind string
@@ -102,7 +119,10 @@ func Defaults() Config {
 		Daemon:   Daemon{Autostart: true, ShutdownTimeout: 10 * time.Second},
 		VMM:      VMM{Driver: "auto"},
 		Doctor:   Doctor{MinFreeSpace: 10 << 30},
-		Sources:  map[string]Source{},
+		Network: Network{Bridge: "banger0", Subnet: DefaultSubnet, TAPPoolSize: 4, IsolateVMs: true,
+			HelperSocket: "/run/banger/helper.sock"},
+		Images:  defaultImages(),
+		Sources: map[string]Source{},
 	}
 	for _, k := range keys(&c) {
 		c.Sources[k.name] = Source{Kind: FromDefault}
@@ -229,6 +249,17 @@ func keys(c *Config) []key {
 		pathKey("runtime.agent_path", "guest agent binary (default: the one shipped with banger)", &c.Runtime.AgentPath),
 		pathKey("runtime.ssh_key_path", "SSH private key for VMs (default: banger's own ed25519 key)", &c.Runtime.SSHKeyPath),
 		sizeKey("doctor.min_free_space", "doctor warns when the data dir's filesystem has less free space", &c.Doctor.MinFreeSpace),
+		stringKey("network.bridge", "bridge the guests' TAP devices attach to", &c.Network.Bridge, validInterfaceName),
+		stringKey("network.subnet", "guest IPv4 subnet; the bridge gets its first address (must not overlap an existing route)", &c.Network.Subnet, validSubnet),
+		intKey("network.tap_pool_size", "warm TAP devices kept ready so VMs start without creating one", &c.Network.TAPPoolSize, 0, 64),
+		addrListKey("network.dns", "DNS servers for guests (default: the host's upstream resolvers)", &c.Network.DNS),
+		boolKey("network.isolate_vms", "block VM-to-VM traffic on the bridge (bridge port isolation)", &c.Network.IsolateVMs),
+		pathKey("network.helper_socket", "the root helper's socket", &c.Network.HelperSocket),
+		stringKey("images.default", "image `banger image pull` pulls when given no name", &c.Images.Default, validImageName),
+		stringKey("images.debian_mirror", "Debian archive for Debian images and kernels", &c.Images.DebianMirror, validMirror),
+		pathKey("images.debian_keyring", "OpenPGP keyring that verifies the Debian archive", &c.Images.DebianKeyring),
+		enumKey("images.kernel", "fetch a kernel (linux-image-cloud-amd64) with each pull if none is present", &c.Images.Kernel, "auto", "none"),
+		stringListKey("images.extra", "extra catalog entries: [\"NAME=REF\"] with REF an OCI reference, debian:SUITE, or URL#sha256=HEX", &c.Images.Extra),
 	}
 }
 
@@ -336,6 +367,84 @@ func sizeKey(name, help string, dst *int64) key {
 			return fmt.Errorf("want a size like \"10GiB\", got %s", tomlType(v))
 		},
 		show: func() string { return units.FormatSize(*dst) }}
+}
+
+func stringKey(name, help string, dst *string, valid func(string) error) key {
+	return key{name: name, help: help,
+		set: func(v any) error {
+			s, err := stringValue(v)
+			if err != nil {
+				return err
+			}
+			if err := valid(s); err != nil {
+				return err
+			}
+			*dst = s
+			return nil
+		},
+		show: func() string { return *dst }}
+}
+
+func intKey(name, help string, dst *int, lo, hi int64) key {
+	return key{name: name, help: fmt.Sprintf("%s (%d-%d)", help, lo, hi),
+		set: func(v any) error {
+			n, ok := v.(int64)
+			if !ok {
+				return fmt.Errorf("want an integer, got %s", tomlType(v))
+			}
+			if n < lo || n > hi {
+				return fmt.Errorf("%d is not between %d and %d", n, lo, hi)
+			}
+			*dst = int(n)
+			return nil
+		},
+		show: func() string { return fmt.Sprint(*dst) }}
+}
+
+func addrListKey(name, help string, dst *[]string) key {
+	return key{name: name, help: help,
+		set: func(v any) error {
+			list, ok := v.([]any)
+			if !ok {
+				return fmt.Errorf("want a list of IP addresses like [\"192.0.2.53\"], got %s", tomlType(v))
+			}
+			out := []string{}
+			for _, e := range list {
+				s, ok := e.(string)
+				if !ok {
+					return fmt.Errorf("want IP address strings, got %s", tomlType(e))
+				}
+				a, err := netip.ParseAddr(s)
+				if err != nil {
+					return fmt.Errorf("%q is not an IP address", s)
+				}
+				out = append(out, a.String())
+			}
+			*dst = out
+			return nil
+		},
+		show: func() string { return strings.Join(*dst, ", ") }}
+}
+
+func validInterfaceName(s string) error {
+	if len(s) == 0 || len(s) > 15 || strings.ContainsAny(s, "/ \t\n:") {
+		return fmt.Errorf("%q is not an interface name (1-15 characters, no '/', ':' or spaces)", s)
+	}
+	return nil
+}
+
+func validSubnet(s string) error {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return fmt.Errorf("%q is not an IPv4 prefix like %s", s, DefaultSubnet)
+	}
+	if p.Masked() != p {
+		return fmt.Errorf("%q has host bits set; write %s", s, p.Masked())
+	}
+	if p.Bits() < 16 || p.Bits() > 29 {
+		return fmt.Errorf("%q: the prefix length must be between /16 and /29", s)
+	}
+	return nil
 }
 
 func tomlType(v any) string {

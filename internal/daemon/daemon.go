@@ -19,6 +19,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/config"
 	"github.com/banger-vm/banger/internal/doctor"
+	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/lifecycle"
 	"github.com/banger-vm/banger/internal/paths"
 	"github.com/banger-vm/banger/internal/store"
@@ -61,6 +62,8 @@ type Daemon struct {
 	ln     net.Listener
 	srv    *http.Server
 	doctor *doctor.Registry
+	net    *netState
+	images *image.Manager
 
 	shutdownOnce sync.Once
 	shutdownReq  chan string
@@ -122,6 +125,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.doctor = doctor.NewRegistry(30 * time.Second)
 	doctor.RegisterHostChecks(d.doctor, doctor.HostOptions{Config: opts.Config, DataDir: opts.Layout.DataDir})
 	d.doctor.Register("store", d.storeCheck)
+	if err := d.initImages(ctx); err != nil {
+		return nil, err
+	}
 
 	if err := d.startup.Run(ctx, "listen", func(context.Context) error {
 		ln, err := listen(opts.Layout.Socket, d.log)
@@ -135,6 +141,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 
+	d.startNetwork(ctx)
 	d.srv = &http.Server{
 		Handler:           d.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -166,6 +173,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 			d.log.Warn("in-flight requests did not finish in time; closing them", "err", e)
 			_ = d.srv.Close()
 		}
+		d.stopNetwork()
 		// The socket goes before the lock: once the lock is free another daemon may start
 		// and create its own socket, which we must not delete.
 		if e := os.Remove(d.opts.Layout.Socket); e != nil && !errors.Is(e, os.ErrNotExist) {

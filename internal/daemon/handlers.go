@@ -31,6 +31,7 @@ func (d *Daemon) routes() http.Handler {
 		"/events":   {http.MethodGet: d.handleEvents},
 		"/shutdown": {http.MethodPost: d.handleShutdown},
 	}
+	d.addImageRoutes(table)
 	prefix := "/" + api.Version
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {

@@ -1,0 +1,217 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Image is an image as the API shows it.
+type Image struct {
+	ID           string          `json:"id"`
+	Name         string          `json:"name"`
+	Source       string          `json:"source"`
+	Digest       string          `json:"digest,omitempty"`
+	RootfsPath   string          `json:"rootfs_path"`
+	WorkSeedPath string          `json:"work_seed_path,omitempty"`
+	Kernel       string          `json:"kernel,omitempty"`
+	SizeBytes    int64           `json:"size_bytes"`
+	CreatedAt    time.Time       `json:"created_at"`
+	UpdatedAt    time.Time       `json:"updated_at"`
+	Metadata     json.RawMessage `json:"metadata,omitempty"`
+}
+
+// ImagesResponse answers GET /v1/images.
+type ImagesResponse struct {
+	Images []Image `json:"images"`
+}
+
+// Package is one installed package of an image.
+type Package struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Arch    string `json:"arch,omitempty"`
+}
+
+// ImageInspect answers GET /v1/images/inspect?name=NAME.
+type ImageInspect struct {
+	Image         Image           `json:"image"`
+	PackageFormat string          `json:"package_format"`
+	Packages      []Package       `json:"packages"`
+	Kernel        json.RawMessage `json:"kernel,omitempty"`
+}
+
+// ImagePullRequest is POST /v1/images/pull.
+type ImagePullRequest struct {
+	// Ref is a catalog name (debian-bookworm, ...) or an OCI reference; "" is the default image.
+	Ref      string `json:"ref,omitempty"`
+	Name     string `json:"name,omitempty"`
+	Baseline bool   `json:"baseline,omitempty"`
+	NoKernel bool   `json:"no_kernel,omitempty"`
+}
+
+// ImageImportRequest is POST /v1/images/import: Path is a tar (optionally compressed) or an
+// ext4 file the daemon's user can read.
+type ImageImportRequest struct {
+	Name     string `json:"name"`
+	Path     string `json:"path"`
+	NoKernel bool   `json:"no_kernel,omitempty"`
+}
+
+// ImageRemoveRequest is POST /v1/images/rm.
+type ImageRemoveRequest struct {
+	Name string `json:"name"`
+}
+
+// KernelPullRequest is POST /v1/kernels/pull.
+type KernelPullRequest struct {
+	Suite string `json:"suite,omitempty"` // default bookworm
+}
+
+// KernelRemoveRequest is POST /v1/kernels/rm.
+type KernelRemoveRequest struct {
+	ID string `json:"id"`
+}
+
+// KernelsResponse answers GET /v1/kernels.
+type KernelsResponse struct {
+	Kernels []json.RawMessage `json:"kernels"`
+}
+
+// CatalogResponse answers GET /v1/images/catalog.
+type CatalogResponse struct {
+	Entries []json.RawMessage `json:"entries"`
+}
+
+// Progress reports a long step of a streamed operation.
+type Progress struct {
+	Stage   string `json:"stage"`
+	Current int64  `json:"current,omitempty"`
+	Total   int64  `json:"total,omitempty"`
+	Unit    string `json:"unit,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// StreamEvent is one line of a streamed answer (application/x-ndjson): progress lines, then
+// exactly one line with Result or Error. A client that disconnects cancels the operation.
+type StreamEvent struct {
+	Progress *Progress       `json:"progress,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *Error          `json:"error,omitempty"`
+}
+
+// Images lists the registered images.
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	var out ImagesResponse
+	err := c.do(ctx, http.MethodGet, "/images", nil, nil, &out)
+	return out.Images, err
+}
+
+// InspectImage returns an image with its package manifest.
+func (c *Client) InspectImage(ctx context.Context, name string) (ImageInspect, error) {
+	var out ImageInspect
+	err := c.do(ctx, http.MethodGet, "/images/inspect", url.Values{"name": {name}}, nil, &out)
+	return out, err
+}
+
+// RemoveImage deletes an image; it is a conflict while a VM uses it.
+func (c *Client) RemoveImage(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/images/rm", nil, ImageRemoveRequest{Name: name}, nil)
+}
+
+// Catalog lists the named images the daemon knows.
+func (c *Client) Catalog(ctx context.Context) ([]json.RawMessage, error) {
+	var out CatalogResponse
+	err := c.do(ctx, http.MethodGet, "/images/catalog", nil, nil, &out)
+	return out.Entries, err
+}
+
+// PullImage pulls an image, calling progress for each report; cancel ctx to abort it.
+func (c *Client) PullImage(ctx context.Context, req ImagePullRequest, progress func(Progress)) (Image, error) {
+	var out Image
+	err := c.stream(ctx, "/images/pull", req, progress, &out)
+	return out, err
+}
+
+// ImportImage imports a local tar or ext4 file as an image.
+func (c *Client) ImportImage(ctx context.Context, req ImageImportRequest, progress func(Progress)) (Image, error) {
+	var out Image
+	err := c.stream(ctx, "/images/import", req, progress, &out)
+	return out, err
+}
+
+// Kernels lists the kernel artifacts.
+func (c *Client) Kernels(ctx context.Context) ([]json.RawMessage, error) {
+	var out KernelsResponse
+	err := c.do(ctx, http.MethodGet, "/kernels", nil, nil, &out)
+	return out.Kernels, err
+}
+
+// PullKernel fetches linux-image-cloud-amd64 of a Debian suite.
+func (c *Client) PullKernel(ctx context.Context, req KernelPullRequest, progress func(Progress)) (json.RawMessage, error) {
+	var out json.RawMessage
+	err := c.stream(ctx, "/kernels/pull", req, progress, &out)
+	return out, err
+}
+
+// RemoveKernel deletes a kernel no image uses.
+func (c *Client) RemoveKernel(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodPost, "/kernels/rm", nil, KernelRemoveRequest{ID: id}, nil)
+}
+
+// stream POSTs in and reads an NDJSON answer of StreamEvents.
+func (c *Client) stream(ctx context.Context, path string, in any, progress func(Progress), out any) error {
+	data, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://banger/"+Version+path, bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(ClientVersionHeader, c.version)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return c.connError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var eb ErrorBody
+		if json.NewDecoder(resp.Body).Decode(&eb) == nil && eb.Error != nil {
+			return eb.Error
+		}
+		return &Error{Code: CodeInternal, Message: fmt.Sprintf("daemon answered %s to POST %s", resp.Status, path)}
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev StreamEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return fmt.Errorf("decode daemon stream for %s: %w", path, err)
+		}
+		switch {
+		case ev.Error != nil:
+			return ev.Error
+		case ev.Result != nil:
+			if out == nil {
+				return nil
+			}
+			return json.Unmarshal(ev.Result, out)
+		case ev.Progress != nil && progress != nil:
+			progress(*ev.Progress)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("daemon stream for %s ended: %w", path, err)
+	}
+	return fmt.Errorf("daemon stream for %s ended without a result (did the daemon stop? see its log)", path)
+}
