@@ -7,6 +7,8 @@ import (
 	"os"
 	"path"
 	"strings"
+
+	"github.com/banger-vm/banger/internal/system"
 )
 
 // OCI whiteout conventions (image-spec layer.md, "Whiteouts").
@@ -14,27 +16,6 @@ const (
 	whiteoutPrefix = ".wh."
 	whiteoutOpaque = ".wh..wh..opq"
 )
-
-// layerKey normalises a layer tar entry name: relative, clean, "" for the root. Names that
-// climb out of the root are refused, so a malicious layer cannot escape the image.
-func layerKey(name string) (string, error) {
-	if strings.ContainsAny(name, "\x00\n\r") {
-		return "", fmt.Errorf("tar entry %q contains a newline or NUL: refused", name)
-	}
-	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("tar entry %q has an absolute path: refused (no path escape)", name)
-	}
-	for _, part := range strings.Split(name, "/") {
-		if part == ".." {
-			return "", fmt.Errorf("tar entry %q contains '..': refused (no path escape)", name)
-		}
-	}
-	c := path.Clean(name)
-	if c == "." {
-		return "", nil
-	}
-	return c, nil
-}
 
 // layerState is what the layers above the one being scanned decided.
 type layerState struct {
@@ -102,7 +83,7 @@ func planFlatten(layers []string) (*flattenPlan, error) {
 				f.Close()
 				return nil, fmt.Errorf("layer %d: read tar: %w (the layer is corrupt)", i+1, err)
 			}
-			k, err := layerKey(hdr.Name)
+			k, err := system.CleanTarName(hdr.Name)
 			if err != nil {
 				f.Close()
 				return nil, fmt.Errorf("layer %d: %w", i+1, err)
@@ -171,9 +152,9 @@ func writeFlattened(layers []string, p *flattenPlan, w io.Writer) error {
 			if n >= len(p.keep[i]) || !p.keep[i][n] {
 				continue
 			}
-			k, _ := layerKey(hdr.Name)
+			k, _ := system.CleanTarName(hdr.Name)
 			if hdr.Typeflag == tar.TypeLink {
-				t, err := layerKey(hdr.Linkname)
+				t, err := system.CleanTarName(hdr.Linkname)
 				if err != nil {
 					f.Close()
 					return fmt.Errorf("layer %d: hard link %q: %w", i+1, hdr.Name, err)

@@ -21,6 +21,7 @@ import (
 	"github.com/blakesmith/ar"
 
 	"github.com/banger-vm/banger/internal/initramfs"
+	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/kernelimage"
 )
 
@@ -326,7 +327,7 @@ func unpackDeb(ctx context.Context, deb, dst string, keep func(string) bool) err
 			if err != nil {
 				return fmt.Errorf("read data.tar: %w", err)
 			}
-			k, err := layerKey(th.Name)
+			k, err := system.CleanTarName(th.Name)
 			if err != nil {
 				return err
 			}

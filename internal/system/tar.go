@@ -57,9 +57,9 @@ func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, 
 	return stats, nil
 }
 
-// cleanTarName validates a tar entry name: relative, no "..", no newline.
-// It returns "" for the root itself.
-func cleanTarName(name string) (string, error) {
+// CleanTarName validates a tar entry name: relative, no "..", no newline or NUL, so
+// nothing built from a tar can escape its root. It returns "" for the root itself.
+func CleanTarName(name string) (string, error) {
 	if strings.HasPrefix(name, "/") {
 		return "", fmt.Errorf("tar entry %q has an absolute path: refused (no path escape)", name)
 	}
@@ -214,7 +214,7 @@ func xattrsOf(hdr *tar.Header) map[string][]byte {
 }
 
 func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) error {
-	k, err := cleanTarName(hdr.Name)
+	k, err := CleanTarName(hdr.Name)
 	if err != nil {
 		return err
 	}
@@ -293,7 +293,7 @@ func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) e
 		stats.Symlinks++
 		x.t.meta[k] = m
 	case tar.TypeLink:
-		target, err := cleanTarName(hdr.Linkname)
+		target, err := CleanTarName(hdr.Linkname)
 		if err != nil {
 			return fmt.Errorf("hard link %q: %w", hdr.Name, err)
 		}
