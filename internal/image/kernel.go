@@ -21,8 +21,8 @@ import (
 	"github.com/blakesmith/ar"
 
 	"github.com/banger-vm/banger/internal/initramfs"
-	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/kernelimage"
+	"github.com/banger-vm/banger/internal/system"
 )
 
 // KernelPackage is the Debian package kernels come from.
