@@ -23,6 +23,19 @@ as_owner() {
 	[ -d "/run/user/$uid" ] && rt="/run/user/$uid"
 	runuser -u "$owner" -- env HOME="$(getent passwd "$owner" | cut -d: -f6)" ${rt:+XDG_RUNTIME_DIR=$rt} "$@"
 }
+# The root helper does the VMs' networking for the owner's daemon.
+if [ "$owner" = root ]; then
+	log "not starting the network helper: it serves an unprivileged owner only (run this with sudo as your user)"
+elif [ -d /run/systemd/system ]; then
+	sed "s/--owner-uid=1000/--owner-uid=$uid/" contrib/systemd/banger-helper.service > /etc/systemd/system/banger-helper.service
+	systemctl daemon-reload
+	systemctl enable --now banger-helper
+	log "network helper running as the banger-helper system service (owner uid $uid)"
+elif ! pgrep -f "banger helper --owner-uid=$uid" >/dev/null; then
+	nohup /usr/local/bin/banger helper --owner-uid="$uid" >>/var/log/banger-helper.log 2>&1 &
+	log "network helper started in the background (no systemd here); log: /var/log/banger-helper.log"
+fi
+
 log "starting the banger daemon as $owner"
 as_owner banger daemon start
 as_owner banger daemon status
