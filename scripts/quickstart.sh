@@ -37,7 +37,7 @@ elif ! pgrep -f "banger helper --owner-uid=$uid" >/dev/null; then
 fi
 
 log "starting the banger daemon as $owner"
-as_owner banger daemon start
+as_owner banger daemon restart   # picks up a freshly installed binary on re-runs
 as_owner banger daemon status
 log "banger doctor"
 status=0
