@@ -47,7 +47,7 @@ and these flags. At start it refuses a subnet that overlaps an existing route.
 A systemd unit is in contrib/systemd/banger-helper.service.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := a.helperConfig(cmd, &f)
+			cfg, err := a.helperConfig(cmd, &f, true)
 			if err != nil {
 				return err
 			}
@@ -65,7 +65,8 @@ A systemd unit is in contrib/systemd/banger-helper.service.`,
 		Short: "Remove every banger TAP, the bridge and the NAT table (VMs lose their network)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := a.helperConfig(cmd, &f)
+			// Teardown removes devices whoever owns them: no owner uid needed.
+			cfg, err := a.helperConfig(cmd, &f, false)
 			if err != nil {
 				return err
 			}
@@ -84,7 +85,7 @@ A systemd unit is in contrib/systemd/banger-helper.service.`,
 	return cmd
 }
 
-func (a *app) helperConfig(cmd *cobra.Command, f *helperFlags) (helper.NetConfig, error) {
+func (a *app) helperConfig(cmd *cobra.Command, f *helperFlags, needOwner bool) (helper.NetConfig, error) {
 	if os.Geteuid() != 0 {
 		return helper.NetConfig{}, errors.New("the banger helper must run as root: `sudo banger helper --owner-uid=$(id -u)` or `sudo systemctl start banger-helper`")
 	}
@@ -117,7 +118,9 @@ func (a *app) helperConfig(cmd *cobra.Command, f *helperFlags) (helper.NetConfig
 			f.ownerUID, _ = strconv.Atoi(s)
 		}
 	}
-	if f.ownerUID <= 0 {
+	if !needOwner && f.ownerUID < 0 {
+		f.ownerUID = 0
+	} else if f.ownerUID <= 0 {
 		return helper.NetConfig{}, errors.New("say which user the helper serves: --owner-uid=<uid of the user running `banger daemon`> (root is never served)")
 	}
 	subnet, err := netip.ParsePrefix(f.subnet)
