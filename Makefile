@@ -5,8 +5,12 @@ LDFLAGS := -s -w -X github.com/banger-vm/banger/internal/buildinfo.version=$(VER
 
 .PHONY: build test test-all lint bench install
 
+# banger-init and banger-agent go next to banger: the daemon builds each VM's initramfs
+# from them.
+BINARIES := banger banger-init banger-agent
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/banger ./cmd/banger
+	for b in $(BINARIES); do CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/$$b ./cmd/$$b || exit 1; done
 
 # Fast local loop: the race-enabled suite as the current user.
 test:
@@ -24,4 +28,4 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/system/
 
 install: build
-	install -m 0755 bin/banger /usr/local/bin/banger
+	for b in $(BINARIES); do install -m 0755 bin/$$b /usr/local/bin/$$b || exit 1; done

@@ -49,12 +49,23 @@ find_go() {
 	fi
 }
 
-# build_banger builds the static binary into bin/banger.
+# build_banger builds the static binaries into bin/: banger, and the guest programs
+# banger-init and banger-agent, which the daemon looks for next to banger.
 build_banger() {
-	local version
+	local version bin
 	version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)
 	log "building banger $version"
-	CGO_ENABLED=0 go build -trimpath \
-		-ldflags "-s -w -X github.com/banger-vm/banger/internal/buildinfo.version=$version" \
-		-o bin/banger ./cmd/banger
+	for bin in banger banger-init banger-agent; do
+		CGO_ENABLED=0 go build -trimpath \
+			-ldflags "-s -w -X github.com/banger-vm/banger/internal/buildinfo.version=$version" \
+			-o "bin/$bin" "./cmd/$bin"
+	done
+}
+
+# install_banger installs the three binaries side by side into $1 (default /usr/local/bin).
+install_banger() {
+	local dir=${1:-/usr/local/bin} bin
+	for bin in banger banger-init banger-agent; do
+		install -m 0755 "bin/$bin" "$dir/$bin"
+	done
 }

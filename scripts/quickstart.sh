@@ -10,9 +10,9 @@ need_root
 install_apt_packages
 find_go
 build_banger
-install -m 0755 bin/banger /usr/local/bin/banger
+install_banger /usr/local/bin
 install -D -m 0644 contrib/systemd/banger.service /usr/local/lib/systemd/user/banger.service
-log "installed /usr/local/bin/banger and the systemd user unit banger.service"
+log "installed /usr/local/bin/{banger,banger-init,banger-agent} and the systemd user unit banger.service"
 
 # The daemon belongs to the user who asked for it: under sudo that is SUDO_USER.
 owner=${SUDO_USER:-root}

@@ -173,3 +173,5 @@ func (c *Client) connError(err error) error {
 	}
 	return fmt.Errorf("talk to banger daemon on %s: %w", c.socket, err)
 }
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

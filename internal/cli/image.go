@@ -403,7 +403,40 @@ func (a *app) kernelCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(ls, pull, rm)
+	var kSuite string
+	imp := &cobra.Command{
+		Use:   "import DIR",
+		Short: "Register an unpacked kernel package (boot/vmlinuz-*, lib/modules/<release>) as a kernel",
+		Long: `Register an unpacked kernel package as a kernel, without network access:
+
+  dpkg-deb -x linux-image-6.1.0-*-cloud-amd64_*.deb /tmp/k && banger image kernel import /tmp/k
+
+Images of --suite (default bookworm) pulled or imported afterwards use it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			abs, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := a.ensureDaemon(cmd.Context(), false)
+			if err != nil {
+				return err
+			}
+			raw, err := c.ImportKernel(cmd.Context(), api.KernelImportRequest{Path: abs, Suite: kSuite})
+			if err != nil {
+				return err
+			}
+			var k struct {
+				ID      string `json:"id"`
+				BzImage string `json:"bzimage"`
+			}
+			_ = json.Unmarshal(raw, &k)
+			fmt.Fprintf(a.env.Stdout, "kernel %s ready: %s\n", k.ID, k.BzImage)
+			return nil
+		},
+	}
+	imp.Flags().StringVar(&kSuite, "suite", "bookworm", "Debian suite the kernel belongs to")
+	cmd.AddCommand(ls, pull, rm, imp)
 	return cmd
 }
 

@@ -81,6 +81,7 @@ helper does only the networking. Start with:
 		a.daemonCommand(),
 		a.doctorCommand(),
 		a.imageCommand(),
+		a.vmCommand(),
 		a.helperCommand(),
 	)
 	return root

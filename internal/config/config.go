@@ -56,6 +56,7 @@ type Runtime struct {
 	QEMUPath        string
 	KernelPath      string
 	AgentPath       string
+	InitPath        string
 	SSHKeyPath      string
 }
 
@@ -247,6 +248,7 @@ func keys(c *Config) []key {
 		pathKey("runtime.qemu_path", "qemu-system-x86_64 binary (default: on PATH)", &c.Runtime.QEMUPath),
 		pathKey("runtime.kernel_path", "guest kernel (default: banger's managed kernel)", &c.Runtime.KernelPath),
 		pathKey("runtime.agent_path", "guest agent binary (default: the one shipped with banger)", &c.Runtime.AgentPath),
+		pathKey("runtime.init_path", "guest init binary, banger-init (default: next to the banger binary)", &c.Runtime.InitPath),
 		pathKey("runtime.ssh_key_path", "SSH private key for VMs (default: banger's own ed25519 key)", &c.Runtime.SSHKeyPath),
 		sizeKey("doctor.min_free_space", "doctor warns when the data dir's filesystem has less free space", &c.Doctor.MinFreeSpace),
 		stringKey("network.bridge", "bridge the guests' TAP devices attach to", &c.Network.Bridge, validInterfaceName),

@@ -64,6 +64,7 @@ type Daemon struct {
 	doctor *doctor.Registry
 	net    *netState
 	images *image.Manager
+	vms    *vmManager
 
 	shutdownOnce sync.Once
 	shutdownReq  chan string
@@ -141,6 +142,14 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 
+	// VMs first: the network reconcile must see which TAPs still belong to running VMs.
+	if err := d.startup.Run(ctx, "reconcile vms", func(ctx context.Context) error {
+		d.initVMs(ctx)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	undo = append(undo, d.closeVMs)
 	d.startNetwork(ctx)
 	d.srv = &http.Server{
 		Handler:           d.routes(),
@@ -173,6 +182,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 			d.log.Warn("in-flight requests did not finish in time; closing them", "err", e)
 			_ = d.srv.Close()
 		}
+		d.closeVMs()
 		d.stopNetwork()
 		// The socket goes before the lock: once the lock is free another daemon may start
 		// and create its own socket, which we must not delete.

@@ -32,6 +32,7 @@ func (d *Daemon) routes() http.Handler {
 		"/shutdown": {http.MethodPost: d.handleShutdown},
 	}
 	d.addImageRoutes(table)
+	d.addVMRoutes(table)
 	prefix := "/" + api.Version
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {

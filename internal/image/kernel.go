@@ -363,3 +363,114 @@ func unpackDeb(ctx context.Context, deb, dst string, keep func(string) bool) err
 		}
 	}
 }
+
+// ImportKernel registers an unpacked kernel package (a directory holding boot/vmlinuz-* and
+// lib/modules/<release>, e.g. from `dpkg-deb -x linux-image-cloud-amd64_*.deb DIR`) as a
+// kernel, copied into the kernels dir. Suite is recorded so image pulls and imports of that
+// suite use it instead of fetching one.
+func (m *Manager) ImportKernel(ctx context.Context, dir, suite string) (Kernel, error) {
+	kinfo, err := initramfs.FindKernel(dir)
+	if err != nil {
+		return Kernel{}, fmt.Errorf("kernel import %s: %w", dir, err)
+	}
+	id := sanitizeID(kinfo.Release + "_imported")
+	if k, err := m.Kernel(id); err == nil {
+		return k, nil
+	}
+	if err := os.MkdirAll(m.KernelsDir, 0o700); err != nil {
+		return Kernel{}, err
+	}
+	stage, err := os.MkdirTemp(m.KernelsDir, stagingPrefix)
+	if err != nil {
+		return Kernel{}, err
+	}
+	defer os.RemoveAll(stage)
+	root := filepath.Join(stage, "root")
+	copyIn := func(src string) (string, error) {
+		rel, err := filepath.Rel(dir, src)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			return "", fmt.Errorf("%s is outside %s", src, dir)
+		}
+		return filepath.Join(root, rel), copyTree(ctx, src, filepath.Join(root, rel))
+	}
+	bz, err := copyIn(kinfo.Image)
+	if err != nil {
+		return Kernel{}, fmt.Errorf("kernel import: %w", err)
+	}
+	var modules string
+	if kinfo.ModulesDir != "" {
+		if modules, err = copyIn(kinfo.ModulesDir); err != nil {
+			return Kernel{}, fmt.Errorf("kernel import: %w", err)
+		}
+	}
+	final := filepath.Join(m.KernelsDir, id)
+	rel := func(p string) string { r, _ := filepath.Rel(root, p); return filepath.Join(final, r) }
+	k := Kernel{ID: id, Release: kinfo.Release, Package: "imported", Version: kinfo.Release, Suite: suite,
+		Dir: final, BzImage: rel(bz), CreatedAt: time.Now().UTC()}
+	if modules != "" {
+		k.ModulesDir = rel(modules)
+	}
+	// Firecracker needs the ELF; QEMU does not, so a kernel it cannot be extracted from is
+	// still usable there.
+	if vmlinux, info, err := kernelimage.ExtractFile(bz); err == nil {
+		if err := os.WriteFile(filepath.Join(root, "vmlinux"), vmlinux, 0o644); err != nil {
+			return Kernel{}, err
+		}
+		k.Vmlinux, k.KernelBuild = filepath.Join(final, "vmlinux"), info.Version
+	}
+	k.SizeBytes = dirSize(root)
+	data, _ := json.MarshalIndent(k, "", "  ")
+	if err := os.WriteFile(filepath.Join(root, kernelMeta), data, 0o644); err != nil {
+		return Kernel{}, err
+	}
+	if err := os.Rename(root, final); err != nil {
+		if k2, e2 := m.Kernel(id); e2 == nil {
+			return k2, nil
+		}
+		return Kernel{}, fmt.Errorf("kernel import: install %s: %w", final, err)
+	}
+	return k, nil
+}
+
+// copyTree copies a file or directory tree (regular files, dirs, symlinks).
+func copyTree(ctx context.Context, src, dst string) error {
+	return filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		switch {
+		case fi.IsDir():
+			return os.MkdirAll(target, 0o755)
+		case fi.Mode()&os.ModeSymlink != 0:
+			l, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(l, target)
+		case fi.Mode().IsRegular():
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				return err
+			}
+			in, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			out, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, fi.Mode().Perm())
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(out, in); err != nil {
+				out.Close()
+				return err
+			}
+			return out.Close()
+		}
+		return nil
+	})
+}

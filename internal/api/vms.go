@@ -1,0 +1,269 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// VMCreateRequest is POST /v1/vms/create (streamed). Sizes are strings like "512M" or
+// "8G" so the daemon can refuse bad values with one clear message.
+type VMCreateRequest struct {
+	Name     string `json:"name,omitempty"`  // "" = generated
+	Image    string `json:"image,omitempty"` // "" = images.default
+	Kernel   string `json:"kernel,omitempty"`
+	CPUs     int    `json:"cpus,omitempty"`
+	Memory   string `json:"memory,omitempty"`
+	DiskSize string `json:"disk_size,omitempty"`
+	// Start boots the VM and waits for its agent.
+	Start bool `json:"start,omitempty"`
+}
+
+// VMRequest names a VM (start, health, ...).
+type VMRequest struct {
+	Name string `json:"name"`
+}
+
+// VMStopRequest is POST /v1/vms/stop.
+type VMStopRequest struct {
+	Name           string  `json:"name"`
+	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"` // 0 = 30 s
+	Force          bool    `json:"force,omitempty"`           // kill at once
+}
+
+// VMRemoveRequest is POST /v1/vms/rm.
+type VMRemoveRequest struct {
+	Name  string `json:"name"`
+	Force bool   `json:"force,omitempty"` // stop a running VM first
+}
+
+// VMDisk is one disk of a VM.
+type VMDisk struct {
+	Role      string `json:"role"`
+	Path      string `json:"path"`
+	ReadOnly  bool   `json:"read_only"`
+	SizeBytes int64  `json:"size_bytes"`
+	UsedBytes int64  `json:"used_bytes"`
+}
+
+// VMNetwork is a VM's network, when it has one.
+type VMNetwork struct {
+	TAP     string   `json:"tap,omitempty"`
+	IP      string   `json:"ip,omitempty"`
+	Gateway string   `json:"gateway,omitempty"`
+	MAC     string   `json:"mac,omitempty"`
+	DNS     []string `json:"dns,omitempty"`
+	// Note says why there is no network ("no root helper answers ...").
+	Note string `json:"note,omitempty"`
+}
+
+// VM is a VM as the API shows it.
+type VM struct {
+	ID           string    `json:"id"`
+	Name         string    `json:"name"`
+	Image        string    `json:"image"`
+	Kernel       string    `json:"kernel"`
+	State        string    `json:"state"`
+	Driver       string    `json:"driver"`
+	Accel        string    `json:"accel,omitempty"`
+	DriverReason string    `json:"driver_reason,omitempty"`
+	CPUs         int       `json:"cpus"`
+	MemoryMiB    int       `json:"memory_mib"`
+	PID          int       `json:"pid,omitempty"`
+	Dir          string    `json:"dir"`
+	RunDir       string    `json:"run_dir,omitempty"`
+	ConsoleLog   string    `json:"console_log,omitempty"`
+	Network      VMNetwork `json:"network"`
+	Disks        []VMDisk  `json:"disks"`
+	// Stages are the timed stages of the last start.
+	Stages    []Stage   `json:"stages,omitempty"`
+	LastExit  string    `json:"last_exit,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// VMsResponse answers GET /v1/vms.
+type VMsResponse struct {
+	VMs []VM `json:"vms"`
+}
+
+// VMHealth answers GET /v1/vms/health.
+type VMHealth struct {
+	Name    string  `json:"name"`
+	State   string  `json:"state"`
+	Agent   bool    `json:"agent"`
+	Detail  string  `json:"detail"`
+	RTTMS   float64 `json:"rtt_ms,omitempty"`
+	Network string  `json:"network,omitempty"`
+}
+
+// VMExecRequest is POST /v1/vms/exec. The answer is NDJSON ExecEvents: output chunks, then
+// one line with Exit or Error. There is no stdin: the process reads EOF.
+type VMExecRequest struct {
+	Name string   `json:"name"`
+	Argv []string `json:"argv"`
+	Env  []string `json:"env,omitempty"`
+	Cwd  string   `json:"cwd,omitempty"`
+}
+
+// ExecEvent is one line of an exec stream.
+type ExecEvent struct {
+	Stdout []byte `json:"stdout,omitempty"`
+	Stderr []byte `json:"stderr,omitempty"`
+	Exit   *int   `json:"exit,omitempty"`
+	Error  *Error `json:"error,omitempty"`
+}
+
+// VMs lists the VMs.
+func (c *Client) VMs(ctx context.Context) ([]VM, error) {
+	var out VMsResponse
+	err := c.do(ctx, http.MethodGet, "/vms", nil, nil, &out)
+	return out.VMs, err
+}
+
+// InspectVM returns one VM.
+func (c *Client) InspectVM(ctx context.Context, name string) (VM, error) {
+	var out VM
+	err := c.do(ctx, http.MethodGet, "/vms/inspect", url.Values{"name": {name}}, nil, &out)
+	return out, err
+}
+
+// CreateVM creates (and with req.Start boots) a VM, reporting each stage to progress.
+func (c *Client) CreateVM(ctx context.Context, req VMCreateRequest, progress func(Progress)) (VM, error) {
+	var out VM
+	err := c.stream(ctx, "/vms/create", req, progress, &out)
+	return out, err
+}
+
+// StartVM boots a stopped VM and waits for its agent.
+func (c *Client) StartVM(ctx context.Context, name string, progress func(Progress)) (VM, error) {
+	var out VM
+	err := c.stream(ctx, "/vms/start", VMRequest{Name: name}, progress, &out)
+	return out, err
+}
+
+// StopVM stops a VM.
+func (c *Client) StopVM(ctx context.Context, req VMStopRequest) (VM, error) {
+	var out VM
+	err := c.do(ctx, http.MethodPost, "/vms/stop", nil, req, &out)
+	return out, err
+}
+
+// RemoveVM deletes a VM and its disks.
+func (c *Client) RemoveVM(ctx context.Context, req VMRemoveRequest) error {
+	return c.do(ctx, http.MethodPost, "/vms/rm", nil, req, nil)
+}
+
+// VMHealth asks the VM's agent whether it is healthy.
+func (c *Client) VMHealth(ctx context.Context, name string) (VMHealth, error) {
+	var out VMHealth
+	err := c.do(ctx, http.MethodGet, "/vms/health", url.Values{"name": {name}}, nil, &out)
+	return out, err
+}
+
+// ExecVM runs argv in the VM through the daemon, writing its output as produced, and
+// returns its exit code.
+func (c *Client) ExecVM(ctx context.Context, req VMExecRequest, stdout, stderr io.Writer) (int, error) {
+	resp, err := c.post(ctx, "/vms/exec", req)
+	if err != nil {
+		return -1, err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev ExecEvent
+		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() != nil {
+				return -1, ctx.Err()
+			}
+			return -1, fmt.Errorf("exec stream ended without an exit code (did the daemon stop? see its log): %w", err)
+		}
+		switch {
+		case ev.Error != nil:
+			return -1, ev.Error
+		case ev.Exit != nil:
+			return *ev.Exit, nil
+		}
+		if len(ev.Stdout) > 0 && stdout != nil {
+			if _, err := stdout.Write(ev.Stdout); err != nil {
+				return -1, err
+			}
+		}
+		if len(ev.Stderr) > 0 && stderr != nil {
+			if _, err := stderr.Write(ev.Stderr); err != nil {
+				return -1, err
+			}
+		}
+	}
+}
+
+// VMLogs returns the VM's serial console log; with follow it keeps streaming until ctx ends
+// or the VM stops. The caller closes the reader.
+func (c *Client) VMLogs(ctx context.Context, name string, follow bool) (io.ReadCloser, error) {
+	q := url.Values{"name": {name}, "follow": {strconv.FormatBool(follow)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://banger/"+Version+"/vms/logs?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(ClientVersionHeader, c.version)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.connError(err)
+	}
+	if err := errorOf(resp, "/vms/logs"); err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+func (c *Client) post(ctx context.Context, path string, in any) (*http.Response, error) {
+	data, err := json.Marshal(in)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://banger/"+Version+path, bytesReader(data))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(ClientVersionHeader, c.version)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.connError(err)
+	}
+	if err := errorOf(resp, path); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// errorOf turns a non-2xx answer into its Error (closing the body).
+func errorOf(resp *http.Response, path string) error {
+	if resp.StatusCode < 300 {
+		return nil
+	}
+	defer resp.Body.Close()
+	var eb ErrorBody
+	if json.NewDecoder(resp.Body).Decode(&eb) == nil && eb.Error != nil {
+		return eb.Error
+	}
+	return &Error{Code: CodeInternal, Message: fmt.Sprintf("daemon answered %s to %s", resp.Status, path)}
+}
+
+// KernelImportRequest is POST /v1/kernels/import.
+type KernelImportRequest struct {
+	Path  string `json:"path"`
+	Suite string `json:"suite,omitempty"`
+}
+
+// ImportKernel registers an unpacked kernel package directory as a kernel.
+func (c *Client) ImportKernel(ctx context.Context, req KernelImportRequest) (json.RawMessage, error) {
+	var out json.RawMessage
+	err := c.stream(ctx, "/kernels/import", req, nil, &out)
+	return out, err
+}

@@ -1,0 +1,430 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/internal/api"
+)
+
+func (a *app) vmCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vm",
+		Short: "Create, run, inspect and remove microVMs",
+		Long: `Create, start, stop, remove and use microVMs.
+
+  banger vm run -- make test        # throwaway VM: run a command, print its output, exit with its code
+  banger vm create dev && banger vm start dev
+  banger vm exec dev -- uname -a
+
+Commands run through the guest agent, relayed by the daemon (no stdin yet, no terminal).
+Interactive shells and 'vm ssh' come with SSH support.`,
+	}
+	cmd.AddCommand(a.vmCreateCommand(), a.vmStartCommand(), a.vmStopCommand(), a.vmRemoveCommand(),
+		a.vmListCommand(), a.vmInspectCommand(), a.vmExecCommand(), a.vmLogsCommand(), a.vmHealthCommand(),
+		a.vmRunCommand())
+	return cmd
+}
+
+// stageProgress prints one line per finished start stage on stderr.
+func (a *app) stageProgress(quiet bool) func(api.Progress) {
+	return func(p api.Progress) {
+		if quiet || p.Message == "" {
+			return
+		}
+		fmt.Fprintf(a.env.Stderr, "  %-26s %s\n", p.Stage, p.Message)
+	}
+}
+
+type createFlags struct {
+	req api.VMCreateRequest
+}
+
+func (f *createFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.req.Image, "image", "", "image to boot (default: config images.default)")
+	cmd.Flags().StringVar(&f.req.Kernel, "kernel", "", "kernel id (default: the image's, else the newest installed)")
+	cmd.Flags().IntVar(&f.req.CPUs, "cpus", 0, "vCPUs (default 2)")
+	cmd.Flags().StringVar(&f.req.Memory, "memory", "", "memory, like 512M or 2G (default 1G)")
+	cmd.Flags().StringVar(&f.req.DiskSize, "disk-size", "", "size of the work disk at /root, like 8G (default 8G, sparse)")
+}
+
+func (a *app) vmCreateCommand() *cobra.Command {
+	var f createFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "create [NAME]",
+		Short: "Create a VM (its disks); --start boots it too",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				f.req.Name = args[0]
+			}
+			ctx, stop := interruptible(cmd.Context())
+			defer stop()
+			c, err := a.ensureDaemon(ctx, false)
+			if err != nil {
+				return err
+			}
+			vm, err := c.CreateVM(ctx, f.req, a.stageProgress(asJSON))
+			if err != nil {
+				return err
+			}
+			return a.printVM(vm, asJSON, "created")
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&f.req.Start, "start", false, "boot the VM and wait for its agent")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+func (a *app) vmStartCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "start NAME",
+		Short: "Boot a VM and wait until its agent answers",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := interruptible(cmd.Context())
+			defer stop()
+			c, err := a.ensureDaemon(ctx, false)
+			if err != nil {
+				return err
+			}
+			vm, err := c.StartVM(ctx, args[0], a.stageProgress(asJSON))
+			if err != nil {
+				return err
+			}
+			return a.printVM(vm, asJSON, "started")
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+func (a *app) vmStopCommand() *cobra.Command {
+	var req api.VMStopRequest
+	var timeout time.Duration
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "stop NAME",
+		Short: "Shut a VM down (agent power off, then ACPI, then kill after --timeout)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if timeout < 0 {
+				return fmt.Errorf("--timeout %s: must not be negative", timeout)
+			}
+			req.Name, req.TimeoutSeconds = args[0], timeout.Seconds()
+			c, err := a.ensureDaemon(cmd.Context(), false)
+			if err != nil {
+				return err
+			}
+			vm, err := c.StopVM(cmdContext(cmd), req)
+			if err != nil {
+				return err
+			}
+			return a.printVM(vm, asJSON, "stopped")
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long the guest may take to power off before it is killed")
+	cmd.Flags().BoolVar(&req.Force, "force", false, "kill the VMM at once")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+func cmdContext(cmd *cobra.Command) context.Context {
+	if ctx := cmd.Context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
+}
+
+func (a *app) vmRemoveCommand() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:     "rm NAME...",
+		Aliases: []string{"remove", "delete"},
+		Short:   "Remove VMs and their disks (--force stops running ones first)",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.ensureDaemon(cmdContext(cmd), false)
+			if err != nil {
+				return err
+			}
+			for _, n := range args {
+				if err := c.RemoveVM(cmdContext(cmd), api.VMRemoveRequest{Name: n, Force: force}); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.env.Stdout, "removed %s\n", n)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop running VMs first")
+	return cmd
+}
+
+func (a *app) vmListCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List VMs",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.ensureDaemon(cmdContext(cmd), false)
+			if err != nil {
+				return err
+			}
+			vms, err := c.VMs(cmdContext(cmd))
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSONTo(a.env.Stdout, vms)
+			}
+			tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tIP\tDRIVER")
+			for _, vm := range vms {
+				ip := vm.Network.IP
+				if ip == "" {
+					ip = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", vm.Name, vm.State, vm.Image, vm.CPUs, vm.MemoryMiB, ip, vm.Driver)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func writeJSONTo(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (a *app) vmInspectCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "inspect NAME",
+		Short: "Show a VM: driver and why, addresses, disks, stage timings",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.ensureDaemon(cmdContext(cmd), false)
+			if err != nil {
+				return err
+			}
+			vm, err := c.InspectVM(cmdContext(cmd), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSONTo(a.env.Stdout, vm)
+			}
+			w := a.env.Stdout
+			fmt.Fprintf(w, "name:      %s (%s)\nstate:     %s\nimage:     %s\nkernel:    %s\n", vm.Name, vm.ID, vm.State, vm.Image, vm.Kernel)
+			fmt.Fprintf(w, "driver:    %s %s (%s)\n", vm.Driver, vm.Accel, vm.DriverReason)
+			fmt.Fprintf(w, "resources: %d vCPUs, %d MiB\n", vm.CPUs, vm.MemoryMiB)
+			if vm.Network.IP != "" {
+				fmt.Fprintf(w, "network:   %s via %s (tap %s, mac %s)\n", vm.Network.IP, vm.Network.Gateway, orDash(vm.Network.TAP), vm.Network.MAC)
+			} else {
+				fmt.Fprintf(w, "network:   %s\n", orDash(vm.Network.Note))
+			}
+			if vm.PID > 0 {
+				fmt.Fprintf(w, "pid:       %d\n", vm.PID)
+			}
+			for _, d := range vm.Disks {
+				ro := ""
+				if d.ReadOnly {
+					ro = " (read-only)"
+				}
+				fmt.Fprintf(w, "disk:      %-5s %s%s\n", d.Role, d.Path, ro)
+			}
+			if vm.ConsoleLog != "" {
+				fmt.Fprintf(w, "console:   %s\n", vm.ConsoleLog)
+			}
+			if vm.LastExit != "" {
+				fmt.Fprintf(w, "last exit: %s\n", vm.LastExit)
+			}
+			for _, s := range vm.Stages {
+				fmt.Fprintf(w, "stage:     %-26s %8.1f ms %s\n", s.Name, s.DurationMS, s.Error)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (a *app) vmExecCommand() *cobra.Command {
+	var env []string
+	var cwd string
+	cmd := &cobra.Command{
+		Use:   "exec NAME -- CMD [ARGS...]",
+		Short: "Run a command in a running VM; its output is printed and its exit code returned",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := interruptible(cmd.Context())
+			defer stop()
+			c, err := a.ensureDaemon(ctx, false)
+			if err != nil {
+				return err
+			}
+			return a.exec(ctx, c, api.VMExecRequest{Name: args[0], Argv: args[1:], Env: env, Cwd: cwd})
+		},
+	}
+	cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "KEY=VALUE to set (repeatable)")
+	cmd.Flags().StringVarP(&cwd, "workdir", "w", "", "working directory in the guest (default /root)")
+	return cmd
+}
+
+func (a *app) exec(ctx context.Context, c *api.Client, req api.VMExecRequest) error {
+	code, err := c.ExecVM(ctx, req, a.env.Stdout, a.env.Stderr)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &ExitError{Code: code}
+	}
+	return nil
+}
+
+func (a *app) vmLogsCommand() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a VM's serial console (-f keeps following while it runs)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := interruptible(cmd.Context())
+			defer stop()
+			c, err := a.ensureDaemon(ctx, false)
+			if err != nil {
+				return err
+			}
+			rc, err := c.VMLogs(ctx, args[0], follow)
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			_, err = io.Copy(a.env.Stdout, rc)
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output while the VM runs")
+	return cmd
+}
+
+func (a *app) vmHealthCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "health NAME",
+		Short: "Ask a VM's agent whether it is healthy (exit 1 when not)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.ensureDaemon(cmdContext(cmd), false)
+			if err != nil {
+				return err
+			}
+			h, err := c.VMHealth(cmdContext(cmd), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if err := writeJSONTo(a.env.Stdout, h); err != nil {
+					return err
+				}
+			} else if h.Agent {
+				fmt.Fprintf(a.env.Stdout, "%s: %s, agent healthy (%.1f ms), network %s\n", h.Name, h.State, h.RTTMS, orDash(h.Network))
+			} else {
+				fmt.Fprintf(a.env.Stdout, "%s: %s: %s\n", h.Name, h.State, h.Detail)
+			}
+			if !h.Agent {
+				return &ExitError{Code: 1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (a *app) vmRunCommand() *cobra.Command {
+	var f createFlags
+	var keep, quiet bool
+	cmd := &cobra.Command{
+		Use:   "run [NAME] [flags] [-- CMD [ARGS...]]",
+		Short: "Create and boot a VM; with -- CMD run it, print its output, exit with its code and remove the VM",
+		Long: `Create and boot a VM and wait until it is ready. With a command after --, run it
+through the agent, print its output, exit with its code, and remove the VM unless --keep.
+Without a command the VM is kept running (interactive shells come with SSH support).`,
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			dash := cmd.ArgsLenAtDash()
+			var argv []string
+			if dash >= 0 {
+				args, argv = args[:dash], args[dash:]
+			}
+			if len(args) > 1 {
+				return fmt.Errorf("vm run takes at most one NAME before --, got %q (put the command after --)", strings.Join(args, " "))
+			}
+			if len(args) == 1 {
+				f.req.Name = args[0]
+			}
+			f.req.Start = true
+			ctx, stop := interruptible(cmd.Context())
+			defer stop()
+			c, err := a.ensureDaemon(ctx, false)
+			if err != nil {
+				return err
+			}
+			vm, err := c.CreateVM(ctx, f.req, a.stageProgress(quiet))
+			if err != nil {
+				return err
+			}
+			if len(argv) == 0 {
+				fmt.Fprintf(a.env.Stderr, "VM %s is running. Interactive shells come with SSH support (not in this build); use `banger vm exec %s -- CMD`, and `banger vm rm --force %s` when done.\n", vm.Name, vm.Name, vm.Name)
+				return nil
+			}
+			if !keep {
+				defer func() {
+					rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					if rerr := c.RemoveVM(rctx, api.VMRemoveRequest{Name: vm.ID, Force: true}); rerr != nil {
+						fmt.Fprintf(a.env.Stderr, "banger: could not remove VM %s: %v\n", vm.Name, rerr)
+					}
+				}()
+			}
+			return a.exec(ctx, c, api.VMExecRequest{Name: vm.ID, Argv: argv})
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep the VM after the command")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not print the start stages")
+	return cmd
+}
+
+func (a *app) printVM(vm api.VM, asJSON bool, verb string) error {
+	if asJSON {
+		return writeJSONTo(a.env.Stdout, vm)
+	}
+	extra := ""
+	if vm.Network.IP != "" {
+		extra = ", ip " + vm.Network.IP
+	} else if vm.State == "running" && vm.Network.Note != "" {
+		extra = " (" + vm.Network.Note + ")"
+	}
+	fmt.Fprintf(a.env.Stdout, "%s %s: %s, %s %s%s\n", verb, vm.Name, vm.State, vm.Driver, vm.Accel, extra)
+	return nil
+}

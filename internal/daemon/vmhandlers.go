@@ -1,0 +1,288 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-vm/banger/internal/agent"
+	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/image"
+)
+
+func (d *Daemon) addVMRoutes(table map[string]map[string]handlerFunc) {
+	table["/vms"] = map[string]handlerFunc{http.MethodGet: d.handleVMList}
+	table["/vms/inspect"] = map[string]handlerFunc{http.MethodGet: d.handleVMInspect}
+	table["/vms/create"] = map[string]handlerFunc{http.MethodPost: d.handleVMCreate}
+	table["/vms/start"] = map[string]handlerFunc{http.MethodPost: d.handleVMStart}
+	table["/vms/stop"] = map[string]handlerFunc{http.MethodPost: d.handleVMStop}
+	table["/vms/rm"] = map[string]handlerFunc{http.MethodPost: d.handleVMRemove}
+	table["/vms/health"] = map[string]handlerFunc{http.MethodGet: d.handleVMHealth}
+	table["/vms/exec"] = map[string]handlerFunc{http.MethodPost: d.handleVMExec}
+	table["/vms/logs"] = map[string]handlerFunc{http.MethodGet: d.handleVMLogs}
+	table["/kernels/import"] = map[string]handlerFunc{http.MethodPost: d.handleKernelImport}
+}
+
+func (d *Daemon) handleVMList(w http.ResponseWriter, r *http.Request) error {
+	vms, err := d.store.ListVMs(r.Context())
+	if err != nil {
+		return err
+	}
+	out := api.VMsResponse{VMs: make([]api.VM, 0, len(vms))}
+	for _, vm := range vms {
+		out.VMs = append(out.VMs, d.vmToAPI(r.Context(), vm))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (d *Daemon) handleVMInspect(w http.ResponseWriter, r *http.Request) error {
+	vm, err := d.vmLookup(r.Context(), r.URL.Query().Get("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, d.vmToAPI(r.Context(), vm))
+	return nil
+}
+
+// vmStreamed runs a create/start, streaming stage progress, then the VM or the error.
+func (d *Daemon) vmStreamed(w http.ResponseWriter, r *http.Request, op func(context.Context, progressFunc) (api.VM, error)) {
+	s := newStreamer(w)
+	progress := func(p api.Progress) { s.send(api.StreamEvent{Progress: &p}) }
+	vm, err := op(r.Context(), progress)
+	if err != nil {
+		var ae *api.Error
+		if !errors.As(err, &ae) {
+			ae = api.Errorf(api.CodeInternal, "see the daemon log", "%v", err)
+		}
+		s.send(api.StreamEvent{Error: ae})
+		return
+	}
+	b, _ := json.Marshal(vm)
+	s.send(api.StreamEvent{Result: b})
+}
+
+func (d *Daemon) handleVMCreate(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMCreateRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	// Validate before streaming, so bad input is a plain 4xx.
+	if _, err := d.validateCreate(r.Context(), req); err != nil {
+		return err
+	}
+	d.vmStreamed(w, r, func(ctx context.Context, p progressFunc) (api.VM, error) { return d.createVM(ctx, req, p) })
+	return nil
+}
+
+func (d *Daemon) handleVMStart(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if _, err := d.vmLookup(r.Context(), req.Name); err != nil {
+		return err
+	}
+	d.vmStreamed(w, r, func(ctx context.Context, p progressFunc) (api.VM, error) { return d.startVM(ctx, req.Name, p) })
+	return nil
+}
+
+func (d *Daemon) handleVMStop(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMStopRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if req.TimeoutSeconds < 0 {
+		return api.Errorf(api.CodeBadRequest, "pass a positive --timeout", "invalid timeout %v", req.TimeoutSeconds)
+	}
+	vm, err := d.stopVM(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, vm)
+	return nil
+}
+
+func (d *Daemon) handleVMRemove(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMRemoveRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if err := d.removeVM(r.Context(), req); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"removed": req.Name})
+	return nil
+}
+
+func (d *Daemon) handleVMHealth(w http.ResponseWriter, r *http.Request) error {
+	vm, err := d.vmLookup(r.Context(), r.URL.Query().Get("name"))
+	if err != nil {
+		return err
+	}
+	a := d.vmToAPI(r.Context(), vm)
+	out := api.VMHealth{Name: vm.Name, State: a.State, Network: a.Network.IP}
+	if out.Network == "" {
+		out.Network = a.Network.Note
+	}
+	m := d.machine(vm.ID)
+	if m == nil {
+		out.Detail = "not running"
+		if a.LastExit != "" {
+			out.Detail += ": " + a.LastExit
+		}
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	h, err := m.Agent().Health(ctx)
+	if err != nil {
+		out.Detail = "agent does not answer: " + err.Error()
+	} else {
+		out.Agent, out.RTTMS = true, float64(time.Since(start).Microseconds())/1000
+		b, _ := json.Marshal(h)
+		out.Detail = "agent healthy: " + string(b)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// execWriter turns one output stream of an exec into ExecEvents.
+type execWriter struct {
+	s      *streamer
+	stderr bool
+}
+
+func (e execWriter) Write(p []byte) (int, error) {
+	b := append([]byte(nil), p...)
+	ev := api.ExecEvent{Stdout: b}
+	if e.stderr {
+		ev = api.ExecEvent{Stderr: b}
+	}
+	e.s.sendAny(ev)
+	return len(p), nil
+}
+
+// handleVMExec proxies an exec to the guest agent over the daemon's own channel to it (the
+// CLI cannot reach a virtio-serial agent itself: one connection owns the port). Output is
+// streamed as NDJSON; a disconnecting client cancels the exec, which kills the process.
+func (d *Daemon) handleVMExec(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMExecRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if len(req.Argv) == 0 {
+		return api.Errorf(api.CodeBadRequest, "banger vm exec NAME -- CMD [ARGS...]", "no command given")
+	}
+	vm, err := d.vmLookup(r.Context(), req.Name)
+	if err != nil {
+		return err
+	}
+	m := d.machine(vm.ID)
+	if m == nil {
+		return api.Errorf(api.CodeConflict, "start it with `banger vm start "+vm.Name+"`", "VM %q is not running", vm.Name)
+	}
+	s := newStreamer(w)
+	st, err := m.Agent().Exec(r.Context(), agent.ExecRequest{Argv: req.Argv, Env: req.Env, Cwd: req.Cwd}, nil,
+		execWriter{s: s}, execWriter{s: s, stderr: true})
+	if err != nil {
+		s.sendAny(api.ExecEvent{Error: api.Errorf(api.CodeUnavailable, "check `banger vm health "+vm.Name+"`", "exec in %q: %v", vm.Name, err)})
+		return nil
+	}
+	code := st.Code
+	s.sendAny(api.ExecEvent{Exit: &code})
+	return nil
+}
+
+func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
+	vm, err := d.vmLookup(r.Context(), r.URL.Query().Get("name"))
+	if err != nil {
+		return err
+	}
+	follow := r.URL.Query().Get("follow") == "true"
+	spec := parseSpec(vm)
+	if spec.ConsoleLog == "" {
+		return api.Errorf(api.CodeNotFound, "start the VM first", "VM %q has no console log yet", vm.Name)
+	}
+	f, err := os.Open(spec.ConsoleLog)
+	if err != nil {
+		return api.Errorf(api.CodeNotFound, "", "console log of %q: %v", vm.Name, err)
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return nil
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		if !follow || d.machine(vm.ID) == nil {
+			return nil
+		}
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (d *Daemon) handleKernelImport(w http.ResponseWriter, r *http.Request) error {
+	var req api.KernelImportRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(req.Path) {
+		return api.Errorf(api.CodeBadRequest, "the CLI sends absolute paths", "kernel import path %q is not absolute", req.Path)
+	}
+	if req.Suite == "" {
+		req.Suite = "bookworm"
+	}
+	d.runStreamed(w, r, "kernel.import", req.Path, func(ctx context.Context, _ image.ProgressFunc) (any, error) {
+		return d.images.ImportKernel(ctx, req.Path, req.Suite)
+	})
+	return nil
+}
+
+func (s *streamer) sendAny(v any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_ = s.enc.Encode(v)
+	if s.flusher != nil {
+		s.flusher.Flush()
+	}
+}
+
+func parseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }
+
+type unixStat struct{ size, used int64 }
+
+func statFile(p string, out *unixStat) error {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return err
+	}
+	out.size, out.used = st.Size, st.Blocks*512
+	return nil
+}
