@@ -6,7 +6,7 @@ BANGER_APT_PACKAGES=(
 	e2fsprogs fakeroot   # disk toolkit: mkfs.ext4, debugfs, e2fsck; fakeroot for ownership
 	qemu-system-x86      # the VMM where firecracker/KVM cannot run
 	iproute2 util-linux  # ip for diagnostics; runuser for unprivileged test runs
-	mmdebstrap debian-archive-keyring  # the systemd test root filesystem
+	mmdebstrap debian-archive-keyring uidmap  # Debian images (unprivileged: --mode=unshare)
 	xz-utils lz4 zstd    # the kernel build's compressors, to cross-check vmlinux extraction
 )
 

@@ -14,6 +14,13 @@ install_banger /usr/local/bin
 install -D -m 0644 contrib/systemd/banger.service /usr/local/lib/systemd/user/banger.service
 log "installed /usr/local/bin/{banger,banger-init,banger-agent} and the systemd user unit banger.service"
 
+# /dev/net/tun is 0666 on standard distros (udev); some minimal machines leave it 0600,
+# and then the owner's VMM cannot open the TAP the helper made for it.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" = 600 ]; then
+	chmod 0666 /dev/net/tun
+	log "made /dev/net/tun usable by unprivileged VMMs (0666, as udev does on standard distros)"
+fi
+
 # The daemon belongs to the user who asked for it: under sudo that is SUDO_USER.
 owner=${SUDO_USER:-root}
 uid=$(id -u "$owner")
@@ -36,6 +43,17 @@ elif ! pgrep -f "banger helper --owner-uid=$uid" >/dev/null; then
 	log "network helper started in the background (no systemd here); log: /var/log/banger-helper.log"
 fi
 
+# Unprivileged image builds (mmdebstrap --mode=unshare) need a subordinate id range.
+if [ "$owner" != root ]; then
+	for f in /etc/subuid /etc/subgid; do
+		if ! grep -q "^$owner:" "$f" 2>/dev/null; then
+			start=$(awk -F: 'BEGIN{m=100000} {e=$2+$3; if (e>m) m=e} END{print m}' "$f" 2>/dev/null || echo 100000)
+			echo "$owner:$start:65536" >> "$f"
+			log "gave $owner subordinate ids $start-$((start + 65535)) in $f (for unprivileged image builds)"
+		fi
+	done
+fi
+
 log "starting the banger daemon as $owner"
 as_owner banger daemon restart   # picks up a freshly installed binary on re-runs
 as_owner banger daemon status
@@ -45,4 +63,13 @@ as_owner banger doctor || status=$?
 if [ "$status" -ne 0 ]; then
 	die "banger doctor found a FAIL above: fix it as its hint says, then rerun 'banger doctor'"
 fi
+
+# banger's main job: a real Linux machine running a command. The default image is pulled
+# from the Debian archive the first time (about half a minute).
+if ! as_owner banger image inspect debian-bookworm >/dev/null 2>&1; then
+	log "pulling the default image, debian-bookworm"
+	as_owner banger image pull debian-bookworm
+fi
+log "banger vm run: a throwaway VM that runs one command"
+as_owner banger vm run -- sh -c 'echo "hello from $(hostname): $(. /etc/os-release; echo $PRETTY_NAME), kernel $(uname -r)"'
 log "banger is ready. To start the daemon at login instead: systemctl --user enable --now banger"
