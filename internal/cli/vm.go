@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -188,7 +187,7 @@ func (a *app) vmListCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return writeJSONTo(a.env.Stdout, vms)
+				return printJSON(a.env.Stdout, vms)
 			}
 			tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tIP\tDRIVER")
@@ -204,12 +203,6 @@ func (a *app) vmListCommand() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
-}
-
-func writeJSONTo(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 func (a *app) vmInspectCommand() *cobra.Command {
@@ -228,7 +221,7 @@ func (a *app) vmInspectCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return writeJSONTo(a.env.Stdout, vm)
+				return printJSON(a.env.Stdout, vm)
 			}
 			w := a.env.Stdout
 			fmt.Fprintf(w, "name:      %s (%s)\nstate:     %s\nimage:     %s\nkernel:    %s\n", vm.Name, vm.ID, vm.State, vm.Image, vm.Kernel)
@@ -343,7 +336,7 @@ func (a *app) vmHealthCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				if err := writeJSONTo(a.env.Stdout, h); err != nil {
+				if err := printJSON(a.env.Stdout, h); err != nil {
 					return err
 				}
 			} else if h.Agent {
@@ -417,7 +410,7 @@ Without a command the VM is kept running (interactive shells come with SSH suppo
 
 func (a *app) printVM(vm api.VM, asJSON bool, verb string) error {
 	if asJSON {
-		return writeJSONTo(a.env.Stdout, vm)
+		return printJSON(a.env.Stdout, vm)
 	}
 	extra := ""
 	if vm.Network.IP != "" {
