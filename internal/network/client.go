@@ -35,6 +35,10 @@ type UnreachableError struct {
 }
 
 func (e *UnreachableError) Error() string {
+	if os.Getuid() == 0 {
+		// The helper never serves root: suggesting --owner-uid=0 would send the user in a circle.
+		return fmt.Sprintf("cannot reach the banger helper at %s (%v): it serves unprivileged daemons only; run the daemon as your user", e.Socket, e.Err)
+	}
 	return fmt.Sprintf("cannot reach the banger helper at %s (%v): start it as root, e.g. `sudo systemctl start banger-helper` or `sudo banger helper --owner-uid=%d`",
 		e.Socket, e.Err, os.Getuid())
 }
