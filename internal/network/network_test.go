@@ -85,7 +85,9 @@ func runPool(t *testing.T, p *Pool) {
 
 func waitLevel(t *testing.T, p *Pool, want int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	// Well past the pool's 5 s retry interval: this is a hang guard, and recovery after a
+	// helper outage waits for one retry.
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		free, _, _, err := p.Level()
 		if free == want {
