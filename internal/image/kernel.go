@@ -132,10 +132,7 @@ func (m *Manager) PullKernel(ctx context.Context, suite string, progress Progres
 	if k, err := m.Kernel(id); err == nil {
 		return k, nil
 	}
-	if err := os.MkdirAll(m.KernelsDir, 0o700); err != nil {
-		return Kernel{}, err
-	}
-	stage, err := os.MkdirTemp(m.KernelsDir, stagingPrefix)
+	stage, err := m.kernelStage()
 	if err != nil {
 		return Kernel{}, err
 	}
@@ -173,16 +170,31 @@ func (m *Manager) PullKernel(ctx context.Context, suite string, progress Progres
 	if kinfo.ModulesDir != "" {
 		k.ModulesDir = rel(kinfo.ModulesDir)
 	}
+	return m.installKernel(root, k)
+}
+
+// kernelStage makes a private staging directory inside the kernels dir, so the finished
+// tree can be renamed into place on the same filesystem.
+func (m *Manager) kernelStage() (string, error) {
+	if err := os.MkdirAll(m.KernelsDir, 0o700); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(m.KernelsDir, stagingPrefix)
+}
+
+// installKernel records k's metadata in the staged tree root and renames it to k.Dir. If a
+// concurrent pull or import installed the same kernel first, that one is returned.
+func (m *Manager) installKernel(root string, k Kernel) (Kernel, error) {
 	k.SizeBytes = dirSize(root)
 	data, _ := json.MarshalIndent(k, "", "  ")
 	if err := os.WriteFile(filepath.Join(root, kernelMeta), data, 0o644); err != nil {
 		return Kernel{}, err
 	}
-	if err := os.Rename(root, final); err != nil {
-		if _, e2 := m.Kernel(id); e2 == nil { // a concurrent pull won
-			return m.Kernel(id)
+	if err := os.Rename(root, k.Dir); err != nil {
+		if k2, e2 := m.Kernel(k.ID); e2 == nil {
+			return k2, nil
 		}
-		return Kernel{}, fmt.Errorf("kernel: install %s: %w", final, err)
+		return Kernel{}, fmt.Errorf("kernel: install %s: %w", k.Dir, err)
 	}
 	return k, nil
 }
@@ -377,10 +389,7 @@ func (m *Manager) ImportKernel(ctx context.Context, dir, suite string) (Kernel, 
 	if k, err := m.Kernel(id); err == nil {
 		return k, nil
 	}
-	if err := os.MkdirAll(m.KernelsDir, 0o700); err != nil {
-		return Kernel{}, err
-	}
-	stage, err := os.MkdirTemp(m.KernelsDir, stagingPrefix)
+	stage, err := m.kernelStage()
 	if err != nil {
 		return Kernel{}, err
 	}
@@ -418,18 +427,7 @@ func (m *Manager) ImportKernel(ctx context.Context, dir, suite string) (Kernel, 
 		}
 		k.Vmlinux, k.KernelBuild = filepath.Join(final, "vmlinux"), info.Version
 	}
-	k.SizeBytes = dirSize(root)
-	data, _ := json.MarshalIndent(k, "", "  ")
-	if err := os.WriteFile(filepath.Join(root, kernelMeta), data, 0o644); err != nil {
-		return Kernel{}, err
-	}
-	if err := os.Rename(root, final); err != nil {
-		if k2, e2 := m.Kernel(id); e2 == nil {
-			return k2, nil
-		}
-		return Kernel{}, fmt.Errorf("kernel import: install %s: %w", final, err)
-	}
-	return k, nil
+	return m.installKernel(root, k)
 }
 
 // copyTree copies a file or directory tree (regular files, dirs, symlinks).
