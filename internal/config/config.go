@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -28,6 +29,7 @@ type Config struct {
 	Doctor  Doctor
 	Network Network
 	Images  Images
+	Update  Update
 
 	// File is the config file that was read ("" when none exists).
 	File string
@@ -63,6 +65,16 @@ type Runtime struct {
 // Doctor tunes doctor's thresholds.
 type Doctor struct {
 	MinFreeSpace int64
+}
+
+// Update configures `banger update`. The keys that verify releases are compiled in, not
+// configured: a config file must not be able to make banger trust a different signer.
+type Update struct {
+	// ChannelURL is the release channel: <url>/latest.json and <url>/<version>/manifest.json.
+	ChannelURL string
+	// VerifyTimeout bounds the restart and doctor after installing; past it, the update
+	// rolls back.
+	VerifyTimeout time.Duration
 }
 
 // Network configures guest networking (the root helper reads the same keys).
@@ -123,6 +135,7 @@ func Defaults() Config {
 		Network: Network{Bridge: "banger0", Subnet: DefaultSubnet, TAPPoolSize: 4, IsolateVMs: true,
 			HelperSocket: "/run/banger/helper.sock"},
 		Images:  defaultImages(),
+		Update:  Update{VerifyTimeout: 2 * time.Minute},
 		Sources: map[string]Source{},
 	}
 	for _, k := range keys(&c) {
@@ -262,6 +275,8 @@ func keys(c *Config) []key {
 		pathKey("images.debian_keyring", "OpenPGP keyring that verifies the Debian archive", &c.Images.DebianKeyring),
 		enumKey("images.kernel", "fetch a kernel (linux-image-cloud-amd64) with each pull if none is present", &c.Images.Kernel, "auto", "none"),
 		stringListKey("images.extra", "extra catalog entries: [\"NAME=REF\"] with REF an OCI reference, debian:SUITE, or URL#sha256=HEX", &c.Images.Extra),
+		stringKey("update.channel_url", "release channel `banger update` reads (an https URL; empty: only `banger update --from FILE`)", &c.Update.ChannelURL, validChannelURL),
+		durationKey("update.verify_timeout", "how long `banger update` waits for the restarted daemon and its doctor before rolling back", &c.Update.VerifyTimeout),
 	}
 }
 
@@ -431,6 +446,17 @@ func addrListKey(name, help string, dst *[]string) key {
 func validInterfaceName(s string) error {
 	if len(s) == 0 || len(s) > 15 || strings.ContainsAny(s, "/ \t\n:") {
 		return fmt.Errorf("%q is not an interface name (1-15 characters, no '/', ':' or spaces)", s)
+	}
+	return nil
+}
+
+func validChannelURL(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" && u.Scheme != "file" || (u.Scheme != "https" && u.Scheme != "http" && u.Scheme != "file") {
+		return fmt.Errorf("%q is not an https:// (or http://, file://) URL", s)
 	}
 	return nil
 }

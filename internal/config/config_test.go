@@ -146,3 +146,22 @@ func TestTildeExpansion(t *testing.T) {
 		t.Fatalf("got %q", c.Runtime.SSHKeyPath)
 	}
 }
+
+func TestUpdateSection(t *testing.T) {
+	c := Defaults()
+	if c.Update.ChannelURL != "" || c.Update.VerifyTimeout != 2*time.Minute {
+		t.Fatalf("update defaults: %+v", c.Update)
+	}
+	c, err := Parse("c.toml", []byte("[update]\nchannel_url = \"https://releases.example.org/banger/stable\"\nverify_timeout = \"45s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Update.ChannelURL != "https://releases.example.org/banger/stable" || c.Update.VerifyTimeout != 45*time.Second {
+		t.Fatalf("update section not applied: %+v", c.Update)
+	}
+	for _, bad := range []string{"releases.example.org", "ftp://x/y", "https://"} {
+		if _, err := Parse("c.toml", []byte("[update]\nchannel_url = \""+bad+"\"\n")); err == nil {
+			t.Errorf("channel_url %q accepted", bad)
+		}
+	}
+}

@@ -166,7 +166,7 @@ func TestDiskSpace(t *testing.T) {
 func TestHostChecksRegistered(t *testing.T) {
 	r := NewRegistry(time.Minute)
 	RegisterHostChecks(r, HostOptions{Config: config.Defaults(), DataDir: t.TempDir(), KVMDevice: "/nonexistent/kvm"})
-	if got := strings.Join(r.Names(), ","); got != "kvm,firecracker,qemu,vmm,e2fsprogs,disk-space" {
+	if got := strings.Join(r.Names(), ","); got != "kvm,firecracker,qemu,vmm,e2fsprogs,disk-space,update" {
 		t.Fatalf("checks = %s", got)
 	}
 	res := r.Run(context.Background())

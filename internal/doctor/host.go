@@ -77,6 +77,7 @@ func RegisterHostChecks(r *Registry, o HostOptions) {
 	r.Register("disk-space", func(context.Context) api.CheckResult {
 		return diskSpaceCheck(o.DataDir, o.Config.Doctor.MinFreeSpace)
 	})
+	registerUpdateChecks(r)
 }
 
 func kvmCheck(p kvm.ProbeResult) api.CheckResult {
