@@ -25,6 +25,9 @@ type Config struct {
 	Layer string
 	// Work is mounted at /root; empty means /root comes from the image.
 	Work string
+	// Modules holds the kernel's module tree (read-only), mounted at
+	// /lib/modules/<release> in the new root; empty means the image's own, if any.
+	Modules string
 
 	Address  netip.Prefix // zero when the network is not configured
 	Gateway  netip.Addr
@@ -34,7 +37,7 @@ type Config struct {
 	Agent      string // "vsock", "serial" or "none"
 	AgentPort  uint32 // vsock port
 	AgentName  string // virtio-serial port name
-	Init       string // "" = auto: systemd if the image's /sbin/init is systemd, else stay PID 1
+	Init       string // "" = auto: systemd or runit if the image's /sbin/init is one, else stay PID 1
 	DeviceWait int    // seconds to wait for devices to appear
 	Debug      bool
 }
@@ -64,6 +67,7 @@ func keySpecs() map[string]keySpec {
 		"banger.rootfstype": {"root filesystem type (default ext4)", func(c *Config, v string) error { return setWord(&c.RootFSType, v) }},
 		"banger.layer":      {"writable layer device (default: tmpfs)", func(c *Config, v string) error { return setDevice(&c.Layer, v) }},
 		"banger.work":       {"work disk device, mounted at /root", func(c *Config, v string) error { return setDevice(&c.Work, v) }},
+		"banger.modules":    {"kernel modules disk device, mounted read-only at /lib/modules/<release>", func(c *Config, v string) error { return setDevice(&c.Modules, v) }},
 		"banger.ip": {"guest address with prefix length, e.g. 172.30.0.2/24", func(c *Config, v string) error {
 			p, err := netip.ParsePrefix(v)
 			if err != nil || !p.Addr().Is4() {

@@ -8,7 +8,7 @@ import (
 
 func TestParseCmdlineFull(t *testing.T) {
 	c, err := ParseCmdline(`BOOT_IMAGE=/vmlinuz console=ttyS0 tsc_early_khz=2000000 banger.root=serial:rootfs banger.layer=serial:layer ` +
-		`banger.work=/dev/vdc banger.ip=172.30.0.5/24 banger.gw=172.30.0.1 banger.dns=172.30.0.1,9.9.9.9 banger.hostname=dev-1 ` +
+		`banger.work=/dev/vdc banger.modules=serial:modules banger.ip=172.30.0.5/24 banger.gw=172.30.0.1 banger.dns=172.30.0.1,9.9.9.9 banger.hostname=dev-1 ` +
 		`banger.agent=serial banger.agent_name=banger.agent banger.init=/usr/lib/systemd/systemd banger.device_wait=7 banger.debug=1` + "\n")
 	if err != nil {
 		t.Fatal(err)
@@ -20,7 +20,7 @@ func TestParseCmdlineFull(t *testing.T) {
 		Hostname: "dev-1", Agent: "serial", AgentPort: DefaultAgentPort, AgentName: "banger.agent",
 		Init: "/usr/lib/systemd/systemd", DeviceWait: 7, Debug: true,
 	}
-	if c.Root != want.Root || c.Layer != want.Layer || c.Work != want.Work || c.Address != want.Address ||
+	if c.Root != want.Root || c.Layer != want.Layer || c.Work != want.Work || c.Modules != "serial:modules" || c.Address != want.Address ||
 		c.Gateway != want.Gateway || len(c.DNS) != 2 || c.DNS[1] != want.DNS[1] || c.Hostname != want.Hostname ||
 		c.Agent != want.Agent || c.AgentName != want.AgentName || c.Init != want.Init || c.DeviceWait != 7 || !c.Debug {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
@@ -33,7 +33,7 @@ func TestParseCmdlineDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.RootFSType != "ext4" || c.Agent != "vsock" || c.AgentPort != 1024 || c.AgentName != "banger.agent" ||
-		c.Layer != "" || c.Work != "" || c.Address.IsValid() || c.Init != "" || c.DeviceWait != defaultDeviceWait {
+		c.Layer != "" || c.Work != "" || c.Modules != "" || c.Address.IsValid() || c.Init != "" || c.DeviceWait != defaultDeviceWait {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -59,6 +59,7 @@ func TestParseCmdlineErrors(t *testing.T) {
 		"banger.root=/dev/../etc/passwd": "want /dev/NAME",
 		"banger.root=serial:this-serial-is-far-too-long":                "at most 20 characters",
 		"banger.root=serial:bad/serial":                                 "want /dev/NAME or serial:NAME",
+		"banger.root=/dev/vda banger.modules=modules":                   "banger.modules=modules: want /dev/NAME or serial:NAME",
 		"banger.root=/dev/vda banger.ip=10.0.0.5":                       "banger.ip=10.0.0.5: want an IPv4 address with prefix length",
 		"banger.root=/dev/vda banger.ip=fd00::1/64":                     "want an IPv4 address",
 		"banger.root=/dev/vda banger.gw=10.0.0.1":                       "banger.gw but no banger.ip",

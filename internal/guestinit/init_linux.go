@@ -111,6 +111,9 @@ func (b *boot) run() error {
 	if err := b.stage("mount root", b.mountRoot); err != nil {
 		return err
 	}
+	if err := b.stage("mount modules", b.mountModules); err != nil {
+		return err
+	}
 	if err := b.stage("mount work disk", b.mountWork); err != nil {
 		return err
 	}
@@ -132,13 +135,19 @@ func (b *boot) run() error {
 			return err
 		}
 	}
+	if mode == modeRunit {
+		if err := b.stage("write runit services", b.writeRunitServices); err != nil {
+			b.logf("warning: %v: staying PID 1 instead of handing over to %s", err, initPath)
+			mode = modeStay
+		}
+	}
 	if err := b.stage("switch root", switchRoot); err != nil {
 		return err
 	}
 	b.stages = append(b.stages, Stage{Name: "total", DurationMS: float64(time.Since(b.start).Microseconds()) / 1000})
 	b.writeStages()
 	b.logf("root ready in %s (%s)", time.Since(b.start).Round(time.Millisecond), b.stageSummary())
-	if mode == modeSystemd {
+	if mode == modeSystemd || mode == modeRunit {
 		b.logf("handing over to %s", initPath)
 		err := unix.Exec(initPath, []string{initPath}, os.Environ())
 		return fmt.Errorf("exec %s: %w", initPath, err)
@@ -191,7 +200,20 @@ func mountAPIFilesystems() error {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.dst, err)
 		}
 	}
-	return os.MkdirAll(bangerRun, 0o755)
+	// Debian's sysv boot scripts (run by runit's stage 1 too) empty /run unless it is
+	// marked as a tmpfs, which would delete the agent and its runit service.
+	if err := os.WriteFile("/run/.tmpfs", nil, 0o644); err != nil {
+		return err
+	}
+	// /run/banger is a tmpfs of its own: it moves into the new root with /run, and stays
+	// executable when the image's boot scripts remount /run noexec (Debian's do).
+	if err := os.MkdirAll(bangerRun, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", bangerRun, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil && !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("mount tmpfs on %s: %w", bangerRun, err)
+	}
+	return nil
 }
 
 // loadModules loads the modules the initramfs builder listed, dependencies first.
@@ -347,6 +369,14 @@ func (b *boot) mountWork() error {
 	if err := unix.Mount(dev, target, "ext4", unix.MS_NOATIME, ""); err != nil {
 		return fmt.Errorf("mount work disk %s (%s) on /root: %w", dev, b.cfg.Work, err)
 	}
+	// The work disk replaces the image's /root: root's login shell still reads the
+	// distribution's dotfiles.
+	copied, err := seedRootDotfiles(newRoot, 0, 0)
+	if err != nil {
+		b.logf("warning: root's dotfiles: %v", err)
+	} else if len(copied) > 0 {
+		b.debugf("copied %s from /etc/skel to /root", strings.Join(copied, ", "))
+	}
 	return nil
 }
 
@@ -427,11 +457,13 @@ type initMode int
 const (
 	modeStay initMode = iota
 	modeSystemd
+	modeRunit
 	modeExec
 )
 
-// chooseInit decides how the boot continues: systemd gets the agent as a runtime unit; an
-// explicit other init is exec'd as asked; otherwise banger-init stays PID 1.
+// chooseInit decides how the boot continues: systemd gets the agent as a runtime unit,
+// runit as a service; an explicit other init is exec'd as asked; otherwise banger-init
+// stays PID 1.
 func (b *boot) chooseInit() (initMode, string, error) {
 	switch b.cfg.Init {
 	case InitNone:
@@ -439,10 +471,16 @@ func (b *boot) chooseInit() (initMode, string, error) {
 	case "":
 		target, err := resolveInRoot(newRoot, "/sbin/init")
 		if err != nil {
+			if p, ok := findRunitInit(newRoot); ok {
+				return modeRunit, p, nil
+			}
 			return modeStay, "", nil // no init in the image
 		}
-		if filepath.Base(target) == "systemd" {
+		switch {
+		case filepath.Base(target) == "systemd":
 			return modeSystemd, "/sbin/init", nil
+		case isRunit(target):
+			return modeRunit, "/sbin/init", nil
 		}
 		return modeStay, "", nil
 	}
@@ -450,10 +488,28 @@ func (b *boot) chooseInit() (initMode, string, error) {
 	if err != nil {
 		return modeStay, "", fmt.Errorf("banger.init=%s: not in the image: %w", b.cfg.Init, err)
 	}
-	if filepath.Base(target) == "systemd" {
+	switch {
+	case filepath.Base(target) == "systemd":
 		return modeSystemd, b.cfg.Init, nil
+	case isRunit(target):
+		return modeRunit, b.cfg.Init, nil
 	}
 	return modeExec, b.cfg.Init, nil
+}
+
+// writeRunitServices links the agent's (and if needed sshd's) runit service into the
+// image's service directory.
+func (b *boot) writeRunitServices() error {
+	var args []string
+	if b.cfg.Agent != "none" {
+		args = b.agentArgs()
+	}
+	s, err := setupRunit(newRoot, runitServiceDir, runitServiceDir, args)
+	if err != nil {
+		return err
+	}
+	b.debugf("runit services in %s: %s", s.svdir, strings.Join(s.services, ", "))
+	return nil
 }
 
 // resolveInRoot follows symlinks of p as seen from inside root.

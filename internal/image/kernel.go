@@ -170,7 +170,10 @@ func (m *Manager) PullKernel(ctx context.Context, suite string, progress Progres
 	if kinfo.ModulesDir != "" {
 		k.ModulesDir = rel(kinfo.ModulesDir)
 	}
-	return m.installKernel(root, k)
+	if k.ModulesDir != "" {
+		progress.report(Progress{Stage: "building the kernel's modules disk"})
+	}
+	return m.installKernel(ctx, root, k)
 }
 
 // kernelStage makes a private staging directory inside the kernels dir, so the finished
@@ -182,9 +185,19 @@ func (m *Manager) kernelStage() (string, error) {
 	return os.MkdirTemp(m.KernelsDir, stagingPrefix)
 }
 
-// installKernel records k's metadata in the staged tree root and renames it to k.Dir. If a
-// concurrent pull or import installed the same kernel first, that one is returned.
-func (m *Manager) installKernel(root string, k Kernel) (Kernel, error) {
+// installKernel builds the kernel's modules disk in the staged tree root, records k's
+// metadata there and renames it to k.Dir. If a concurrent pull or import installed the same
+// kernel first, that one is returned.
+func (m *Manager) installKernel(ctx context.Context, root string, k Kernel) (Kernel, error) {
+	if k.ModulesDir != "" {
+		rel, err := filepath.Rel(k.Dir, k.ModulesDir)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			return Kernel{}, fmt.Errorf("kernel: modules dir %s is outside %s", k.ModulesDir, k.Dir)
+		}
+		if _, err := BuildModulesDisk(ctx, m.Ext4, filepath.Join(root, rel), filepath.Join(root, ModulesDiskName)); err != nil {
+			return Kernel{}, fmt.Errorf("kernel %s: %w", k.ID, err)
+		}
+	}
 	k.SizeBytes = dirSize(root)
 	data, _ := json.MarshalIndent(k, "", "  ")
 	if err := os.WriteFile(filepath.Join(root, kernelMeta), data, 0o644); err != nil {
@@ -427,7 +440,7 @@ func (m *Manager) ImportKernel(ctx context.Context, dir, suite string) (Kernel, 
 		}
 		k.Vmlinux, k.KernelBuild = filepath.Join(final, "vmlinux"), info.Version
 	}
-	return m.installKernel(root, k)
+	return m.installKernel(ctx, root, k)
 }
 
 // copyTree copies a file or directory tree (regular files, dirs, symlinks).

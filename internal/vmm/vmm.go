@@ -20,7 +20,10 @@ const (
 	RoleRoot  DriveRole = "root"  // the image, attached read-only
 	RoleLayer DriveRole = "layer" // the per-VM writable overlay
 	RoleWork  DriveRole = "work"  // mounted at /root
-	RoleExtra DriveRole = "extra" // anything else (e.g. a per-kernel modules disk)
+	// RoleModules is the kernel's module tree (a read-only per-kernel disk), mounted at
+	// /lib/modules/<release> so modprobe works in the guest.
+	RoleModules DriveRole = "modules"
+	RoleExtra   DriveRole = "extra" // anything else
 )
 
 // Drive is a disk image attached to the VM.
@@ -68,7 +71,7 @@ func (s MachineSpec) Validate() error {
 	case s.RunDir == "":
 		return errors.New("machine spec: no run directory")
 	}
-	roots := 0
+	roots, modules := 0, 0
 	seen := map[string]bool{}
 	for _, d := range s.Drives {
 		if d.ID == "" || len(d.ID) > 20 {
@@ -83,12 +86,21 @@ func (s MachineSpec) Validate() error {
 			return fmt.Errorf("machine spec: drive id %q used twice", d.ID)
 		}
 		seen[d.ID] = true
-		if d.Role == RoleRoot {
+		switch d.Role {
+		case RoleRoot:
 			roots++
+		case RoleModules:
+			modules++
+			if !d.ReadOnly {
+				return fmt.Errorf("machine spec: modules drive %q must be read-only: every VM of the kernel shares it", d.ID)
+			}
 		}
 	}
 	if roots != 1 {
 		return fmt.Errorf("machine spec: need exactly one root drive, have %d", roots)
+	}
+	if modules > 1 {
+		return fmt.Errorf("machine spec: at most one modules drive, have %d", modules)
 	}
 	return nil
 }

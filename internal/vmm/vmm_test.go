@@ -55,6 +55,10 @@ func TestMachineSpecValidate(t *testing.T) {
 		"used twice":                     func(s *MachineSpec) { s.Drives[1].ID = "rootfs" },
 		"exactly one root drive, have 2": func(s *MachineSpec) { s.Drives[1].Role = RoleRoot },
 		"exactly one root drive, have 0": func(s *MachineSpec) { s.Drives[0].Role = RoleExtra },
+		"must be read-only":              func(s *MachineSpec) { s.Drives = append(s.Drives, Drive{ID: "modules", Role: RoleModules}) },
+		"at most one modules drive": func(s *MachineSpec) {
+			s.Drives = append(s.Drives, Drive{ID: "m1", Role: RoleModules, ReadOnly: true}, Drive{ID: "m2", Role: RoleModules, ReadOnly: true})
+		},
 	}
 	for want, mutate := range bad {
 		s := good

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -93,6 +94,8 @@ type bootOptions struct {
 	rootSpec   string // banger.root; default serial:rootfs
 	deviceWait int
 	noAgent    bool
+	modules    string                // a kernel modules disk, attached read-only as banger.modules
+	workFiles  []system.InjectedFile // more files on the work disk
 }
 
 // boot starts QEMU with per-VM writable layer and work disks over the shared image.
@@ -116,7 +119,7 @@ func boot(t testing.TB, f fixture, o bootOptions) *vm {
 		t.Fatal(err)
 	}
 	if _, err := f.ext4.BuildWorkDisk(ctx, system.WorkDiskSpec{Path: v.work, SizeBytes: 256 << 20,
-		Inject: []system.InjectedFile{{Path: "on-work-disk", Data: []byte("work\n"), Mode: 0o644}}}); err != nil {
+		Inject: append([]system.InjectedFile{{Path: "on-work-disk", Data: []byte("work\n"), Mode: 0o644}}, o.workFiles...)}); err != nil {
 		t.Fatal(err)
 	}
 	root := o.rootSpec
@@ -148,6 +151,11 @@ func boot(t testing.TB, f fixture, o bootOptions) *vm {
 		"-device", "virtio-serial-device",
 		"-chardev", "socket,id=agent,path=" + agentSock + ",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name=banger.agent",
+	}
+	if o.modules != "" {
+		args[slices.Index(args, "-append")+1] += " banger.modules=serial:modules"
+		args = append(args, "-drive", "id=modules,file="+o.modules+",format=raw,if=none,readonly=on",
+			"-device", "virtio-blk-device,drive=modules,serial=modules")
 	}
 	v.cmd = exec.Command(f.qemu, args...)
 	var stderr bytes.Buffer

@@ -47,14 +47,14 @@ func bootArgs(spec vmm.MachineSpec, port uint32) (string, error) {
 			args = append(args, d)
 		}
 	}
-	for _, k := range []string{"banger.root", "banger.layer", "banger.work", "banger.agent", "banger.agent_port"} {
+	for _, k := range []string{"banger.root", "banger.layer", "banger.work", "banger.modules", "banger.agent", "banger.agent_port"} {
 		if has(k) {
 			return "", fmt.Errorf("machine spec: the command line sets %s, which the firecracker driver decides", k)
 		}
 	}
 	for i, d := range spec.Drives {
 		switch d.Role {
-		case vmm.RoleRoot, vmm.RoleLayer, vmm.RoleWork:
+		case vmm.RoleRoot, vmm.RoleLayer, vmm.RoleWork, vmm.RoleModules:
 			args = append(args, fmt.Sprintf("banger.%s=%s", d.Role, guestDisk(i)))
 		}
 	}

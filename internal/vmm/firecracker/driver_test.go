@@ -81,7 +81,7 @@ func newFixture(t *testing.T, modes string) *fixture {
 		Name: "dev", Kernel: filepath.Join(dir, "vmlinux"), Initramfs: filepath.Join(dir, "initrd"),
 		Cmdline: "console=ttyS0 banger.ip=172.30.0.2/24",
 		Drives: []vmm.Drive{
-			{ID: "mods", Path: filepath.Join(dir, "mods.ext4"), ReadOnly: true, Role: vmm.RoleExtra},
+			{ID: "mods", Path: filepath.Join(dir, "mods.ext4"), ReadOnly: true, Role: vmm.RoleModules},
 			{ID: "root", Path: filepath.Join(dir, "root.ext4"), ReadOnly: true, Role: vmm.RoleRoot},
 			{ID: "layer", Path: filepath.Join(dir, "layer.ext4"), Role: vmm.RoleLayer},
 			{ID: "work", Path: filepath.Join(dir, "work.ext4"), Role: vmm.RoleWork},
@@ -160,7 +160,7 @@ func TestStartConfiguresAndStopsThroughAgent(t *testing.T) {
 	json.Unmarshal(reqs[1].Body, &bs)
 	// Drives are named in attach order; mods is vda, so root is vdb.
 	for _, w := range []string{"console=ttyS0", "banger.ip=172.30.0.2/24", "reboot=k", "panic=1", "pci=off",
-		"banger.root=/dev/vdb", "banger.layer=/dev/vdc", "banger.work=/dev/vdd", "banger.agent=vsock", "banger.agent_port=1024"} {
+		"banger.modules=/dev/vda", "banger.root=/dev/vdb", "banger.layer=/dev/vdc", "banger.work=/dev/vdd", "banger.agent=vsock", "banger.agent_port=1024"} {
 		if !strings.Contains(" "+bs.BootArgs+" ", " "+w+" ") {
 			t.Errorf("boot_args %q lacks %s", bs.BootArgs, w)
 		}

@@ -61,9 +61,10 @@ func opt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // roleKeys are the banger-init command line keys for drive roles; RoleExtra has none.
 var roleKeys = map[vmm.DriveRole]string{
-	vmm.RoleRoot:  "banger.root",
-	vmm.RoleLayer: "banger.layer",
-	vmm.RoleWork:  "banger.work",
+	vmm.RoleRoot:    "banger.root",
+	vmm.RoleLayer:   "banger.layer",
+	vmm.RoleWork:    "banger.work",
+	vmm.RoleModules: "banger.modules",
 }
 
 // kernelCmdline is the spec's base command line plus the keys that depend on how this
