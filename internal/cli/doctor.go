@@ -12,7 +12,7 @@ import (
 )
 
 func (a *app) doctorCommand() *cobra.Command {
-	var asJSON bool
+	var asJSON, leaks, fix bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check that this host can run banger VMs, and say how to fix what it can't",
@@ -26,10 +26,23 @@ qemu-system-x86_64, which VMM 'vmm.driver = auto' will pick and why, e2fsprogs,
 free space in the data dir, and the daemon's state database.
 
 When the daemon runs, the checks run inside it (as the user VMs run as); when it
-does not, they run here and the daemon check FAILs with how to start it.`,
+does not, they run here and the daemon check FAILs with how to start it.
+
+With --leaks it checks instead that nothing banger made is left that no VM
+references: VMM processes under the runtime dir, sockets, VM and run
+directories, address leases, TAPs beyond the warm pool, and staging files of
+interrupted builds. Each finding says what it is and how to clean it; --fix
+has the daemon remove the ones it can remove safely. This needs the daemon.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			results, err := a.runDoctor(cmd.Context())
+			if fix && !leaks {
+				return fmt.Errorf("--fix goes with --leaks")
+			}
+			run := a.runDoctor
+			if leaks {
+				run = func(ctx context.Context) ([]api.CheckResult, error) { return a.runLeakDoctor(ctx, fix) }
+			}
+			results, err := run(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -50,7 +63,40 @@ does not, they run here and the daemon check FAILs with how to start it.`,
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	cmd.Flags().BoolVar(&leaks, "leaks", false, "check for leaked processes, sockets, directories, leases, TAPs and staging files")
+	cmd.Flags().BoolVar(&fix, "fix", false, "with --leaks: remove what can be removed safely, then check again")
 	return cmd
+}
+
+// runLeakDoctor runs the leak checks in the daemon, which knows what its VMs reference.
+func (a *app) runLeakDoctor(ctx context.Context, fix bool) ([]api.CheckResult, error) {
+	_, layout, err := a.load()
+	if err != nil {
+		return nil, err
+	}
+	c := api.NewClient(layout.Socket, a.version)
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	st, err := c.Status(sctx)
+	cancel()
+	if err != nil {
+		daemonCheck := doctor.Failf("start it with `banger daemon start`: the leak check asks the daemon what its VMs reference", "%s", errorMessage(err))
+		daemonCheck.Name = "daemon"
+		return []api.CheckResult{daemonCheck}, nil
+	}
+	daemonCheck := doctor.Pass("pid %d, version %s, socket %s", st.PID, st.Version, st.Socket)
+	daemonCheck.Name = "daemon"
+	reg := doctor.NewRegistry(time.Minute)
+	doctor.RegisterLeakChecks(reg, func(ctx context.Context) (api.LeaksResponse, error) {
+		if !fix {
+			return c.Leaks(ctx)
+		}
+		resp, err := c.FixLeaks(ctx)
+		for _, line := range doctor.FixSummary(resp) {
+			fmt.Fprintln(a.env.Stderr, line)
+		}
+		return resp, err
+	})
+	return append([]api.CheckResult{daemonCheck}, reg.Run(ctx)...), nil
 }
 
 func (a *app) runDoctor(ctx context.Context) ([]api.CheckResult, error) {

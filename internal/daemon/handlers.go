@@ -33,6 +33,8 @@ func (d *Daemon) routes() http.Handler {
 	}
 	d.addImageRoutes(table)
 	d.addVMRoutes(table)
+	table["/bench/create"] = map[string]handlerFunc{http.MethodPost: d.handleBenchCreate}
+	table["/leaks"] = map[string]handlerFunc{http.MethodGet: d.handleLeaks, http.MethodPost: d.handleLeaksFix}
 	prefix := "/" + api.Version
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {

@@ -1,0 +1,93 @@
+package api
+
+import "context"
+
+// BenchCreateRequest is POST /v1/bench/create (streamed): Runs rounds, each one `vm create
+// --start` through the daemon's real path and one boot of the same kernel, initramfs and
+// disks by the bare VMM command, alternating which goes first.
+type BenchCreateRequest struct {
+	Runs   int    `json:"runs,omitempty"`  // 0 = 3
+	Image  string `json:"image,omitempty"` // "" = images.default
+	Kernel string `json:"kernel,omitempty"`
+	CPUs   int    `json:"cpus,omitempty"`
+	Memory string `json:"memory,omitempty"`
+}
+
+// BenchStat summarizes one measure over the runs, in milliseconds.
+type BenchStat struct {
+	N        int     `json:"n"`
+	MedianMS float64 `json:"median_ms"`
+	MinMS    float64 `json:"min_ms"`
+	MaxMS    float64 `json:"max_ms"`
+}
+
+// BenchStageStat is a BenchStat of one recorded stage. Guest is true for the stages that
+// wait for the guest's own boot (the agent, sshd); the others are host-side.
+type BenchStageStat struct {
+	Name  string `json:"name"`
+	Guest bool   `json:"guest"`
+	BenchStat
+}
+
+// BenchRun is one round.
+type BenchRun struct {
+	Index       int     `json:"index"`
+	BangerFirst bool    `json:"banger_first"`
+	VM          string  `json:"vm"`
+	Stages      []Stage `json:"stages"`
+	// AgentReadyMS is create request -> the agent answered; SSHReadyMS -> sshd answered
+	// (0 when the VM has no SSH); HostSideMS is AgentReadyMS minus the wait for the agent.
+	AgentReadyMS float64 `json:"agent_ready_ms"`
+	SSHReadyMS   float64 `json:"ssh_ready_ms,omitempty"`
+	HostSideMS   float64 `json:"host_side_ms"`
+	// UnstagedMS is the part of AgentReadyMS no stage recorded (API, store writes).
+	UnstagedMS float64 `json:"unstaged_ms"`
+	// BareAgentReadyMS is the bare VMM: process start -> the agent answered /v1/healthz.
+	BareAgentReadyMS float64 `json:"bare_agent_ready_ms"`
+}
+
+// BenchGoal is one target and whether the medians meet it.
+type BenchGoal struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+	Limit float64 `json:"limit"`
+	Unit  string  `json:"unit"`
+	Pass  bool    `json:"pass"`
+}
+
+// BenchCreateResult is the answer of POST /v1/bench/create.
+type BenchCreateResult struct {
+	Runs   int    `json:"runs"`
+	Driver string `json:"driver"`
+	Accel  string `json:"accel,omitempty"`
+	Image  string `json:"image"`
+	Kernel string `json:"kernel"`
+
+	AgentReady BenchStat  `json:"agent_ready"`
+	SSHReady   *BenchStat `json:"ssh_ready,omitempty"`
+	// SSHNote says why there is no ssh-ready figure (the image has no sshd, ...).
+	SSHNote  string           `json:"ssh_note,omitempty"`
+	HostSide BenchStat        `json:"host_side"`
+	Unstaged BenchStat        `json:"unstaged"`
+	Stages   []BenchStageStat `json:"stages"`
+
+	BareAgentReady BenchStat `json:"bare_agent_ready"`
+	// BareCommand is the argv of the last bare boot, for reproducing it by hand.
+	BareCommand []string `json:"bare_command"`
+	BareNote    string   `json:"bare_note,omitempty"`
+
+	// Ratio is the median banger create->agent-ready over the median bare boot->agent-ready.
+	Ratio float64     `json:"ratio"`
+	Goals []BenchGoal `json:"goals"`
+	Pass  bool        `json:"pass"`
+
+	RunDetails []BenchRun `json:"run_details"`
+}
+
+// BenchCreate runs the create benchmark in the daemon, reporting progress. Cancelling ctx
+// (Ctrl-C) stops it; the daemon removes the bench VMs and bare boots either way.
+func (c *Client) BenchCreate(ctx context.Context, req BenchCreateRequest, progress func(Progress)) (BenchCreateResult, error) {
+	var out BenchCreateResult
+	err := c.stream(ctx, "/bench/create", req, progress, &out)
+	return out, err
+}
