@@ -53,6 +53,35 @@ if [ ! -s "$assets/debian-systemd.tar" ]; then
 		"$assets/debian-systemd.tar.tmp" ${mirror:-http://deb.debian.org/debian}
 	mv "$assets/debian-systemd.tar.tmp" "$assets/debian-systemd.tar"
 fi
+# The same with OpenSSH's server, for the end-to-end `vm ssh` tests (about 20 s, 220 MB).
+if [ ! -s "$assets/debian-ssh.tar" ]; then
+	command -v mmdebstrap >/dev/null || { apt-get install -y -qq --no-install-recommends mmdebstrap debian-archive-keyring >/dev/null; }
+	log "building a minimal Debian bookworm root with systemd and sshd into $assets/debian-ssh.tar"
+	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+	mmdebstrap --quiet --format=tar --variant=apt --include=systemd-sysv,openssh-server --mode=root bookworm \
+		"$assets/debian-ssh.tar.tmp" ${mirror:-http://deb.debian.org/debian}
+	mv "$assets/debian-ssh.tar.tmp" "$assets/debian-ssh.tar"
+fi
+# A Debian root whose init is runit (runit-init) with sshd, to test banger-init's hand-over to
+# runit the way the experimental Void image boots (about 20 s, 150 MB).
+if [ ! -s "$assets/debian-runit.tar" ]; then
+	command -v mmdebstrap >/dev/null || { apt-get install -y -qq --no-install-recommends mmdebstrap debian-archive-keyring >/dev/null; }
+	log "building a minimal Debian bookworm root with runit as init and sshd into $assets/debian-runit.tar"
+	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+	mmdebstrap --quiet --format=tar --variant=apt --include=runit-init,openssh-server --mode=root bookworm \
+		"$assets/debian-runit.tar.tmp" ${mirror:-http://deb.debian.org/debian}
+	mv "$assets/debian-runit.tar.tmp" "$assets/debian-runit.tar"
+fi
+# A Debian systemd root with kmod (modprobe, lsmod), to test the per-kernel modules disk
+# (about 15 s, 200 MB).
+if [ ! -s "$assets/debian-kmod.tar" ]; then
+	command -v mmdebstrap >/dev/null || { apt-get install -y -qq --no-install-recommends mmdebstrap debian-archive-keyring >/dev/null; }
+	log "building a minimal Debian bookworm root with systemd and kmod into $assets/debian-kmod.tar"
+	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+	mmdebstrap --quiet --format=tar --variant=apt --include=systemd-sysv,kmod --mode=root bookworm \
+		"$assets/debian-kmod.tar.tmp" ${mirror:-http://deb.debian.org/debian}
+	mv "$assets/debian-kmod.tar.tmp" "$assets/debian-kmod.tar"
+fi
 # Readable by the unprivileged test user too.
 chmod -R a+rX "$assets"
 log "test assets ready in $assets"

@@ -5,7 +5,7 @@ BANGER_APT_PACKAGES=(
 	ca-certificates git
 	e2fsprogs fakeroot   # disk toolkit: mkfs.ext4, debugfs, e2fsck; fakeroot for ownership
 	qemu-system-x86      # the VMM where firecracker/KVM cannot run
-	iproute2 util-linux  # ip for diagnostics; runuser for unprivileged test runs
+	iproute2 util-linux iputils-ping  # ip, ping for diagnostics and the network tests; runuser, setpriv
 	mmdebstrap debian-archive-keyring uidmap  # Debian images (unprivileged: --mode=unshare)
 	xz-utils lz4 zstd    # the kernel build's compressors, to cross-check vmlinux extraction
 )
@@ -68,4 +68,13 @@ install_banger() {
 	for bin in banger banger-init banger-agent; do
 		install -m 0755 "bin/$bin" "$dir/$bin"
 	done
+}
+
+# fix_tun_mode: /dev/net/tun is 0666 on standard distros (udev); some minimal machines leave
+# it 0600, and then the owner's VMM cannot open the TAP the helper made for it.
+fix_tun_mode() {
+	if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" = 600 ]; then
+		chmod 0666 /dev/net/tun
+		log "made /dev/net/tun usable by unprivileged VMMs (0666, as udev does on standard distros)"
+	fi
 }

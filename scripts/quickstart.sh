@@ -14,12 +14,7 @@ install_banger /usr/local/bin
 install -D -m 0644 contrib/systemd/banger.service /usr/local/lib/systemd/user/banger.service
 log "installed /usr/local/bin/{banger,banger-init,banger-agent} and the systemd user unit banger.service"
 
-# /dev/net/tun is 0666 on standard distros (udev); some minimal machines leave it 0600,
-# and then the owner's VMM cannot open the TAP the helper made for it.
-if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" = 600 ]; then
-	chmod 0666 /dev/net/tun
-	log "made /dev/net/tun usable by unprivileged VMMs (0666, as udev does on standard distros)"
-fi
+fix_tun_mode
 
 # The daemon belongs to the user who asked for it: under sudo that is SUDO_USER.
 owner=${SUDO_USER:-root}

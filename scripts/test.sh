@@ -34,17 +34,22 @@ go vet -tags integration ./...
 log "go test -race ./... (as root)"
 go test -race -count=1 ./...
 
-# Boot tests: real guests under QEMU (software emulation here), with Debian's cloud kernel.
-log "go test -tags integration ./test/... (boots real guests)"
-go test -tags integration -count=1 -timeout 30m ./test/...
-
-# The same code as a plain user: no root, no sudo, nothing mounted.
+# An unprivileged user: the end-to-end tests run the daemon as this user with the root
+# helper (as deployed), and the unit suites run again as this user below.
 ci_user=banger-ci
 if ! id "$ci_user" >/dev/null 2>&1; then
 	log "creating unprivileged user $ci_user"
 	useradd --create-home --shell /bin/bash "$ci_user"
 fi
 ci_home=$(getent passwd "$ci_user" | cut -d: -f6)
+fix_tun_mode
+export BANGER_E2E_USER=$ci_user
+
+# Boot tests: real guests under QEMU (software emulation here), with Debian's cloud kernel.
+log "go test -tags integration ./test/... (boots real guests)"
+go test -tags integration -count=1 -timeout 30m ./test/...
+
+# The same code as a plain user: no root, no sudo, nothing mounted.
 src="$ci_home/src"
 log "copying the tree to $src for $ci_user"
 rm -rf "$src"

@@ -30,7 +30,14 @@ const (
 	PathExec   = "/v1/exec"
 	PathFiles  = "/v1/files"
 	PathPower  = "/v1/power"
+	// PathForward (POST, upgraded to ForwardUpgradeProtocol) connects to a TCP port on the
+	// guest's loopback (query "port") and then carries that connection's bytes both ways.
+	// The host reaches the guest's sshd this way with or without a guest network.
+	PathForward = "/v1/forward"
 )
+
+// ForwardUpgradeProtocol is the Upgrade header value of a forwarded TCP connection.
+const ForwardUpgradeProtocol = "banger-forward.v1"
 
 // Health is the body of GET /v1/healthz.
 type Health struct {
@@ -143,6 +150,7 @@ const (
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodeUpgradeRequired  = "upgrade_required"
 	CodeIsDirectory      = "is_directory"
+	CodeUnreachable      = "unreachable" // a forward's port refused or timed out
 	CodeInternal         = "internal"
 )
 
@@ -193,6 +201,8 @@ func StatusForCode(code string) int {
 		return http.StatusUpgradeRequired
 	case CodeIsDirectory:
 		return http.StatusConflict
+	case CodeUnreachable:
+		return http.StatusBadGateway
 	default:
 		return http.StatusInternalServerError
 	}

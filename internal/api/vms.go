@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/banger-vm/banger/internal/agent"
 )
 
 // VMCreateRequest is POST /v1/vms/create (streamed). Sizes are strings like "512M" or
@@ -62,6 +64,19 @@ type VMNetwork struct {
 	Note string `json:"note,omitempty"`
 }
 
+// VMSSH is how to reach a VM's sshd.
+type VMSSH struct {
+	// Ready is true once sshd answered in the last start.
+	Ready bool `json:"ready"`
+	// HostKeyAlias is the name the VM's host key is pinned under in banger's known_hosts
+	// (ssh -o HostKeyAlias=...).
+	HostKeyAlias string `json:"host_key_alias,omitempty"`
+	// HostKey is the VM's public host key (authorized_keys form).
+	HostKey string `json:"host_key,omitempty"`
+	// Note says why there is no SSH (the image has no sshd, ...).
+	Note string `json:"note,omitempty"`
+}
+
 // VM is a VM as the API shows it.
 type VM struct {
 	ID           string    `json:"id"`
@@ -79,6 +94,7 @@ type VM struct {
 	RunDir       string    `json:"run_dir,omitempty"`
 	ConsoleLog   string    `json:"console_log,omitempty"`
 	Network      VMNetwork `json:"network"`
+	SSH          VMSSH     `json:"ssh"`
 	Disks        []VMDisk  `json:"disks"`
 	// Stages are the timed stages of the last start.
 	Stages    []Stage   `json:"stages,omitempty"`
@@ -102,21 +118,17 @@ type VMHealth struct {
 	Network string  `json:"network,omitempty"`
 }
 
-// VMExecRequest is POST /v1/vms/exec. The answer is NDJSON ExecEvents: output chunks, then
-// one line with Exit or Error. There is no stdin: the process reads EOF.
+// VMExecRequest is POST /v1/vms/exec, sent with Connection: Upgrade and Upgrade:
+// banger-exec.v1. The daemon answers 101 and from then on relays the guest agent's exec
+// stream unchanged (frames: see package agent); errors before that are typed as usual.
 type VMExecRequest struct {
 	Name string   `json:"name"`
 	Argv []string `json:"argv"`
 	Env  []string `json:"env,omitempty"`
 	Cwd  string   `json:"cwd,omitempty"`
-}
-
-// ExecEvent is one line of an exec stream.
-type ExecEvent struct {
-	Stdout []byte `json:"stdout,omitempty"`
-	Stderr []byte `json:"stderr,omitempty"`
-	Exit   *int   `json:"exit,omitempty"`
-	Error  *Error `json:"error,omitempty"`
+	TTY  bool     `json:"tty,omitempty"`
+	Rows uint16   `json:"rows,omitempty"`
+	Cols uint16   `json:"cols,omitempty"`
 }
 
 // VMs lists the VMs.
@@ -154,6 +166,13 @@ func (c *Client) StopVM(ctx context.Context, req VMStopRequest) (VM, error) {
 	return out, err
 }
 
+// RestartVM stops a VM (if running) and boots it again, reporting each stage.
+func (c *Client) RestartVM(ctx context.Context, req VMStopRequest, progress func(Progress)) (VM, error) {
+	var out VM
+	err := c.stream(ctx, "/vms/restart", req, progress, &out)
+	return out, err
+}
+
 // RemoveVM deletes a VM and its disks.
 func (c *Client) RemoveVM(ctx context.Context, req VMRemoveRequest) error {
 	return c.do(ctx, http.MethodPost, "/vms/rm", nil, req, nil)
@@ -166,40 +185,52 @@ func (c *Client) VMHealth(ctx context.Context, name string) (VMHealth, error) {
 	return out, err
 }
 
-// ExecVM runs argv in the VM through the daemon, writing its output as produced, and
-// returns its exit code.
-func (c *Client) ExecVM(ctx context.Context, req VMExecRequest, stdout, stderr io.Writer) (int, error) {
-	resp, err := c.post(ctx, "/vms/exec", req)
+// ExecStream starts argv in the VM and returns the exec stream (drive it with
+// agentclient.AttachExec).
+func (c *Client) ExecStream(ctx context.Context, req VMExecRequest) (io.ReadWriteCloser, error) {
+	body, err := json.Marshal(req)
 	if err != nil {
-		return -1, err
+		return nil, err
 	}
-	defer resp.Body.Close()
-	dec := json.NewDecoder(resp.Body)
-	for {
-		var ev ExecEvent
-		if err := dec.Decode(&ev); err != nil {
-			if ctx.Err() != nil {
-				return -1, ctx.Err()
-			}
-			return -1, fmt.Errorf("exec stream ended without an exit code (did the daemon stop? see its log): %w", err)
-		}
-		switch {
-		case ev.Error != nil:
-			return -1, ev.Error
-		case ev.Exit != nil:
-			return *ev.Exit, nil
-		}
-		if len(ev.Stdout) > 0 && stdout != nil {
-			if _, err := stdout.Write(ev.Stdout); err != nil {
-				return -1, err
-			}
-		}
-		if len(ev.Stderr) > 0 && stderr != nil {
-			if _, err := stderr.Write(ev.Stderr); err != nil {
-				return -1, err
-			}
-		}
+	return c.upgrade(ctx, "/vms/exec", nil, body, agent.ExecUpgradeProtocol)
+}
+
+// Forward connects to a TCP port on the VM's loopback through its agent.
+func (c *Client) Forward(ctx context.Context, name string, port int) (io.ReadWriteCloser, error) {
+	return c.upgrade(ctx, "/vms/forward", url.Values{"name": {name}, "port": {strconv.Itoa(port)}}, nil, agent.ForwardUpgradeProtocol)
+}
+
+// upgrade POSTs body to path asking to switch to protocol and returns the connection.
+func (c *Client) upgrade(ctx context.Context, path string, query url.Values, body []byte, protocol string) (io.ReadWriteCloser, error) {
+	u := "http://banger/" + Version + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
 	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytesReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(ClientVersionHeader, c.version)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", protocol)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.connError(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		if err := errorOf(resp, path); err != nil {
+			return nil, err
+		}
+		resp.Body.Close()
+		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("daemon answered %s to %s instead of switching protocols", resp.Status, path)}
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return nil, &Error{Code: CodeInternal, Message: "upgraded connection is not writable"}
+	}
+	return rwc, nil
 }
 
 // VMLogs returns the VM's serial console log; with follow it keeps streaming until ctx ends

@@ -22,6 +22,7 @@ import (
 // in-process with their own directories and streams.
 type Env struct {
 	Paths  paths.Env
+	Stdin  io.Reader // nil reads as empty
 	Stdout io.Writer
 	Stderr io.Writer
 	// Getenv reads other variables (BANGER_CONFIG, NOTIFY_SOCKET).
@@ -33,7 +34,7 @@ type Env struct {
 // EnvFromOS builds Env from the real process.
 func EnvFromOS() Env {
 	exe, _ := os.Executable()
-	return Env{Paths: paths.EnvFromOS(), Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Executable: exe}
+	return Env{Paths: paths.EnvFromOS(), Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Executable: exe}
 }
 
 // ExitError carries a specific exit status without an extra error message (doctor's FAIL).
@@ -83,7 +84,9 @@ helper does only the networking. Start with:
 		a.imageCommand(),
 		a.vmCommand(),
 		a.helperCommand(),
+		a.updateCommand(),
 	)
+	root.AddCommand(a.benchCommand())
 	return root
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/termutil"
 )
 
 func (a *app) vmCommand() *cobra.Command {
@@ -23,12 +24,14 @@ func (a *app) vmCommand() *cobra.Command {
   banger vm create dev && banger vm start dev
   banger vm exec dev -- uname -a
 
-Commands run through the guest agent, relayed by the daemon (no stdin yet, no terminal).
-Interactive shells and 'vm ssh' come with SSH support.`,
+  banger vm ssh dev                 # a root shell over SSH, no prompts
+
+'vm exec' runs commands through the guest agent (no network or sshd needed); 'vm ssh' uses
+the VM's sshd with banger's own key and the VM's pinned host key.`,
 	}
 	cmd.AddCommand(a.vmCreateCommand(), a.vmStartCommand(), a.vmStopCommand(), a.vmRemoveCommand(),
 		a.vmListCommand(), a.vmInspectCommand(), a.vmExecCommand(), a.vmLogsCommand(), a.vmHealthCommand(),
-		a.vmRunCommand())
+		a.vmRunCommand(), a.vmSSHCommand(), a.vmSSHProxyCommand(), a.vmRestartCommand())
 	return cmd
 }
 
@@ -258,39 +261,6 @@ func (a *app) vmInspectCommand() *cobra.Command {
 	return cmd
 }
 
-func (a *app) vmExecCommand() *cobra.Command {
-	var env []string
-	var cwd string
-	cmd := &cobra.Command{
-		Use:   "exec NAME -- CMD [ARGS...]",
-		Short: "Run a command in a running VM; its output is printed and its exit code returned",
-		Args:  cobra.MinimumNArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			return a.exec(ctx, c, api.VMExecRequest{Name: args[0], Argv: args[1:], Env: env, Cwd: cwd})
-		},
-	}
-	cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "KEY=VALUE to set (repeatable)")
-	cmd.Flags().StringVarP(&cwd, "workdir", "w", "", "working directory in the guest (default /root)")
-	return cmd
-}
-
-func (a *app) exec(ctx context.Context, c *api.Client, req api.VMExecRequest) error {
-	code, err := c.ExecVM(ctx, req, a.env.Stdout, a.env.Stderr)
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return &ExitError{Code: code}
-	}
-	return nil
-}
-
 func (a *app) vmLogsCommand() *cobra.Command {
 	var follow bool
 	cmd := &cobra.Command{
@@ -359,10 +329,18 @@ func (a *app) vmRunCommand() *cobra.Command {
 	var keep, quiet bool
 	cmd := &cobra.Command{
 		Use:   "run [NAME] [flags] [-- CMD [ARGS...]]",
-		Short: "Create and boot a VM; with -- CMD run it, print its output, exit with its code and remove the VM",
-		Long: `Create and boot a VM and wait until it is ready. With a command after --, run it
-through the agent, print its output, exit with its code, and remove the VM unless --keep.
-Without a command the VM is kept running (interactive shells come with SSH support).`,
+		Short: "Create and boot a VM, then open a shell in it, or run a command and remove the VM",
+		Long: `Create and boot a VM and wait until it is ready.
+
+Without a command: open an interactive SSH shell as root (through the agent's terminal when
+the image has no sshd). The VM keeps running afterwards; banger says how to stop it.
+
+With a command after --: run it through the agent, print its output, exit with its code,
+and remove the VM (unless --keep).
+
+  banger vm run                       # a fresh VM and a shell in it
+  banger vm run -- make -C /root test # throwaway VM for one command
+  banger vm run dev --image debian-bookworm --memory 2G --keep -- ./setup.sh`,
 		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			dash := cmd.ArgsLenAtDash()
 			var argv []string
@@ -387,8 +365,7 @@ Without a command the VM is kept running (interactive shells come with SSH suppo
 				return err
 			}
 			if len(argv) == 0 {
-				fmt.Fprintf(a.env.Stderr, "VM %s is running. Interactive shells come with SSH support (not in this build); use `banger vm exec %s -- CMD`, and `banger vm rm --force %s` when done.\n", vm.Name, vm.Name, vm.Name)
-				return nil
+				return a.interactive(cmdContext(cmd), c, vm)
 			}
 			if !keep {
 				defer func() {
@@ -399,13 +376,25 @@ Without a command the VM is kept running (interactive shells come with SSH suppo
 					}
 				}()
 			}
-			return a.exec(ctx, c, api.VMExecRequest{Name: vm.ID, Argv: argv})
+			return a.exec(ctx, c, api.VMExecRequest{Name: vm.ID, Argv: argv}, a.env.Stdin)
 		},
 	}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the VM after the command")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not print the start stages")
 	return cmd
+}
+
+// interactive opens a shell in a freshly started VM (SSH when it has sshd, else the agent's
+// terminal), then reminds the user the VM is still running.
+func (a *app) interactive(ctx context.Context, c *api.Client, vm api.VM) error {
+	defer a.remindRunning(ctx, c, vm.Name)
+	tty := termutil.IsTerminal(a.env.Stdin)
+	if vm.SSH.Ready {
+		return a.ssh(ctx, c, vm, nil, tty, "")
+	}
+	fmt.Fprintf(a.env.Stderr, "no SSH in %s (%s): opening a shell through the agent\n", vm.Name, orDash(vm.SSH.Note))
+	return a.exec(ctx, c, api.VMExecRequest{Name: vm.ID, Argv: []string{"/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi"}, TTY: tty}, a.env.Stdin)
 }
 
 func (a *app) printVM(vm api.VM, asJSON bool, verb string) error {

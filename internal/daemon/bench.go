@@ -283,15 +283,15 @@ func (d *Daemon) benchBareRun(ctx context.Context, drv vmm.Driver, p createParam
 	if _, err := d.buildDisks(ctx, spec, bp); err != nil {
 		return nil, nil, 0, fmt.Errorf("build disks: %w", err)
 	}
+	mods, err := d.modulesDrives(ctx, p.kernel)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("modules disk: %w", err)
+	}
 	ms := vmm.MachineSpec{
 		Name: name, Kernel: p.kernel.BzImage, Initramfs: initrd,
 		Cmdline: "console=ttyS0 reboot=t panic=-1 banger.hostname=" + name,
-		Drives: []vmm.Drive{
-			{ID: "rootfs", Path: p.img.RootfsPath, ReadOnly: true, Role: vmm.RoleRoot},
-			{ID: "layer", Path: spec.layerDisk(), Role: vmm.RoleLayer},
-			{ID: "work", Path: spec.workDisk(), Role: vmm.RoleWork},
-		},
-		VCPUs: p.cpus, MemoryMiB: p.memoryMiB, RunDir: spec.RunDir,
+		Drives:  vmDrives(p.img.RootfsPath, spec, mods),
+		VCPUs:   p.cpus, MemoryMiB: p.memoryMiB, RunDir: spec.RunDir,
 	}
 	bctx, cancel := context.WithTimeout(ctx, stageDeadline[stageAgent])
 	defer cancel()

@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/image"
 )
@@ -24,9 +23,11 @@ func (d *Daemon) addVMRoutes(table map[string]map[string]handlerFunc) {
 	table["/vms/create"] = map[string]handlerFunc{http.MethodPost: d.handleVMCreate}
 	table["/vms/start"] = map[string]handlerFunc{http.MethodPost: d.handleVMStart}
 	table["/vms/stop"] = map[string]handlerFunc{http.MethodPost: d.handleVMStop}
+	table["/vms/restart"] = map[string]handlerFunc{http.MethodPost: d.handleVMRestart}
 	table["/vms/rm"] = map[string]handlerFunc{http.MethodPost: d.handleVMRemove}
 	table["/vms/health"] = map[string]handlerFunc{http.MethodGet: d.handleVMHealth}
 	table["/vms/exec"] = map[string]handlerFunc{http.MethodPost: d.handleVMExec}
+	table["/vms/forward"] = map[string]handlerFunc{http.MethodPost: d.handleVMForward}
 	table["/vms/logs"] = map[string]handlerFunc{http.MethodGet: d.handleVMLogs}
 	table["/kernels/import"] = map[string]handlerFunc{http.MethodPost: d.handleKernelImport}
 }
@@ -111,6 +112,21 @@ func (d *Daemon) handleVMStop(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+func (d *Daemon) handleVMRestart(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMStopRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if req.TimeoutSeconds < 0 {
+		return api.Errorf(api.CodeBadRequest, "pass a positive --timeout", "invalid timeout %v", req.TimeoutSeconds)
+	}
+	if _, err := d.vmLookup(r.Context(), req.Name); err != nil {
+		return err
+	}
+	d.vmStreamed(w, r, func(ctx context.Context, p progressFunc) (api.VM, error) { return d.restartVM(ctx, req, p) })
+	return nil
+}
+
 func (d *Daemon) handleVMRemove(w http.ResponseWriter, r *http.Request) error {
 	var req api.VMRemoveRequest
 	if err := decodeBody(r, &req); err != nil {
@@ -154,53 +170,6 @@ func (d *Daemon) handleVMHealth(w http.ResponseWriter, r *http.Request) error {
 		out.Detail = "agent healthy: " + string(b)
 	}
 	writeJSON(w, http.StatusOK, out)
-	return nil
-}
-
-// execWriter turns one output stream of an exec into ExecEvents.
-type execWriter struct {
-	s      *streamer
-	stderr bool
-}
-
-func (e execWriter) Write(p []byte) (int, error) {
-	b := append([]byte(nil), p...)
-	ev := api.ExecEvent{Stdout: b}
-	if e.stderr {
-		ev = api.ExecEvent{Stderr: b}
-	}
-	e.s.sendAny(ev)
-	return len(p), nil
-}
-
-// handleVMExec proxies an exec to the guest agent over the daemon's own channel to it (the
-// CLI cannot reach a virtio-serial agent itself: one connection owns the port). Output is
-// streamed as NDJSON; a disconnecting client cancels the exec, which kills the process.
-func (d *Daemon) handleVMExec(w http.ResponseWriter, r *http.Request) error {
-	var req api.VMExecRequest
-	if err := decodeBody(r, &req); err != nil {
-		return err
-	}
-	if len(req.Argv) == 0 {
-		return api.Errorf(api.CodeBadRequest, "banger vm exec NAME -- CMD [ARGS...]", "no command given")
-	}
-	vm, err := d.vmLookup(r.Context(), req.Name)
-	if err != nil {
-		return err
-	}
-	m := d.machine(vm.ID)
-	if m == nil {
-		return api.Errorf(api.CodeConflict, "start it with `banger vm start "+vm.Name+"`", "VM %q is not running", vm.Name)
-	}
-	s := newStreamer(w)
-	st, err := m.Agent().Exec(r.Context(), agent.ExecRequest{Argv: req.Argv, Env: req.Env, Cwd: req.Cwd}, nil,
-		execWriter{s: s}, execWriter{s: s, stderr: true})
-	if err != nil {
-		s.sendAny(api.ExecEvent{Error: api.Errorf(api.CodeUnavailable, "check `banger vm health "+vm.Name+"`", "exec in %q: %v", vm.Name, err)})
-		return nil
-	}
-	code := st.Code
-	s.sendAny(api.ExecEvent{Exit: &code})
 	return nil
 }
 
@@ -263,15 +232,6 @@ func (d *Daemon) handleKernelImport(w http.ResponseWriter, r *http.Request) erro
 		return d.images.ImportKernel(ctx, req.Path, req.Suite)
 	})
 	return nil
-}
-
-func (s *streamer) sendAny(v any) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_ = s.enc.Encode(v)
-	if s.flusher != nil {
-		s.flusher.Flush()
-	}
 }
 
 func parseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }

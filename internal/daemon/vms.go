@@ -5,12 +5,15 @@ package daemon
 // proceed in parallel. Every multi-step operation undoes what it did when a step fails.
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,11 +22,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/banger-vm/banger/internal/agent"
+	"github.com/banger-vm/banger/internal/agent/agentclient"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/initramfs"
 	"github.com/banger-vm/banger/internal/kvm"
 	"github.com/banger-vm/banger/internal/lifecycle"
+	"github.com/banger-vm/banger/internal/sshkeys"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/units"
@@ -52,6 +58,7 @@ const (
 	stageNetwork   = "acquiring network"
 	stageVMM       = "starting the vmm"
 	stageAgent     = "waiting for the agent"
+	stageSSH       = "waiting for sshd"
 )
 
 var stageDeadline = map[string]time.Duration{
@@ -60,6 +67,7 @@ var stageDeadline = map[string]time.Duration{
 	stageNetwork:   30 * time.Second,
 	stageVMM:       time.Minute,
 	stageAgent:     3 * time.Minute, // TCG boots take seconds; a loaded host needs slack
+	stageSSH:       time.Minute,
 }
 
 var stageHint = map[string]string{
@@ -68,6 +76,7 @@ var stageHint = map[string]string{
 	stageNetwork:   "check the root helper (`banger doctor`)",
 	stageVMM:       "see qemu.log / the console log in the VM's run dir, and `banger doctor` for the VMM check",
 	stageAgent:     "the guest did not bring its agent up: read the console (`banger vm logs NAME`)",
+	stageSSH:       "the guest's sshd did not answer on its port 22: read the console (`banger vm logs NAME`)",
 }
 
 // vmNetwork is the network part of a VM's spec; "tap" is what network.go's reconcile reads.
@@ -97,6 +106,14 @@ type vmSpec struct {
 	VMM          *vmm.State  `json:"vmm,omitempty"`
 	Stages       []api.Stage `json:"stages,omitempty"`
 	LastExit     string      `json:"last_exit,omitempty"`
+	// SSHHostKey is the VM's public host key, pinned in banger's known_hosts.
+	SSHHostKey string `json:"ssh_host_key,omitempty"`
+	SSHReady   bool   `json:"ssh_ready,omitempty"`
+	SSHNote    string `json:"ssh_note,omitempty"`
+	// Builder marks an image build's temporary VM: it boots Rootfs (the image being built)
+	// read-write, without a layer or work disk, and is removed with the build.
+	Builder bool   `json:"builder,omitempty"`
+	Rootfs  string `json:"rootfs,omitempty"`
 	// Creating is set while create builds the disks: a row still marked so when the daemon
 	// starts is an interrupted create, which reconcile removes.
 	Creating bool `json:"creating,omitempty"`
@@ -125,6 +142,7 @@ type vmManager struct {
 	machines map[string]vmm.Machine
 	drivers  map[string]vmm.Driver
 	host     func() vmm.Host
+	keys     *sshkeys.Store
 }
 
 func (d *Daemon) initVMs(ctx context.Context) {
@@ -133,6 +151,7 @@ func (d *Daemon) initVMs(ctx context.Context) {
 		locks:    map[string]*sync.Mutex{},
 		machines: map[string]vmm.Machine{},
 		drivers:  map[string]vmm.Driver{},
+		keys:     sshkeys.New(d.opts.Layout.SSHDir).WithUserKey(cfg.SSHKeyPath),
 		host: sync.OnceValue(func() vmm.Host {
 			bg := context.Background()
 			k := kvm.Probe(bg, "")
@@ -415,14 +434,16 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	undo = append(undo, func() { _ = os.RemoveAll(spec.Dir); _ = os.RemoveAll(spec.RunDir) })
 	rec := lifecycle.New("vm.create", id, d.log, d.store)
 	if err := runStage(ctx, rec, progress, stageDisks, func(ctx context.Context) error {
-		e := d.images.Ext4
-		if _, err := e.BuildWorkDisk(ctx, system.WorkDiskSpec{Path: spec.workDisk(), SizeBytes: p.diskBytes, SeedPath: p.img.WorkSeedPath}); err != nil {
+		hostKey, err := d.buildDisks(ctx, spec, p)
+		if err != nil {
 			return err
 		}
-		return e.CreateExt4(ctx, spec.layerDisk(), layerDiskBytes, system.CreateOptions{Label: "banger-layer"})
+		spec.SSHHostKey = string(hostKey)
+		return d.vms.keys.Pin(sshkeys.HostAlias(id), hostKey)
 	}); err != nil {
 		return api.VM{}, err
 	}
+	undo = append(undo, func() { _ = d.vms.keys.Unpin(sshkeys.HostAlias(id)) })
 	spec.Creating = false
 	row.Spec = spec.raw()
 	if err := d.store.PutVM(ctx, row); err != nil {
@@ -435,6 +456,67 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 		}
 	}
 	return d.vmToAPI(ctx, row), nil
+}
+
+// sshdDropIn makes sshd serve the VM's own host key only: an image may carry keys of its
+// own (Debian's openssh-server generates them when installed), which every VM from the
+// image would share.
+const sshdDropIn = `# Written by banger: this VM's own host key, pinned in banger's known_hosts.
+HostKey /etc/ssh/ssh_host_ed25519_key
+`
+
+// buildDisks makes the VM's work disk (from the image's seed, with banger's user key
+// authorized for root) and its writable layer (holding the VM's own SSH host key), in
+// parallel. It returns the host key's public line.
+func (d *Daemon) buildDisks(ctx context.Context, spec vmSpec, p createParams) ([]byte, error) {
+	userKey, err := d.vms.keys.EnsureUserKey()
+	if err != nil {
+		return nil, fmt.Errorf("banger's SSH key: %w", err)
+	}
+	hostPriv, hostPub, err := sshkeys.NewKey("banger vm " + p.name)
+	if err != nil {
+		return nil, err
+	}
+	e := d.images.Ext4
+	work := make(chan error, 1)
+	go func() {
+		_, err := e.BuildWorkDisk(ctx, system.WorkDiskSpec{Path: spec.workDisk(), SizeBytes: p.diskBytes, SeedPath: p.img.WorkSeedPath})
+		if err == nil {
+			err = authorizeKey(ctx, e, spec.workDisk(), userKey)
+		}
+		work <- err
+	}()
+	err = e.CreateExt4(ctx, spec.layerDisk(), layerDiskBytes, system.CreateOptions{Label: "banger-layer"})
+	if err == nil {
+		err = e.WriteExt4Files(ctx, spec.layerDisk(), []system.Ext4Entry{
+			{Path: "/upper/etc/ssh/ssh_host_ed25519_key", Data: hostPriv, Mode: 0o600},
+			{Path: "/upper/etc/ssh/ssh_host_ed25519_key.pub", Data: hostPub, Mode: 0o644},
+			{Path: "/upper/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644},
+		})
+	}
+	if werr := <-work; werr != nil {
+		return nil, werr
+	}
+	return hostPub, err
+}
+
+// authorizeKey adds key to /root/.ssh/authorized_keys on the work disk (the disk's root is
+// /root), keeping what the image's seed put there.
+func authorizeKey(ctx context.Context, e *system.Ext4, work string, key []byte) error {
+	existing, err := e.ReadExt4File(ctx, work, "/.ssh/authorized_keys")
+	if err != nil {
+		existing = nil // none yet (the usual case)
+	}
+	if bytes.Contains(existing, bytes.TrimSpace(key)) {
+		return nil
+	}
+	if len(existing) > 0 && !bytes.HasSuffix(existing, []byte("\n")) {
+		existing = append(existing, '\n')
+	}
+	return e.WriteExt4Files(ctx, work, []system.Ext4Entry{
+		{Path: "/.ssh", Dir: true, Mode: 0o700},
+		{Path: "/.ssh/authorized_keys", Data: append(existing, key...), Mode: 0o600},
+	})
 }
 
 // startVM boots a stopped VM.
@@ -454,6 +536,28 @@ func (d *Daemon) startVM(ctx context.Context, name string, progress progressFunc
 	rec := lifecycle.New("vm.start", vm.ID, d.log, d.store)
 	vm, err = d.startLocked(ctx, vm, rec, progress)
 	if err != nil {
+		return api.VM{}, err
+	}
+	return d.vmToAPI(ctx, vm), nil
+}
+
+// restartVM stops a VM (if it runs) and boots it again, under one lock so nothing else
+// slips in between.
+func (d *Daemon) restartVM(ctx context.Context, req api.VMStopRequest, progress progressFunc) (api.VM, error) {
+	vm, err := d.vmLookup(ctx, req.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	unlock := d.lockVM(vm.ID)
+	defer unlock()
+	progress(api.Progress{Stage: "stopping"})
+	start := time.Now()
+	if vm, err = d.stopLocked(ctx, vm.ID, req.TimeoutSeconds, req.Force); err != nil {
+		return api.VM{}, err
+	}
+	progress(api.Progress{Stage: "stopping", Message: fmt.Sprintf("%.1f ms", lifecycle.Millis(time.Since(start)))})
+	rec := lifecycle.New("vm.restart", vm.ID, d.log, d.store)
+	if vm, err = d.startLocked(ctx, vm, rec, progress); err != nil {
 		return api.VM{}, err
 	}
 	return d.vmToAPI(ctx, vm), nil
@@ -532,6 +636,7 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Re
 	}
 
 	var initrd string
+	var modDrives []vmm.Drive
 	if err := runStage(ctx, rec, progress, stageInitramfs, func(ctx context.Context) error {
 		initBin, agentBin, err := d.guestBinaries()
 		if err != nil {
@@ -540,7 +645,15 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Re
 		res, err := initramfs.Cache{Dir: filepath.Join(d.opts.Layout.CacheDir, "initramfs")}.Ensure(ctx, initramfs.Spec{
 			InitBinary: initBin, AgentBinary: agentBin, ModulesDir: k.ModulesDir, KernelRelease: k.Release, BangerVersion: d.opts.Version})
 		initrd = res.Path
-		return err
+		if err != nil {
+			return err
+		}
+		// The kernel's full module tree as a read-only disk, so modprobe works in the guest.
+		var merr error
+		if modDrives, merr = d.modulesDrives(ctx, k); merr != nil {
+			d.log.Warn("VM boots without its kernel's modules (modprobe will fail in the guest)", "vm", vm.Name, "err", merr)
+		}
+		return nil
 	}); err != nil {
 		return vm, err
 	}
@@ -582,12 +695,13 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Re
 
 	ms := vmm.MachineSpec{
 		Name: vm.Name, Kernel: k.BzImage, Initramfs: initrd, Cmdline: cmdline,
-		Drives: []vmm.Drive{
-			{ID: "rootfs", Path: img.RootfsPath, ReadOnly: true, Role: vmm.RoleRoot},
-			{ID: "layer", Path: spec.layerDisk(), Role: vmm.RoleLayer},
-			{ID: "work", Path: spec.workDisk(), Role: vmm.RoleWork},
-		},
-		NICs: nics, VCPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, RunDir: spec.RunDir,
+		Drives: vmDrives(img.RootfsPath, spec, modDrives),
+		NICs:   nics, VCPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, RunDir: spec.RunDir,
+	}
+	if spec.Builder {
+		// An image build changes the image itself: no overlay, no work disk.
+		ms.Drives = append([]vmm.Drive{{ID: "rootfs", Path: spec.Rootfs, Role: vmm.RoleRoot}}, modDrives...)
+		ms.Cmdline += " banger.rootrw=1"
 	}
 	if err := runStage(ctx, rec, progress, stageVMM, func(ctx context.Context) error {
 		var err error
@@ -621,6 +735,18 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Re
 	}); err != nil {
 		return vm, err
 	}
+	spec.SSHReady, spec.SSHNote = false, ""
+	switch _, serr := m.Agent().Stat(ctx, sshdPath); {
+	case spec.SSHHostKey == "":
+		spec.SSHNote = "created before banger managed SSH keys: recreate the VM to use `vm ssh`"
+	case agent.IsNotFound(serr):
+		spec.SSHNote = "the image has no sshd (" + sshdPath + "): use `banger vm exec`"
+	default:
+		if err := runStage(ctx, rec, progress, stageSSH, func(ctx context.Context) error { return waitSSH(ctx, m.Agent()) }); err != nil {
+			return vm, err
+		}
+		spec.SSHReady = true
+	}
 	spec.Stages = rec.Stages()
 	spec.LastExit = ""
 	vm.State, vm.Spec, vm.VMM = store.VMRunning, spec.raw(), spec.Driver
@@ -630,6 +756,57 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Re
 	d.setMachine(vm.ID, m)
 	go d.watchMachine(vm.ID, m)
 	return vm, nil
+}
+
+// vmDrives are a VM's disks: the image read-only under the VM's writable layer, its work
+// disk, and its kernel's modules disk.
+func vmDrives(rootfs string, spec vmSpec, modules []vmm.Drive) []vmm.Drive {
+	return append([]vmm.Drive{
+		{ID: "rootfs", Path: rootfs, ReadOnly: true, Role: vmm.RoleRoot},
+		{ID: "layer", Path: spec.layerDisk(), Role: vmm.RoleLayer},
+		{ID: "work", Path: spec.workDisk(), Role: vmm.RoleWork},
+	}, modules...)
+}
+
+// sshdPath is where images keep OpenSSH's server; without it a VM has no SSH.
+const sshdPath = "/usr/sbin/sshd"
+
+// waitSSH waits until the guest's sshd sends its banner on port 22, reached through the
+// agent so it works with or without a guest network.
+func waitSSH(ctx context.Context, a *agentclient.Client) error {
+	var last error
+	for {
+		last = probeSSH(ctx, a)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last attempt: %v)", context.Cause(ctx), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// probeSSH connects to the guest's port 22 once and reads the SSH banner.
+func probeSSH(ctx context.Context, a *agentclient.Client) error {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := a.Forward(pctx, 22)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(pctx, func() { conn.Close() })
+	defer stop()
+	defer conn.Close()
+	line, err := bufio.NewReader(io.LimitReader(conn, 512)).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read the SSH banner: %w", err)
+	}
+	if !strings.HasPrefix(line, "SSH-") {
+		return fmt.Errorf("port 22 answered %q, not an SSH banner", strings.TrimSpace(line))
+	}
+	return nil
 }
 
 func (d *Daemon) networkReady() bool {
@@ -771,6 +948,9 @@ func (d *Daemon) removeVM(ctx context.Context, req api.VMRemoveRequest) error {
 	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
 		errs = append(errs, err)
 	}
+	if err := d.vms.keys.Unpin(sshkeys.HostAlias(vm.ID)); err != nil {
+		errs = append(errs, fmt.Errorf("forget the VM's SSH host key: %w", err))
+	}
 	d.vms.mu.Lock()
 	delete(d.vms.locks, vm.ID)
 	d.vms.mu.Unlock()
@@ -786,7 +966,47 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 		d.log.Warn("could not list VMs to reconcile", "err", err)
 		return
 	}
+	// A daemon killed between spawning a VMM and recording it leaves a VMM no spec names:
+	// found by its run dir, it is ended below with the VM's other leftovers.
+	procs, err := scanVMMProcs("/proc", d.opts.Layout.RuntimeDir)
+	if err != nil {
+		d.log.Warn("could not scan for VMM processes", "err", err)
+	}
+	killUnrecorded := func(vm store.VM, runDir string) {
+		for _, p := range procs {
+			if runDir != "" && p.runDir == filepath.Clean(runDir) {
+				if err := killStray("/proc", p.pid, d.opts.Layout.RuntimeDir); err != nil {
+					d.log.Warn("could not end a VMM of an interrupted start", "vm", vm.Name, "pid", p.pid, "err", err)
+				} else {
+					d.log.Warn("ended a VMM of an interrupted start", "vm", vm.Name, "pid", p.pid)
+				}
+			}
+		}
+	}
 	for _, vm := range vms {
+		if spec := parseSpec(vm); spec.Builder {
+			// An image build the daemon did not finish: its image is gone with the staging
+			// files (image cleanup), so its builder VM goes too (the lease with the row).
+			if spec.VMM != nil {
+				if drv, err := d.driver(spec.VMM.Driver, spec.VMM.Accel); err == nil {
+					if m, err := drv.Reattach(ctx, *spec.VMM); err == nil {
+						_ = m.Kill()
+						<-m.Done()
+						_ = m.Close()
+					}
+				}
+			}
+			killUnrecorded(vm, spec.RunDir)
+			_ = os.RemoveAll(spec.RunDir)
+			_ = os.RemoveAll(spec.Dir)
+			_ = d.vms.keys.Unpin(sshkeys.HostAlias(vm.ID))
+			if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
+				d.log.Warn("could not remove an interrupted build's VM", "vm", vm.Name, "err", err)
+			} else {
+				d.log.Warn("removed the builder VM of an interrupted image build", "vm", vm.Name)
+			}
+			continue
+		}
 		switch vm.State {
 		case store.VMCreated:
 			// A create interrupted before its disks were done (the daemon was killed): it
@@ -837,6 +1057,7 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 				}
 			}
 		}
+		killUnrecorded(vm, spec.RunDir)
 		removeRunSockets(spec.RunDir)
 		spec.Network.TAP, spec.VMM, spec.LastExit = "", nil, reason
 		state := store.VMStopped
@@ -858,7 +1079,11 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 		Dir: spec.Dir, RunDir: spec.RunDir, ConsoleLog: spec.ConsoleLog, Stages: spec.Stages, LastExit: spec.LastExit,
 		CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, Disks: []api.VMDisk{},
 		Network: api.VMNetwork{TAP: spec.Network.TAP, IP: spec.Network.IP, Gateway: spec.Network.Gateway, MAC: spec.Network.MAC,
-			DNS: spec.Network.DNS, Note: spec.Network.Note}}
+			DNS: spec.Network.DNS, Note: spec.Network.Note},
+		SSH: api.VMSSH{Ready: spec.SSHReady && vm.State == store.VMRunning, HostKey: strings.TrimSpace(spec.SSHHostKey), Note: spec.SSHNote}}
+	if spec.SSHHostKey != "" {
+		out.SSH.HostKeyAlias = sshkeys.HostAlias(vm.ID)
+	}
 	if vm.State == store.VMError {
 		out.State = "crashed"
 	}

@@ -84,11 +84,22 @@ func TestVMAPIRefusesBadInput(t *testing.T) {
 	if _, err := c.InspectVM(ctx, "ghost"); !errors.As(err, &ae) || ae.Code != api.CodeNotFound {
 		t.Errorf("inspect of an unknown VM: %v", err)
 	}
-	if _, err := c.ExecVM(ctx, api.VMExecRequest{Name: "ghost", Argv: []string{"true"}}, nil, nil); !errors.As(err, &ae) || ae.Code != api.CodeNotFound {
+	if _, err := c.ExecStream(ctx, api.VMExecRequest{Name: "ghost", Argv: []string{"true"}}); !errors.As(err, &ae) || ae.Code != api.CodeNotFound {
 		t.Errorf("exec in an unknown VM: %v", err)
 	}
-	if _, err := c.ExecVM(ctx, api.VMExecRequest{Name: "ghost"}, nil, nil); !errors.As(err, &ae) || ae.Code != api.CodeBadRequest {
+	if _, err := c.ExecStream(ctx, api.VMExecRequest{Name: "ghost"}); !errors.As(err, &ae) || ae.Code != api.CodeBadRequest {
 		t.Errorf("exec without a command: %v", err)
+	}
+	if _, err := c.Forward(ctx, "ghost", 22); !errors.As(err, &ae) || ae.Code != api.CodeNotFound {
+		t.Errorf("forward to an unknown VM: %v", err)
+	}
+	if _, err := c.Forward(ctx, "ghost", 0); !errors.As(err, &ae) || ae.Code != api.CodeBadRequest {
+		t.Errorf("forward to port 0: %v", err)
+	}
+	// Without the upgrade headers the exec endpoint says what it needs.
+	status, body, err := c.Raw(ctx, "POST", "/v1/vms/exec", []byte(`{"name":"ghost","argv":["true"]}`))
+	if err != nil || status != 400 || !strings.Contains(string(body), "upgraded connection") {
+		t.Errorf("exec without upgrade: %d %s %v", status, body, err)
 	}
 }
 

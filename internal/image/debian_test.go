@@ -46,7 +46,17 @@ func TestDebianPull(t *testing.T) {
 			t.Errorf("%s missing: %v", p, err)
 		}
 	}
-	man, err := Manifest(img)
+	// No shared SSH host keys: each VM gets its own from banger.
+	if ents, err := m.Ext4.ListExt4Dir(ctx, img.RootfsPath, "/etc/ssh"); err != nil {
+		t.Error(err)
+	} else {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name, "ssh_host_") {
+				t.Errorf("the image carries a host key: /etc/ssh/%s", e.Name)
+			}
+		}
+	}
+		man, err := Manifest(img)
 	if err != nil || man.Format != "dpkg" {
 		t.Fatalf("manifest: %v %v", man.Format, err)
 	}

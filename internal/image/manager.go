@@ -34,7 +34,7 @@ const (
 const stagingPrefix = ".staging-"
 
 // DebianPackages are always installed into Debian images.
-var DebianPackages = []string{"systemd-sysv", "openssh-server", "iproute2", "ca-certificates"}
+var DebianPackages = []string{"systemd-sysv", "openssh-server", "iproute2", "ca-certificates", "kmod"}
 
 // BaselinePackages is the optional, language-agnostic developer baseline (--baseline).
 var BaselinePackages = []string{"git", "curl", "wget", "build-essential", "vim", "less", "procps", "sudo", "unzip", "xz-utils", "jq", "man-db", "openssh-client", "gnupg"}
@@ -418,7 +418,10 @@ func (m *Manager) pullDebian(ctx context.Context, b *build, e Entry, baseline bo
 	a := m.archive()
 	b.prog.report(Progress{Stage: "bootstrapping Debian " + e.Suite + " from " + a.mirror + " (mmdebstrap)"})
 	return system.Debootstrap(ctx, system.DebootstrapSpec{Suite: e.Suite, Mirror: a.mirror, Variant: "apt",
-		Include: include, Keyring: a.keyring}, func(r io.Reader) error {
+		Include: include, Keyring: a.keyring,
+		// openssh-server generated host keys while installing; every VM from the image would
+		// share them. banger gives each VM its own key instead (in the VM's layer).
+		CustomizeHooks: []string{`rm -f "$1"/etc/ssh/ssh_host_*_key "$1"/etc/ssh/ssh_host_*_key.pub`}}, func(r io.Reader) error {
 		return b.fromTar(ctx, r, "Debian "+e.Suite)
 	})
 }

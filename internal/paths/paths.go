@@ -51,6 +51,7 @@ type Layout struct {
 	DataDir    string
 	ImagesDir  string
 	VMsDir     string
+	SSHDir     string // banger's SSH user key and known_hosts
 	StateDB    string
 	StateDir   string
 	LogDir     string
@@ -100,6 +101,7 @@ func Resolve(env Env) (Layout, error) {
 	l.ConfigFile = filepath.Join(l.ConfigDir, "config.toml")
 	l.ImagesDir = filepath.Join(l.DataDir, "images")
 	l.VMsDir = filepath.Join(l.DataDir, "vms")
+	l.SSHDir = filepath.Join(l.DataDir, "ssh")
 	l.StateDB = filepath.Join(l.DataDir, "state.db")
 	l.LogDir = l.StateDir
 	l.DaemonLog = filepath.Join(l.LogDir, "daemon.log")
@@ -113,6 +115,7 @@ func (l Layout) WithDataDir(dir string) Layout {
 	l.DataDir = dir
 	l.ImagesDir = filepath.Join(dir, "images")
 	l.VMsDir = filepath.Join(dir, "vms")
+	l.SSHDir = filepath.Join(dir, "ssh")
 	l.StateDB = filepath.Join(dir, "state.db")
 	return l
 }

@@ -13,7 +13,7 @@ func TestResolveXDG(t *testing.T) {
 	}
 	want := Layout{
 		ConfigDir: "/c/banger", ConfigFile: "/c/banger/config.toml",
-		DataDir: "/d/banger", ImagesDir: "/d/banger/images", VMsDir: "/d/banger/vms", StateDB: "/d/banger/state.db",
+		DataDir: "/d/banger", ImagesDir: "/d/banger/images", VMsDir: "/d/banger/vms", SSHDir: "/d/banger/ssh", StateDB: "/d/banger/state.db",
 		StateDir: "/s/banger", LogDir: "/s/banger", DaemonLog: "/s/banger/daemon.log", CacheDir: "/k/banger",
 		RuntimeDir: "/run/user/7/banger", Socket: "/run/user/7/banger/banger.sock", LockFile: "/run/user/7/banger/daemon.lock",
 	}
@@ -36,7 +36,7 @@ func TestResolveFallbacks(t *testing.T) {
 	if _, err := Resolve(Env{UID: 1}); err == nil || !strings.Contains(err.Error(), "home directory") {
 		t.Fatalf("no HOME: %v", err)
 	}
-	if d := l.WithDataDir("/big"); d.StateDB != "/big/state.db" || d.ImagesDir != "/big/images" || d.VMsDir != "/big/vms" {
+	if d := l.WithDataDir("/big"); d.StateDB != "/big/state.db" || d.ImagesDir != "/big/images" || d.VMsDir != "/big/vms" || d.SSHDir != "/big/ssh" {
 		t.Fatalf("WithDataDir: %+v", d)
 	}
 }

@@ -517,40 +517,113 @@ func (e *Ext4) planParents(ctx context.Context, image, p string, uid, gid uint32
 // replacing an existing regular file. Missing parents are created root:root
 // 0755.
 func (e *Ext4) WriteExt4FileOwned(ctx context.Context, image, p string, data []byte, uid, gid uint32, mode fs.FileMode) error {
-	c, err := cleanImagePath(p)
+	return e.WriteExt4Files(ctx, image, []Ext4Entry{{Path: p, Data: data, UID: uid, GID: gid, Mode: mode}})
+}
+
+// Ext4Entry is a directory or regular file for WriteExt4Files.
+type Ext4Entry struct {
+	Path     string
+	Dir      bool
+	Data     []byte // file contents
+	UID, GID uint32
+	Mode     fs.FileMode // permission bits (and setuid/setgid/sticky)
+}
+
+// WriteExt4Files puts directories and files into image in one debugfs pass (plus one to
+// look): entries apply in order; a missing parent is created root:root 0755; an existing
+// directory entry is left as it is; an existing regular file is replaced.
+func (e *Ext4) WriteExt4Files(ctx context.Context, image string, entries []Ext4Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	clean := make([]string, len(entries))
+	seen := map[string]bool{}
+	var lookup []string
+	for i, en := range entries {
+		c, err := cleanImagePath(en.Path)
+		if err != nil {
+			return err
+		}
+		if c == "/" {
+			return fmt.Errorf("write %s in %s: cannot write the root directory", c, image)
+		}
+		clean[i] = c
+		for q := c; q != "/"; q = path.Dir(q) {
+			if !seen[q] {
+				seen[q] = true
+				lookup = append(lookup, q)
+			}
+		}
+	}
+	stats, err := e.statMany(ctx, image, lookup)
 	if err != nil {
-		return err
+		return fmt.Errorf("write files in %s: %w", image, err)
 	}
-	if c == "/" {
-		return fmt.Errorf("write %s in %s: cannot write the root directory", c, image)
-	}
-	tmp, err := os.CreateTemp("", "banger-write-")
+	tmpDir, err := os.MkdirTemp(e.tmpRoot, "banger-write-")
 	if err != nil {
-		return fmt.Errorf("write %s in %s: %w", c, image, err)
+		return fmt.Errorf("write files in %s: %w", image, err)
 	}
-	defer os.Remove(tmp.Name())
-	_, werr := tmp.Write(data)
-	if cerr := tmp.Close(); werr != nil || cerr != nil {
-		return fmt.Errorf("write %s in %s: temp file: %w", c, image, errors.Join(werr, cerr))
-	}
+	defer os.RemoveAll(tmpDir)
+	isDir := map[string]bool{}
 	s := &dfScript{}
-	st, err := e.planParents(ctx, image, c, 0, 0, 0o755, false, s)
-	if err != nil {
-		return fmt.Errorf("write %s in %s: %w", c, image, err)
+	mkdir := func(q string, uid, gid uint32, mode fs.FileMode) {
+		s.add("cd", path.Dir(q))
+		s.add("mkdir", path.Base(q))
+		s.addf("sif", q, fmt.Sprintf("mode 0%o", fileModeToUnix(mode.Perm()|mode&(fs.ModeSetgid|fs.ModeSetuid|fs.ModeSticky)|fs.ModeDir)))
+		s.addf("sif", q, fmt.Sprintf("uid %d", uid))
+		s.addf("sif", q, fmt.Sprintf("gid %d", gid))
+		isDir[q] = true
 	}
-	s.add("cd", path.Dir(c))
-	if st != nil {
-		if st.Mode.IsDir() {
+	exists := func(q string) (dir, ok bool) {
+		if d, ok := isDir[q]; ok {
+			return d, true
+		}
+		if st := stats[q]; st != nil {
+			return st.Mode.IsDir(), true
+		}
+		return false, false
+	}
+	for i, en := range entries {
+		c := clean[i]
+		var parents []string
+		for q := path.Dir(c); q != "/"; q = path.Dir(q) {
+			parents = append([]string{q}, parents...)
+		}
+		for _, q := range parents {
+			if dir, ok := exists(q); !ok {
+				mkdir(q, 0, 0, 0o755)
+			} else if !dir {
+				return fmt.Errorf("write %s in %s: %s exists and is not a directory", c, image, q)
+			}
+		}
+		dir, ok := exists(c)
+		if en.Dir {
+			if !ok {
+				mkdir(c, en.UID, en.GID, en.Mode)
+			} else if !dir {
+				return fmt.Errorf("mkdir %s in %s: a file is in the way", c, image)
+			}
+			continue
+		}
+		if ok && dir {
 			return fmt.Errorf("write %s in %s: a directory is in the way", c, image)
 		}
-		s.add("rm", path.Base(c))
+		src := filepath.Join(tmpDir, strconv.Itoa(i))
+		if err := os.WriteFile(src, en.Data, 0o600); err != nil {
+			return fmt.Errorf("write %s in %s: temp file: %w", c, image, err)
+		}
+		s.add("cd", path.Dir(c))
+		if ok {
+			s.add("rm", path.Base(c))
+		}
+		s.add("write", src, path.Base(c))
+		s.addf("sif", c, fmt.Sprintf("mode 0%o", fileModeToUnix(en.Mode&^fs.ModeType)))
+		s.addf("sif", c, fmt.Sprintf("uid %d", en.UID))
+		s.addf("sif", c, fmt.Sprintf("gid %d", en.GID))
+		isDir[c] = false
 	}
-	s.add("write", tmp.Name(), path.Base(c))
-	s.addf("sif", c, fmt.Sprintf("mode 0%o", fileModeToUnix(mode&^fs.ModeType)))
-	s.addf("sif", c, fmt.Sprintf("uid %d", uid))
-	s.addf("sif", c, fmt.Sprintf("gid %d", gid))
 	if _, err := e.runDebugfs(ctx, image, true, s, nil); err != nil {
-		return fmt.Errorf("write %s in %s: %w", c, image, err)
+		return fmt.Errorf("write files in %s: %w", image, err)
 	}
 	return nil
 }

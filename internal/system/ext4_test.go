@@ -345,3 +345,47 @@ func TestTarRejectsEscapesAndCleansUp(t *testing.T) {
 		noLeftovers(t, dir)
 	})
 }
+
+func TestWriteExt4FilesBatch(t *testing.T) {
+	e := testExt4(t)
+	ctx := context.Background()
+	img := imagePath(t, "batch.ext4")
+	if err := e.CreateExt4(ctx, img, 64<<20, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.WriteExt4FileOwned(ctx, img, "/keep/old", []byte("old"), 7, 7, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// One call: an explicit private dir, files under parents that do not exist yet, a
+	// replaced file, and a directory entry that exists already (left alone).
+	err := e.WriteExt4Files(ctx, img, []Ext4Entry{
+		{Path: "/upper/etc/ssh", Dir: true, Mode: 0o755},
+		{Path: "/upper/etc/ssh/key", Data: []byte("secret"), Mode: 0o600},
+		{Path: "/upper/etc/ssh/key.pub", Data: []byte("public"), Mode: 0o644},
+		{Path: "/.ssh", Dir: true, Mode: 0o700},
+		{Path: "/.ssh/authorized_keys", Data: []byte("ssh-ed25519 AAAA x\n"), Mode: 0o600},
+		{Path: "/keep", Dir: true, UID: 1, GID: 1, Mode: 0o700},
+		{Path: "/keep/old", Data: []byte("new"), UID: 0, GID: 0, Mode: 0o640},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustFsck(t, e, img)
+	wantMeta(t, e, img, "/upper", 0, 0, fs.ModeDir|0o755)
+	wantMeta(t, e, img, "/upper/etc/ssh", 0, 0, fs.ModeDir|0o755)
+	wantMeta(t, e, img, "/upper/etc/ssh/key", 0, 0, 0o600)
+	wantMeta(t, e, img, "/.ssh", 0, 0, fs.ModeDir|0o700)
+	wantMeta(t, e, img, "/.ssh/authorized_keys", 0, 0, 0o600)
+	wantMeta(t, e, img, "/keep", 0, 0, fs.ModeDir|0o755)
+	wantMeta(t, e, img, "/keep/old", 0, 0, 0o640)
+	for p, want := range map[string]string{"/upper/etc/ssh/key": "secret", "/upper/etc/ssh/key.pub": "public", "/keep/old": "new"} {
+		if got, err := e.ReadExt4File(ctx, img, p); err != nil || string(got) != want {
+			t.Errorf("%s: %q, %v; want %q", p, got, err, want)
+		}
+	}
+	// A file in the way of a directory fails before anything is written.
+	if err := e.WriteExt4Files(ctx, img, []Ext4Entry{{Path: "/keep/old/x", Data: []byte("x"), Mode: 0o644}}); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Errorf("write under a file: %v", err)
+	}
+	mustFsck(t, e, img)
+}

@@ -20,6 +20,8 @@ type DebootstrapSpec struct {
 	Variant string   // mmdebstrap variant; "" = apt
 	Include []string // extra packages
 	Keyring string   // "" = the keyring mmdebstrap/apt default to
+	// CustomizeHooks are shell commands run on the finished tree ("$1" is its root).
+	CustomizeHooks []string
 	// Path is the mmdebstrap binary; "" looks it up on PATH.
 	Path string
 }
@@ -57,6 +59,9 @@ func Debootstrap(ctx context.Context, spec DebootstrapSpec, consume func(io.Read
 	}
 	if spec.Keyring != "" {
 		args = append(args, "--keyring="+spec.Keyring)
+	}
+	for _, h := range spec.CustomizeHooks {
+		args = append(args, "--customize-hook="+h)
 	}
 	args = append(args, spec.Suite, "-", spec.Mirror)
 	cctx, cancel := context.WithCancel(ctx)

@@ -243,6 +243,33 @@ func unixMode(m os.FileMode) uint32 {
 	return u
 }
 
+// Stat returns the metadata of the guest file at path (a HEAD request: nothing is read).
+// A missing file is an *agent.Error with code not_found.
+func (c *Client) Stat(ctx context.Context, path string) (*agent.FileInfo, error) {
+	resp, err := c.do(ctx, http.MethodHead, agent.PathFiles, url.Values{"path": {path}}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		if resp.StatusCode == http.StatusNotFound {
+			return nil, &agent.Error{Status: resp.StatusCode, Code: agent.CodeNotFound, Message: path + ": no such file"}
+		}
+		return nil, &agent.Error{Status: resp.StatusCode, Code: agent.CodeInternal, Message: "stat " + path + ": " + resp.Status}
+	}
+	return fileInfoOf(path, resp), nil
+}
+
+func fileInfoOf(path string, resp *http.Response) *agent.FileInfo {
+	fi := &agent.FileInfo{Path: path, Size: resp.ContentLength}
+	if m, err := strconv.ParseUint(resp.Header.Get(agent.HeaderFileMode), 8, 32); err == nil {
+		fi.Mode = uint32(m)
+	}
+	fi.UID, _ = strconv.Atoi(resp.Header.Get(agent.HeaderFileUID))
+	fi.GID, _ = strconv.Atoi(resp.Header.Get(agent.HeaderFileGID))
+	return fi
+}
+
 // ReadFile streams the guest file at path into w. A missing file is an *agent.Error with
 // code not_found (agent.IsNotFound).
 func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer) (*agent.FileInfo, error) {
@@ -254,12 +281,7 @@ func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer) (*agent
 	if resp.StatusCode != http.StatusOK {
 		return nil, decodeError(resp)
 	}
-	fi := &agent.FileInfo{Path: path}
-	if m, err := strconv.ParseUint(resp.Header.Get(agent.HeaderFileMode), 8, 32); err == nil {
-		fi.Mode = uint32(m)
-	}
-	fi.UID, _ = strconv.Atoi(resp.Header.Get(agent.HeaderFileUID))
-	fi.GID, _ = strconv.Atoi(resp.Header.Get(agent.HeaderFileGID))
+	fi := fileInfoOf(path, resp)
 	n, err := io.Copy(w, resp.Body)
 	fi.Size = n
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strconv"
 	"sync"
 	"syscall"
 
@@ -42,13 +44,38 @@ type ExecSession struct {
 // request the agent rejects (bad argv, missing cwd) is an *agent.Error; a command that
 // does not exist is not an error but exit code 127.
 func (c *Client) StartExec(ctx context.Context, req agent.ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (*ExecSession, error) {
+	conn, err := c.ExecConn(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return AttachExec(ctx, conn, stdin, stdout, stderr), nil
+}
+
+// ExecConn starts req in the guest and returns the raw exec stream (frames, see package
+// agent) for a caller that relays it elsewhere, as the daemon does for the CLI.
+func (c *Client) ExecConn(ctx context.Context, req agent.ExecRequest) (io.ReadWriteCloser, error) {
 	body, hdr, err := jsonBody(req)
 	if err != nil {
 		return nil, err
 	}
+	return c.upgrade(ctx, agent.PathExec, nil, agent.ExecUpgradeProtocol, body, hdr)
+}
+
+// Forward connects to a TCP port on the guest's loopback through the agent and returns the
+// connection (e.g. to the guest's sshd, with or without a guest network).
+func (c *Client) Forward(ctx context.Context, port int) (io.ReadWriteCloser, error) {
+	return c.upgrade(ctx, agent.PathForward, url.Values{"port": {strconv.Itoa(port)}}, agent.ForwardUpgradeProtocol, nil, nil)
+}
+
+// upgrade POSTs to path asking to switch to protocol, and returns the switched connection;
+// any other answer is the agent's typed error.
+func (c *Client) upgrade(ctx context.Context, path string, query url.Values, protocol string, body io.Reader, hdr http.Header) (io.ReadWriteCloser, error) {
+	if hdr == nil {
+		hdr = http.Header{}
+	}
 	hdr.Set("Connection", "Upgrade")
-	hdr.Set("Upgrade", agent.ExecUpgradeProtocol)
-	resp, err := c.do(ctx, http.MethodPost, agent.PathExec, nil, body, hdr)
+	hdr.Set("Upgrade", protocol)
+	resp, err := c.do(ctx, http.MethodPost, path, query, body, hdr)
 	if err != nil {
 		return nil, err
 	}
@@ -59,15 +86,22 @@ func (c *Client) StartExec(ctx context.Context, req agent.ExecRequest, stdin io.
 	conn, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		resp.Body.Close()
-		return nil, errors.New("agent exec: upgraded connection is not writable")
+		return nil, fmt.Errorf("agent %s: upgraded connection is not writable", path)
 	}
+	return conn, nil
+}
+
+// AttachExec drives an exec stream conn (from ExecConn, possibly relayed): stdin (nil:
+// none) is copied in, output written out as produced. Cancelling ctx hangs up, which makes
+// the agent kill the process group.
+func AttachExec(ctx context.Context, conn io.ReadWriteCloser, stdin io.Reader, stdout, stderr io.Writer) *ExecSession {
 	s := &ExecSession{conn: conn, fw: agent.NewFrameWriter(conn), done: make(chan struct{})}
 	s.stop = context.AfterFunc(ctx, func() {
 		s.end(agent.ExitStatus{Code: -1}, fmt.Errorf("agent exec: %w", context.Cause(ctx)))
 	})
 	go s.readLoop(stdout, stderr)
 	go s.copyStdin(stdin)
-	return s, nil
+	return s
 }
 
 // end records the outcome once and hangs up.

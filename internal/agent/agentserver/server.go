@@ -140,6 +140,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	case agent.PathPower:
 		route(http.MethodPost, s.handlePower)
+	case agent.PathForward:
+		route(http.MethodPost, s.handleForward)
 	default:
 		writeError(w, agent.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	}
