@@ -63,6 +63,29 @@ type ImageImportRequest struct {
 	NoKernel bool   `json:"no_kernel,omitempty"`
 }
 
+// ImageBuildRequest is POST /v1/images/build (streamed). Paths are absolute paths the
+// daemon's user can read (the CLI resolves them).
+type ImageBuildRequest struct {
+	Name string `json:"name"`
+	From string `json:"from"`
+	// Packages are installed with the guest's package manager: names, or paths of local
+	// .deb files (installed from the file, without the network).
+	Packages []string    `json:"packages,omitempty"`
+	Copies   []BuildCopy `json:"copies,omitempty"`
+	// Scripts run in order as root in the builder VM, from /root.
+	Scripts []string `json:"scripts,omitempty"`
+	Size    string   `json:"size,omitempty"` // grow the root filesystem to this size, like 4G
+	Memory  string   `json:"memory,omitempty"`
+	CPUs    int      `json:"cpus,omitempty"`
+}
+
+// BuildCopy copies a host file or directory into the image (under /root it lands in the
+// work seed). A Dst ending in "/" is a directory to copy into.
+type BuildCopy struct {
+	Src string `json:"src"`
+	Dst string `json:"dst"`
+}
+
 // ImageRemoveRequest is POST /v1/images/rm.
 type ImageRemoveRequest struct {
 	Name string `json:"name"`
@@ -142,6 +165,14 @@ func (c *Client) PullImage(ctx context.Context, req ImagePullRequest, progress f
 func (c *Client) ImportImage(ctx context.Context, req ImageImportRequest, progress func(Progress)) (Image, error) {
 	var out Image
 	err := c.stream(ctx, "/images/import", req, progress, &out)
+	return out, err
+}
+
+// BuildImage builds a new image by provisioning a copy of another in a builder VM; the
+// provisioning output comes as progress messages.
+func (c *Client) BuildImage(ctx context.Context, req ImageBuildRequest, progress func(Progress)) (Image, error) {
+	var out Image
+	err := c.stream(ctx, "/images/build", req, progress, &out)
 	return out, err
 }
 

@@ -45,7 +45,7 @@ images.kernel = "none". Manage them with 'banger image kernel ls|pull|rm'.
 
 Every image is registered atomically: an interrupted pull leaves nothing behind.`,
 	}
-	cmd.AddCommand(a.imagePullCommand(), a.imageImportCommand(), a.imageListCommand(), a.imageInspectCommand(),
+	cmd.AddCommand(a.imagePullCommand(), a.imageImportCommand(), a.imageBuildCommand(), a.imageListCommand(), a.imageInspectCommand(),
 		a.imageRemoveCommand(), a.imageCatalogCommand(), a.kernelCommand())
 	return cmd
 }

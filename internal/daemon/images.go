@@ -60,6 +60,7 @@ func (d *Daemon) addImageRoutes(table map[string]map[string]handlerFunc) {
 	table["/images/catalog"] = map[string]handlerFunc{http.MethodGet: d.handleImageCatalog}
 	table["/images/pull"] = map[string]handlerFunc{http.MethodPost: d.handleImagePull}
 	table["/images/import"] = map[string]handlerFunc{http.MethodPost: d.handleImageImport}
+	table["/images/build"] = map[string]handlerFunc{http.MethodPost: d.handleImageBuild}
 	table["/images/rm"] = map[string]handlerFunc{http.MethodPost: d.handleImageRemove}
 	table["/kernels"] = map[string]handlerFunc{http.MethodGet: d.handleKernelList}
 	table["/kernels/pull"] = map[string]handlerFunc{http.MethodPost: d.handleKernelPull}

@@ -23,6 +23,9 @@ type Config struct {
 	// Layer holds the per-VM writable overlay; empty means a tmpfs (changes are lost at
 	// power off).
 	Layer string
+	// RootRW mounts the root device itself read-write, with no overlay: image builds
+	// change the image's own filesystem. Layer is ignored then.
+	RootRW bool
 	// Work is mounted at /root; empty means /root comes from the image.
 	Work string
 	// Modules holds the kernel's module tree (read-only), mounted at
@@ -133,6 +136,14 @@ func keySpecs() map[string]keySpec {
 			}
 			c.DeviceWait = n
 			return nil
+		}},
+		"banger.rootrw": {"mount the root device read-write without an overlay (image builds; 0 or 1)", func(c *Config, v string) error {
+			switch v {
+			case "0", "1":
+				c.RootRW = v == "1"
+				return nil
+			}
+			return fmt.Errorf("want 0 or 1")
 		}},
 		"banger.debug": {"verbose console output (0 or 1)", func(c *Config, v string) error {
 			switch v {

@@ -9,7 +9,7 @@ import (
 func TestParseCmdlineFull(t *testing.T) {
 	c, err := ParseCmdline(`BOOT_IMAGE=/vmlinuz console=ttyS0 tsc_early_khz=2000000 banger.root=serial:rootfs banger.layer=serial:layer ` +
 		`banger.work=/dev/vdc banger.modules=serial:modules banger.ip=172.30.0.5/24 banger.gw=172.30.0.1 banger.dns=172.30.0.1,9.9.9.9 banger.hostname=dev-1 ` +
-		`banger.agent=serial banger.agent_name=banger.agent banger.init=/usr/lib/systemd/systemd banger.device_wait=7 banger.debug=1` + "\n")
+		`banger.agent=serial banger.agent_name=banger.agent banger.init=/usr/lib/systemd/systemd banger.device_wait=7 banger.debug=1 banger.rootrw=1` + "\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,7 +22,7 @@ func TestParseCmdlineFull(t *testing.T) {
 	}
 	if c.Root != want.Root || c.Layer != want.Layer || c.Work != want.Work || c.Modules != "serial:modules" || c.Address != want.Address ||
 		c.Gateway != want.Gateway || len(c.DNS) != 2 || c.DNS[1] != want.DNS[1] || c.Hostname != want.Hostname ||
-		c.Agent != want.Agent || c.AgentName != want.AgentName || c.Init != want.Init || c.DeviceWait != 7 || !c.Debug {
+		c.Agent != want.Agent || c.AgentName != want.AgentName || c.Init != want.Init || c.DeviceWait != 7 || !c.Debug || !c.RootRW {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
 	}
 }
@@ -33,7 +33,7 @@ func TestParseCmdlineDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.RootFSType != "ext4" || c.Agent != "vsock" || c.AgentPort != 1024 || c.AgentName != "banger.agent" ||
-		c.Layer != "" || c.Work != "" || c.Modules != "" || c.Address.IsValid() || c.Init != "" || c.DeviceWait != defaultDeviceWait {
+		c.Layer != "" || c.RootRW || c.Work != "" || c.Modules != "" || c.Address.IsValid() || c.Init != "" || c.DeviceWait != defaultDeviceWait {
 		t.Fatalf("defaults: %+v", c)
 	}
 }

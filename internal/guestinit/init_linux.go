@@ -327,6 +327,12 @@ func (b *boot) mountRoot() error {
 			return err
 		}
 	}
+	if b.cfg.RootRW {
+		if err := unix.Mount(root, newRoot, b.cfg.RootFSType, 0, ""); err != nil {
+			return fmt.Errorf("mount root filesystem %s (%s) read-write: %w", root, b.cfg.Root, err)
+		}
+		return nil
+	}
 	if err := unix.Mount(root, lowerDir, b.cfg.RootFSType, unix.MS_RDONLY, ""); err != nil {
 		return fmt.Errorf("mount root filesystem %s (%s) read-only: %w: is banger.root the right device and banger.rootfstype right?", root, b.cfg.Root, err)
 	}

@@ -56,7 +56,7 @@ func TestDebianPull(t *testing.T) {
 			}
 		}
 	}
-		man, err := Manifest(img)
+	man, err := Manifest(img)
 	if err != nil || man.Format != "dpkg" {
 		t.Fatalf("manifest: %v %v", man.Format, err)
 	}

@@ -1,0 +1,511 @@
+package daemon
+
+// Image builds: the new image's root filesystem (a copy of the base) boots read-write in a
+// temporary builder VM, which the daemon provisions over SSH (through the agent, so no guest
+// network is needed for local files and .debs): upload, install, run, each step's output
+// streamed to the user. The builder VM, its TAP and its lease are always removed; a failed
+// step fails the build with its output, and the half-built image is removed by the image
+// manager.
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/image"
+	"github.com/banger-vm/banger/internal/lifecycle"
+	"github.com/banger-vm/banger/internal/sshclient"
+	"github.com/banger-vm/banger/internal/sshkeys"
+	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/units"
+	"github.com/banger-vm/banger/internal/vmm"
+)
+
+// buildScratch is where uploads wait in the guest; removed before the image is sealed.
+const buildScratch = "/var/cache/banger-build"
+
+// buildPlan is a validated build request.
+type buildPlan struct {
+	req       api.ImageBuildRequest
+	base      store.Image
+	sizeBytes int64
+	params    createParams
+}
+
+func (d *Daemon) handleImageBuild(w http.ResponseWriter, r *http.Request) error {
+	var req api.ImageBuildRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	plan, err := d.planBuild(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	d.runStreamed(w, r, "image.build", req.Name, func(ctx context.Context, p image.ProgressFunc) (any, error) {
+		img, err := d.images.Build(ctx, image.BuildOptions{Name: req.Name, Base: plan.base, SizeBytes: plan.sizeBytes, Progress: p,
+			Provision: func(ctx context.Context, rootfs string, p image.ProgressFunc) error {
+				return d.provision(ctx, plan, rootfs, p)
+			}})
+		if err != nil {
+			return nil, err
+		}
+		return imageToAPI(img), nil
+	})
+	return nil
+}
+
+// planBuild checks a build request before anything is built, so bad input is a plain 4xx.
+func (d *Daemon) planBuild(ctx context.Context, req api.ImageBuildRequest) (buildPlan, error) {
+	plan := buildPlan{req: req}
+	if err := validImageName(req.Name); err != nil {
+		return plan, err
+	}
+	if req.From == "" {
+		return plan, api.Errorf(api.CodeBadRequest, "pass --from BASE (an image from `banger image ls`)", "no base image")
+	}
+	if req.From == req.Name {
+		return plan, api.Errorf(api.CodeBadRequest, "give the new image another name", "an image cannot be built from itself")
+	}
+	base, err := d.store.GetImageByName(ctx, req.From)
+	if errors.Is(err, store.ErrNotFound) {
+		return plan, api.Errorf(api.CodeNotFound, "pull it with `banger image pull "+req.From+"` or pick one from `banger image ls`", "base image %q not found", req.From)
+	} else if err != nil {
+		return plan, err
+	}
+	plan.base = base
+	if req.Size != "" {
+		n, err := units.ParseSize(req.Size)
+		if err != nil || n < minDiskBytes || n > maxDiskBytes {
+			return plan, api.Errorf(api.CodeBadRequest, "pass --size like 4G (the root filesystem only grows)", "invalid size %q", req.Size)
+		}
+		plan.sizeBytes = n &^ (1<<20 - 1)
+	}
+	for _, c := range req.Copies {
+		if !filepath.IsAbs(c.Src) || !path.IsAbs(c.Dst) {
+			return plan, api.Errorf(api.CodeBadRequest, "use --copy SRC:DST with DST an absolute guest path", "copy %s -> %s: paths must be absolute", c.Src, c.Dst)
+		}
+		if _, err := os.Stat(c.Src); err != nil {
+			return plan, api.Errorf(api.CodeBadRequest, "check the path given to --copy", "copy source: %v", err)
+		}
+	}
+	for _, s := range req.Scripts {
+		if st, err := os.Stat(s); err != nil || !st.Mode().IsRegular() {
+			return plan, api.Errorf(api.CodeBadRequest, "--run takes a script file on this machine", "script %s: not a readable file (%v)", s, err)
+		}
+	}
+	for _, p := range req.Packages {
+		if strings.HasPrefix(p, "/") {
+			if _, err := os.Stat(p); err != nil {
+				return plan, api.Errorf(api.CodeBadRequest, "a package is a name or the path of a local .deb", "package file: %v", err)
+			}
+		} else if strings.ContainsAny(p, " \t\n'\"$`;&|<>\\") || p == "" || strings.HasPrefix(p, "-") {
+			return plan, api.Errorf(api.CodeBadRequest, "a package is a name like git or libssl3=3.0.15-1", "invalid package name %q", p)
+		}
+	}
+	p, err := d.validateCreate(ctx, api.VMCreateRequest{Name: "build-" + randomHex(3), Image: base.Name, CPUs: req.CPUs, Memory: req.Memory})
+	if err != nil {
+		return plan, err
+	}
+	plan.params = p
+	return plan, nil
+}
+
+func validImageName(name string) error {
+	if err := validVMName(name); err != nil {
+		return api.Errorf(api.CodeBadRequest, "use 1-32 lowercase letters, digits and single '-', starting with a letter", "invalid image name %q", name)
+	}
+	return nil
+}
+
+// builderFiles are what the builder VM needs for SSH, written into the image before it
+// boots and taken out again before it is sealed.
+type builderFiles struct {
+	hostPub      []byte
+	authorized   []byte // what /root/.ssh/authorized_keys held before, nil if absent
+	hadSSHDir    bool
+	hadAuthorize bool
+}
+
+func (d *Daemon) prepareBuilderRootfs(ctx context.Context, rootfs string) (builderFiles, error) {
+	var bf builderFiles
+	e := d.images.Ext4
+	userKey, err := d.vms.keys.EnsureUserKey()
+	if err != nil {
+		return bf, fmt.Errorf("banger's SSH key: %w", err)
+	}
+	hostPriv, hostPub, err := sshkeys.NewKey("banger image builder")
+	if err != nil {
+		return bf, err
+	}
+	bf.hostPub = hostPub
+	if st, err := e.StatExt4(ctx, rootfs, "/root/.ssh"); err == nil && st.Mode.IsDir() {
+		bf.hadSSHDir = true
+		if data, err := e.ReadExt4File(ctx, rootfs, "/root/.ssh/authorized_keys"); err == nil {
+			bf.authorized, bf.hadAuthorize = data, true
+		}
+	}
+	keys := append(append([]byte{}, bf.authorized...), userKey...)
+	if len(bf.authorized) > 0 && !bytes.HasSuffix(bf.authorized, []byte("\n")) {
+		keys = append(append(append([]byte{}, bf.authorized...), '\n'), userKey...)
+	}
+	err = e.WriteExt4Files(ctx, rootfs, []system.Ext4Entry{
+		{Path: "/root/.ssh", Dir: true, Mode: 0o700},
+		{Path: "/root/.ssh/authorized_keys", Data: keys, Mode: 0o600},
+		{Path: "/etc/ssh/ssh_host_ed25519_key", Data: hostPriv, Mode: 0o600},
+		{Path: "/etc/ssh/ssh_host_ed25519_key.pub", Data: hostPub, Mode: 0o644},
+		{Path: "/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644},
+	})
+	return bf, err
+}
+
+// provision boots rootfs in a builder VM and runs the plan's steps in it over SSH.
+func (d *Daemon) provision(ctx context.Context, plan buildPlan, rootfs string, progress image.ProgressFunc) (err error) {
+	report := func(stage, msg string) {
+		if progress != nil {
+			progress(image.Progress{Stage: stage, Message: msg})
+		}
+	}
+	report("preparing the builder VM", "")
+	bf, err := d.prepareBuilderRootfs(ctx, rootfs)
+	if err != nil {
+		return fmt.Errorf("prepare the builder: %w", err)
+	}
+	vm, err := d.startBuilder(ctx, plan, rootfs, bf, report)
+	if vm.ID != "" {
+		// Always: the builder VM, its TAP, lease, pin and directories go.
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if rerr := d.removeVM(cctx, api.VMRemoveRequest{Name: vm.ID, Force: true}); rerr != nil {
+				d.log.Warn("could not remove the builder VM", "vm", vm.Name, "err", rerr)
+				err = errors.Join(err, fmt.Errorf("remove builder VM %s: %w", vm.Name, rerr))
+			}
+		}()
+	}
+	if err != nil {
+		return err
+	}
+	m := d.machine(vm.ID)
+	if m == nil {
+		return fmt.Errorf("the builder VM %s stopped", vm.Name)
+	}
+	client, err := d.builderSSH(ctx, m, vm.ID)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	steps := buildSteps(plan.req, bf)
+	for i, st := range steps {
+		name := fmt.Sprintf("step %d/%d: %s", i+1, len(steps), st.name)
+		report(name, "")
+		start := time.Now()
+		out := &outputLines{emit: func(line string) { report(name, line) }}
+		var stdin io.Reader
+		if st.stdin != nil {
+			r, err := st.stdin()
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			stdin = r
+		}
+		code, err := sshclient.Run(ctx, client, st.cmd, stdin, out, out)
+		out.flush()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if code != 0 {
+			return api.Errorf(api.CodeBadRequest, "fix the step and build again; the builder VM was removed and no image was registered",
+				"%s failed with exit code %d; its last output:\n  %s", name, code, strings.Join(out.tail(), "\n  "))
+		}
+		report(name, fmt.Sprintf("done in %.1f s", time.Since(start).Seconds()))
+	}
+	report("shutting the builder VM down", "")
+	unlock := d.lockVM(vm.ID)
+	_, err = d.stopLocked(ctx, vm.ID, 60, false)
+	unlock()
+	return err
+}
+
+// startBuilder registers and boots the builder VM; the returned VM has an ID once a row
+// exists (the caller removes it).
+func (d *Daemon) startBuilder(ctx context.Context, plan buildPlan, rootfs string, bf builderFiles, report func(string, string)) (store.VM, error) {
+	choice, err := vmm.Choose(d.opts.Config.VMM.Driver, d.vms.host())
+	if err != nil {
+		return store.VM{}, api.Errorf(api.CodeUnavailable, "see `banger doctor`", "%v", err)
+	}
+	p := plan.params
+	id := randomHex(6)
+	spec := vmSpec{Kernel: p.kernel.ID, CPUs: p.cpus, MemoryMiB: p.memoryMiB,
+		Dir:    filepath.Join(d.opts.Layout.VMsDir, id),
+		RunDir: filepath.Join(d.opts.Layout.RuntimeDir, "v", id),
+		Driver: choice.Driver, Accel: choice.Accel, DriverReason: choice.Reason,
+		Builder: true, Rootfs: rootfs, SSHHostKey: string(bf.hostPub)}
+	row := store.VM{ID: id, Name: p.name, ImageID: plan.base.ID, State: store.VMCreated, VMM: choice.Driver, Spec: spec.raw()}
+	unlock := d.lockVM(id)
+	defer unlock()
+	if err := d.store.PutVM(ctx, row); err != nil {
+		return store.VM{}, err
+	}
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return row, err
+	}
+	if err := d.vms.keys.Pin(sshkeys.HostAlias(id), bf.hostPub); err != nil {
+		return row, err
+	}
+	rec := lifecycle.New("image.build.vm", id, d.log, d.store)
+	vm, err := d.startLocked(ctx, row, rec, func(pr api.Progress) {
+		if pr.Message != "" {
+			report("booting the builder VM "+p.name, pr.Stage+" "+pr.Message)
+		}
+	})
+	if err != nil {
+		return row, err
+	}
+	if !parseSpec(vm).SSHReady {
+		return row, api.Errorf(api.CodeBadRequest, "build from an image with OpenSSH's server (debian-bookworm has it)",
+			"image %q cannot be provisioned: %s", plan.base.Name, parseSpec(vm).SSHNote)
+	}
+	return vm, nil
+}
+
+func (d *Daemon) builderSSH(ctx context.Context, m vmm.Machine, id string) (*ssh.Client, error) {
+	signer, err := d.vms.keys.UserSigner()
+	if err != nil {
+		return nil, err
+	}
+	hostKeys, err := d.vms.keys.HostKeyCallback()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := m.Agent().Forward(ctx, 22)
+	if err != nil {
+		return nil, fmt.Errorf("reach the builder's sshd: %w", err)
+	}
+	return sshclient.Dial(ctx, conn, "root", sshkeys.HostAlias(id), signer, hostKeys)
+}
+
+// buildStep is one command run over SSH, optionally fed a stream (an upload).
+type buildStep struct {
+	name  string
+	cmd   string
+	stdin func() (io.Reader, error)
+}
+
+// buildSteps turns a request into SSH steps: uploads, packages, scripts, then sealing.
+func buildSteps(req api.ImageBuildRequest, bf builderFiles) []buildStep {
+	var steps []buildStep
+	steps = append(steps, buildStep{name: "prepare", cmd: "set -e; rm -rf " + buildScratch + "; mkdir -p " + buildScratch})
+	for _, c := range req.Copies {
+		steps = append(steps, copyStep(c))
+	}
+	var pkgs []string
+	for i, p := range req.Packages {
+		if strings.HasPrefix(p, "/") {
+			guest := fmt.Sprintf("%s/pkg-%d-%s", buildScratch, i, path.Base(p))
+			steps = append(steps, copyStep(api.BuildCopy{Src: p, Dst: guest}))
+			pkgs = append(pkgs, guest)
+		} else {
+			pkgs = append(pkgs, p)
+		}
+	}
+	if len(pkgs) > 0 {
+		steps = append(steps, buildStep{name: "install packages: " + strings.Join(req.Packages, " "), cmd: installScript(pkgs)})
+	}
+	for i, s := range req.Scripts {
+		guest := fmt.Sprintf("%s/script-%d", buildScratch, i)
+		steps = append(steps, buildStep{name: "run " + filepath.Base(s),
+			cmd: fmt.Sprintf("set -e; cat > %[1]s; chmod 0755 %[1]s; cd /root; if head -c2 %[1]s | grep -q '^#!'; then exec %[1]s; else exec sh %[1]s; fi", guest),
+			stdin: func() (io.Reader, error) {
+				f, err := os.ReadFile(s)
+				return bytes.NewReader(f), err
+			}})
+	}
+	steps = append(steps, buildStep{name: "seal the image", cmd: sealScript(bf), stdin: func() (io.Reader, error) {
+		return bytes.NewReader(bf.authorized), nil
+	}})
+	return steps
+}
+
+// installScript installs packages with the guest's own package manager.
+func installScript(pkgs []string) string {
+	names := false
+	for _, p := range pkgs {
+		names = names || !strings.HasPrefix(p, "/")
+	}
+	update := ""
+	if names {
+		update = "apt-get update -q; "
+	}
+	list := strings.Join(pkgs, " ")
+	return `set -e
+if command -v apt-get >/dev/null; then
+	export DEBIAN_FRONTEND=noninteractive
+	` + update + `apt-get install -y -q --no-install-recommends ` + list + `
+	apt-get clean
+elif command -v xbps-install >/dev/null; then
+	xbps-install -Sy ` + list + `
+else
+	echo "banger: no supported package manager (apt-get, xbps-install) in the image" >&2
+	exit 1
+fi`
+}
+
+// sealScript takes the builder's SSH access out of the image and removes the scratch space:
+// the image keeps no host key, not even ones its base carried (each VM gets its own) and root's authorized_keys is what it
+// was (stdin carries the old content).
+func sealScript(bf builderFiles) string {
+	s := "set -e; rm -rf " + buildScratch + "; rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub /etc/ssh/sshd_config.d/banger.conf; "
+	if bf.hadAuthorize {
+		s += "cat > /root/.ssh/authorized_keys; "
+	} else {
+		s += "rm -f /root/.ssh/authorized_keys; "
+		if !bf.hadSSHDir {
+			s += "rmdir /root/.ssh 2>/dev/null || true; "
+		}
+	}
+	return s + "sync"
+}
+
+// copyStep uploads a host file or directory (as a tar stream, owned by root) to dst.
+func copyStep(c api.BuildCopy) buildStep {
+	src, dst := c.Src, c.Dst
+	st, err := os.Stat(src)
+	if err == nil && st.IsDir() {
+		target := dst
+		return buildStep{name: "copy " + src + " to " + dst,
+			cmd: fmt.Sprintf("set -e; mkdir -p %[1]s; tar -x --no-same-permissions -C %[1]s", shQuote(target)),
+			stdin: func() (io.Reader, error) {
+				pr, pw := io.Pipe()
+				go func() { pw.CloseWithError(tarDir(src, pw)) }()
+				return pr, nil
+			}}
+	}
+	target := dst
+	if strings.HasSuffix(dst, "/") {
+		target = path.Join(dst, filepath.Base(src))
+	}
+	mode := os.FileMode(0o644)
+	if err == nil {
+		mode = st.Mode().Perm()
+	}
+	return buildStep{name: "copy " + src + " to " + target,
+		cmd: fmt.Sprintf("set -e; mkdir -p %[1]s; cat > %[2]s; chmod %04[3]o %[2]s", shQuote(path.Dir(target)), shQuote(target), mode),
+		stdin: func() (io.Reader, error) {
+			return os.Open(src)
+		}}
+}
+
+// tarDir writes dir's tree as a tar owned by root:root.
+func tarDir(dir string, w io.Writer) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		fi, err := de.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		hdr, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return err
+		}
+		hdr.Name, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = filepath.ToSlash(rel), 0, 0, "root", "root"
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, f)
+			f.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+func shQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// outputLines splits a step's output into lines for progress, keeping the last ones for
+// the error of a failed step.
+type outputLines struct {
+	mu   sync.Mutex
+	buf  []byte
+	last []string
+	emit func(string)
+}
+
+const outputTail = 30
+
+func (o *outputLines) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.buf = append(o.buf, p...)
+	for {
+		i := bytes.IndexByte(o.buf, '\n')
+		if i < 0 {
+			break
+		}
+		o.line(string(bytes.TrimRight(o.buf[:i], "\r")))
+		o.buf = o.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+func (o *outputLines) line(l string) {
+	o.last = append(o.last, l)
+	if len(o.last) > outputTail {
+		o.last = o.last[len(o.last)-outputTail:]
+	}
+	o.emit(l)
+}
+
+func (o *outputLines) flush() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.buf) > 0 {
+		o.line(string(o.buf))
+		o.buf = nil
+	}
+}
+
+func (o *outputLines) tail() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.last) == 0 {
+		return []string{"(no output)"}
+	}
+	return append([]string(nil), o.last...)
+}
