@@ -365,6 +365,8 @@ and remove the VM (unless --keep).
 				return err
 			}
 			if len(argv) == 0 {
+				// The session owns the terminal and its signals from here.
+				stop()
 				return a.interactive(cmdContext(cmd), c, vm)
 			}
 			if !keep {

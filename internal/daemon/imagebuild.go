@@ -224,6 +224,11 @@ func (d *Daemon) provision(ctx context.Context, plan buildPlan, rootfs string, p
 			stdin = r
 		}
 		code, err := sshclient.Run(ctx, client, st.cmd, stdin, out, out)
+		if c, ok := stdin.(io.Closer); ok {
+			// An upload's file or tar pipe: released even when the guest stopped reading
+			// early (a failed step, a cancelled build), or its goroutine and fd leak.
+			_ = c.Close()
+		}
 		out.flush()
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -351,7 +356,11 @@ func installScript(pkgs []string) string {
 	if names {
 		update = "apt-get update -q; "
 	}
-	list := strings.Join(pkgs, " ")
+	quoted := make([]string, len(pkgs))
+	for i, p := range pkgs {
+		quoted[i] = shQuote(p) // a local .deb's file name is the user's: never shell syntax
+	}
+	list := strings.Join(quoted, " ")
 	return `set -e
 if command -v apt-get >/dev/null; then
 	export DEBIAN_FRONTEND=noninteractive
@@ -378,6 +387,10 @@ func sealScript(bf builderFiles) string {
 			s += "rmdir /root/.ssh 2>/dev/null || true; "
 		}
 	}
+	// The builder's own traces: its machine-id (systemd commits one on a writable root;
+	// empty means each VM makes its own) and runit links to services that live in /run.
+	s += `if [ -s /etc/machine-id ]; then : > /etc/machine-id; fi; `
+	s += `for l in /etc/runit/runsvdir/default/* /etc/service/* /var/service/*; do case "$(readlink "$l" 2>/dev/null)" in /run/banger/*) rm -f "$l";; esac; done; `
 	return s + "sync"
 }
 
@@ -412,8 +425,13 @@ func copyStep(c api.BuildCopy) buildStep {
 
 // tarDir writes dir's tree as a tar owned by root:root.
 func tarDir(dir string, w io.Writer) error {
+	// A symlink to a directory copies the directory (WalkDir does not follow its root).
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return err
+	}
 	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -467,19 +485,29 @@ type outputLines struct {
 	emit func(string)
 }
 
-const outputTail = 30
+const (
+	outputTail    = 30
+	maxOutputLine = 8 << 10
+)
 
 func (o *outputLines) Write(p []byte) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.buf = append(o.buf, p...)
 	for {
-		i := bytes.IndexByte(o.buf, '\n')
+		// \r ends a line too: progress bars redraw with it.
+		i := bytes.IndexAny(o.buf, "\r\n")
 		if i < 0 {
 			break
 		}
-		o.line(string(bytes.TrimRight(o.buf[:i], "\r")))
+		if i > 0 {
+			o.line(string(o.buf[:i]))
+		}
 		o.buf = o.buf[i+1:]
+	}
+	if len(o.buf) > maxOutputLine {
+		o.line(string(o.buf))
+		o.buf = nil
 	}
 	return len(p), nil
 }

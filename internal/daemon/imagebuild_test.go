@@ -61,7 +61,12 @@ func TestSealScriptRestoresAuthorizedKeys(t *testing.T) {
 	run := func(bf builderFiles, stdin []byte) {
 		t.Helper()
 		script := strings.ReplaceAll(sealScript(bf), "/root/", root+"/root/")
-		script = strings.ReplaceAll(script, "/etc/ssh/", root+"/etc/ssh/")
+		// Every /etc path goes under root: this runs the real script on the host.
+		script = strings.ReplaceAll(script, "/etc/", root+"/etc/")
+		script = strings.ReplaceAll(script, "/var/service/", root+"/var/service/")
+		if strings.Contains(strings.ReplaceAll(script, root+"/", ""), " /etc/") || strings.Contains(strings.ReplaceAll(script, root+"/", ""), "/etc/machine-id") {
+			t.Fatalf("the seal script touches a host path: %s", script)
+		}
 		script = strings.ReplaceAll(script, buildScratch, root+buildScratch)
 		cmd := exec.Command("sh", "-c", script)
 		cmd.Stdin = bytes.NewReader(stdin)
@@ -83,7 +88,22 @@ func TestSealScriptRestoresAuthorizedKeys(t *testing.T) {
 	write("etc/ssh/ssh_host_rsa_key.pub", "k")
 	write("etc/ssh/sshd_config.d/banger.conf", "c")
 	write("var/cache/banger-build/x", "x")
+	write("etc/machine-id", "0123456789abcdef\n")
+	if err := os.MkdirAll(filepath.Join(root, "etc/service"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Symlink("/run/banger/sv/banger-agent", filepath.Join(root, "etc/service/banger-agent"))
+	_ = os.Symlink("/etc/sv/sshd", filepath.Join(root, "etc/service/sshd"))
 	run(builderFiles{}, nil)
+	if id, err := os.ReadFile(filepath.Join(root, "etc/machine-id")); err != nil || len(id) != 0 {
+		t.Errorf("machine-id after the seal: %q %v (want empty)", id, err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "etc/service/banger-agent")); err == nil {
+		t.Error("the runit link to banger's /run service survived the seal")
+	}
+	if _, err := os.Lstat(filepath.Join(root, "etc/service/sshd")); err != nil {
+		t.Error("the seal removed the image's own sshd service link")
+	}
 	for _, p := range []string{"root/.ssh", "etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_rsa_key.pub", "etc/ssh/sshd_config.d/banger.conf", "var/cache/banger-build"} {
 		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
 			t.Errorf("%s survived the seal", p)
@@ -94,5 +114,27 @@ func TestSealScriptRestoresAuthorizedKeys(t *testing.T) {
 	run(builderFiles{hadSSHDir: true, hadAuthorize: true, authorized: []byte("theirs\n")}, []byte("theirs\n"))
 	if got, _ := os.ReadFile(filepath.Join(root, "root/.ssh/authorized_keys")); string(got) != "theirs\n" {
 		t.Errorf("authorized_keys after the seal: %q", got)
+	}
+}
+
+func TestOutputLinesSplitsAndKeepsTheTail(t *testing.T) {
+	var got []string
+	o := &outputLines{emit: func(l string) { got = append(got, l) }}
+	_, _ = o.Write([]byte("one\ntw"))
+	_, _ = o.Write([]byte("o\r\n 10%\r 50%\rdone"))
+	o.flush()
+	if strings.Join(got, "|") != "one|two| 10%| 50%|done" {
+		t.Fatalf("lines %q", got)
+	}
+	for i := 0; i < 100; i++ {
+		_, _ = o.Write([]byte("x\n"))
+	}
+	if len(o.tail()) != outputTail {
+		t.Fatalf("tail keeps %d lines, want %d", len(o.tail()), outputTail)
+	}
+	big := &outputLines{emit: func(string) {}}
+	_, _ = big.Write(bytes.Repeat([]byte("y"), maxOutputLine+1))
+	if len(big.buf) != 0 {
+		t.Fatal("an endless line is buffered without bound")
 	}
 }

@@ -742,10 +742,19 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Re
 	case agent.IsNotFound(serr):
 		spec.SSHNote = "the image has no sshd (" + sshdPath + "): use `banger vm exec`"
 	default:
-		if err := runStage(ctx, rec, progress, stageSSH, func(ctx context.Context) error { return waitSSH(ctx, m.Agent()) }); err != nil {
+		err := runStage(ctx, rec, progress, stageSSH, func(ctx context.Context) error { return waitSSH(ctx, m.Agent()) })
+		switch {
+		case err == nil:
+			spec.SSHReady = true
+		case spec.Builder || ctx.Err() != nil:
 			return vm, err
+		default:
+			// The VM itself is up and its agent answers: a disabled or broken sshd must not
+			// make it unstartable (the user repairs it with `vm exec`).
+			spec.SSHNote = "sshd did not answer on port 22 (" + firstLine(err.Error()) + "): use `banger vm exec`"
+			progress(api.Progress{Stage: stageSSH, Message: "no answer: the VM runs without SSH"})
+			d.log.Warn("VM started without SSH", "vm", vm.Name, "err", err)
 		}
-		spec.SSHReady = true
 	}
 	spec.Stages = rec.Stages()
 	spec.LastExit = ""
@@ -949,7 +958,8 @@ func (d *Daemon) removeVM(ctx context.Context, req api.VMRemoveRequest) error {
 		errs = append(errs, err)
 	}
 	if err := d.vms.keys.Unpin(sshkeys.HostAlias(vm.ID)); err != nil {
-		errs = append(errs, fmt.Errorf("forget the VM's SSH host key: %w", err))
+		// The VM is gone already; a stale pin harms nothing, so this is not a failed rm.
+		d.log.Warn("could not forget a removed VM's SSH host key", "vm", vm.Name, "err", err)
 	}
 	d.vms.mu.Lock()
 	delete(d.vms.locks, vm.ID)
@@ -1018,6 +1028,8 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 			if spec.Dir != "" {
 				_ = os.RemoveAll(spec.Dir)
 			}
+			// The disks stage pins the host key before the row loses Creating.
+			_ = d.vms.keys.Unpin(sshkeys.HostAlias(vm.ID))
 			if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
 				d.log.Warn("could not remove an interrupted create", "vm", vm.Name, "err", err)
 			} else {
@@ -1044,7 +1056,10 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 				}
 				reason = "crashed: its VMM was gone when the daemon started"
 				if !errors.Is(err, vmm.ErrGone) {
-					reason = "crashed: could not reattach: " + err.Error()
+					// Its VMM may still run: it is ended below, as a second VMM on the same
+					// disks (the next start) would corrupt them.
+					reason = "crashed: could not reattach (its VMM was ended): " + err.Error()
+					d.log.Warn("could not reattach a running VM; ending its VMM", "vm", vm.Name, "err", err)
 				}
 			}
 		} else if spec.VMM != nil {

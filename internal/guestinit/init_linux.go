@@ -389,6 +389,9 @@ func (b *boot) mountWork() error {
 // configureIdentity writes hostname, /etc/hosts and /etc/resolv.conf into the writable
 // layer, so the image stays untouched.
 func (b *boot) configureIdentity() error {
+	if b.cfg.RootRW {
+		return b.configureIdentityRW()
+	}
 	if h := b.cfg.Hostname; h != "" {
 		if err := unix.Sethostname([]byte(h)); err != nil {
 			return fmt.Errorf("set hostname: %w", err)
@@ -410,6 +413,40 @@ func (b *boot) configureIdentity() error {
 		if err := replaceFile(filepath.Join(newRoot, "etc/resolv.conf"), sb.String()); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// configureIdentityRW is configureIdentity for a root mounted read-write (an image build):
+// nothing of the VM's identity may end up in the image, so the hostname is only set in the
+// kernel and the DNS servers are bind-mounted over /etc/resolv.conf from /run (when that
+// is a plain file; a symlink, e.g. to systemd-resolved's stub, is left to the image).
+func (b *boot) configureIdentityRW() error {
+	if h := b.cfg.Hostname; h != "" {
+		if err := unix.Sethostname([]byte(h)); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+	}
+	if len(b.cfg.DNS) == 0 {
+		return nil
+	}
+	target := filepath.Join(newRoot, "etc/resolv.conf")
+	fi, err := os.Lstat(target)
+	if err != nil || !fi.Mode().IsRegular() {
+		b.logf("image build: /etc/resolv.conf is not a plain file; keeping the image's")
+		return nil
+	}
+	var sb strings.Builder
+	sb.WriteString("# written by banger-init for an image build (not part of the image)\n")
+	for _, a := range b.cfg.DNS {
+		sb.WriteString("nameserver " + a.String() + "\n")
+	}
+	src := filepath.Join(bangerRun, "resolv.conf")
+	if err := os.WriteFile(src, []byte(sb.String()), 0o644); err != nil {
+		return err
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s over /etc/resolv.conf: %w", src, err)
 	}
 	return nil
 }

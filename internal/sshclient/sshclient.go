@@ -29,23 +29,28 @@ func (streamConn) SetDeadline(time.Time) error      { return nil }
 func (streamConn) SetReadDeadline(time.Time) error  { return nil }
 func (streamConn) SetWriteDeadline(time.Time) error { return nil }
 
+// handshakeTimeout bounds the SSH handshake (a stuck sshd must not hang the caller).
+const handshakeTimeout = 30 * time.Second
+
 // Dial runs the SSH handshake over conn as user, accepting only the host key hostKeys
 // pins for alias (ed25519). conn is closed with the client, or on failure.
 func Dial(ctx context.Context, conn io.ReadWriteCloser, user, alias string, signer ssh.Signer, hostKeys ssh.HostKeyCallback) (*ssh.Client, error) {
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	// NewClientConn ignores Timeout: bound the handshake by closing the stream.
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	stop := context.AfterFunc(hctx, func() { conn.Close() })
 	defer stop()
 	cfg := &ssh.ClientConfig{
 		User:              user,
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
 		HostKeyCallback:   hostKeys,
 		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519},
-		Timeout:           30 * time.Second,
 	}
 	cc, chans, reqs, err := ssh.NewClientConn(streamConn{conn}, alias+":22", cfg)
 	if err != nil {
 		conn.Close()
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("ssh to %s: %w", alias, context.Cause(ctx))
+		if hctx.Err() != nil {
+			return nil, fmt.Errorf("ssh to %s: handshake: %w", alias, context.Cause(hctx))
 		}
 		return nil, fmt.Errorf("ssh to %s: %w", alias, err)
 	}

@@ -75,6 +75,19 @@ func (s *Store) EnsureUserKey() ([]byte, error) {
 			}
 		}
 	}
+	if data, err := os.ReadFile(s.UserKeyPath()); err == nil {
+		// The private key is what every VM authorizes: never replace it because its .pub
+		// is missing (removed by hand, or a crash between the two writes below).
+		signer, err := ssh.ParsePrivateKey(data)
+		if err != nil {
+			return nil, fmt.Errorf("banger SSH key %s: %w (remove it and its .pub; new VMs get a new one)", s.UserKeyPath(), err)
+		}
+		pub := append(bytes.TrimRight(ssh.MarshalAuthorizedKey(signer.PublicKey()), "\n"), " banger user key\n"...)
+		if err := writeFileAtomic(s.UserKeyPath()+".pub", pub, 0o644); err != nil {
+			return nil, err
+		}
+		return pub, nil
+	}
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ssh key dir: %w", err)
 	}

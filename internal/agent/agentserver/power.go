@@ -1,6 +1,7 @@
 package agentserver
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -39,6 +40,9 @@ func (s *Server) powerPlan(action string) (method string, sig syscall.Signal) {
 		names = append(names, filepath.Base(exe))
 	}
 	for _, n := range names {
+		if n == "runit" {
+			return "runit stage 3 (stopit + SIGCONT to pid1)", syscall.SIGCONT
+		}
 		if signalledInits[n] {
 			sig = sigPoweroff
 			if action == agent.PowerReboot {
@@ -81,6 +85,19 @@ func (s *Server) handlePower(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) power(action string, sig syscall.Signal) {
+	if sig == syscall.SIGCONT {
+		// runit(8) shuts down on SIGCONT when stopit is executable by its owner; reboot
+		// then decides between restarting and powering off. (Debian links both into /run.)
+		err := s.runitShutdown(action)
+		if err == nil {
+			err = unix.Kill(1, sig)
+		}
+		if err == nil {
+			return
+		}
+		s.log.Error("runit shutdown failed; falling back to reboot(2)", "err", err)
+		sig = 0
+	}
 	if sig != 0 {
 		err := unix.Kill(1, sig)
 		if err == nil {
@@ -96,4 +113,54 @@ func (s *Server) power(action string, sig syscall.Signal) {
 	if err := unix.Reboot(cmd); err != nil {
 		s.log.Error("reboot(2) failed", "action", action, "err", err)
 	}
+}
+
+// runitFlagPairs are where runit builds look for their stop and reboot flags: Debian's
+// patched runit uses /run/runit.*, Void's /run/runit/ (linked from /etc/runit), upstream
+// /etc/runit. Each pair is used when its directory exists.
+var runitFlagPairs = [][2]string{
+	{"/run/runit.stopit", "/run/runit.reboot"},
+	{"/run/runit/stopit", "/run/runit/reboot"},
+	{"/etc/runit/stopit", "/etc/runit/reboot"},
+}
+
+// runitShutdown arms runit's stage 3 for action. The flags may be symlinks, so they are
+// rewritten in place rather than replaced.
+func (s *Server) runitShutdown(action string) error {
+	root := s.cfg.RunitRoot
+	if root == "" {
+		root = "/"
+	}
+	reboot := os.FileMode(0)
+	if action == agent.PowerReboot {
+		reboot = 0o100
+	}
+	armed := 0
+	var errs []error
+	for _, pair := range runitFlagPairs {
+		if st, err := os.Stat(filepath.Join(root, filepath.Dir(pair[0]))); err != nil || !st.IsDir() {
+			continue
+		}
+		err := writeFlag(filepath.Join(root, pair[0]), 0o100)
+		if err == nil {
+			err = writeFlag(filepath.Join(root, pair[1]), reboot)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		armed++
+	}
+	if armed == 0 {
+		return fmt.Errorf("no runit stop flag could be written: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func writeFlag(p string, mode os.FileMode) error {
+	_ = os.Chmod(p, 0o600) // writable again if it exists
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		return err
+	}
+	return os.Chmod(p, mode)
 }

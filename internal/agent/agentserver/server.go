@@ -33,6 +33,9 @@ type Config struct {
 	BootStagesPath string
 	// ProcDir is where /proc is mounted (default "/proc"); tests point it elsewhere.
 	ProcDir string
+	// RunitRoot is where runit's stop flags are looked for (default "/"); tests point it
+	// elsewhere.
+	RunitRoot string
 	// PowerHook, when set, replaces the real power action (signal to PID 1 or reboot(2)):
 	// it is called after the 202 answer with the action and the method the agent chose.
 	PowerHook func(action, method string)

@@ -231,6 +231,7 @@ func TestPower(t *testing.T) {
 		{"systemd", "", "reboot", "signal 39 to pid1 (systemd)"},
 		{"init", "/init-renamed/banger-init", "poweroff", "signal 38 to pid1 (banger-init)"},
 		{"sh", "/bin/sh", "reboot", "reboot(2)"},
+		{"runit", "/sbin/runit", "poweroff", "runit stage 3 (stopit + SIGCONT to pid1)"},
 	}
 	for _, c := range cases {
 		os.WriteFile(filepath.Join(proc, "1", "comm"), []byte(c.comm+"\n"), 0o644)
@@ -250,7 +251,7 @@ func TestPower(t *testing.T) {
 		}
 	}
 	mu.Lock()
-	if len(calls) != 4 || calls[0] != "poweroff via signal 38 to pid1 (systemd)" {
+	if len(calls) != 5 || calls[0] != "poweroff via signal 38 to pid1 (systemd)" {
 		t.Fatalf("calls %q", calls)
 	}
 	mu.Unlock()
@@ -260,6 +261,43 @@ func TestPower(t *testing.T) {
 	wantError(t, post(`{"action":"halt"}`), 400, agent.CodeBadRequest)
 	wantError(t, post(`{"action":`), 400, agent.CodeBadRequest)
 	wantError(t, post(``), 400, agent.CodeBadRequest)
+}
+
+// runit shuts down when stopit is executable by its owner; reboot's bit picks restart.
+// Debian's runit reads /run/runit.*, Void's /run/runit/*; absent directories are skipped.
+func TestRunitShutdownFlags(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "run"), 0o755)
+	os.MkdirAll(filepath.Join(root, "etc/runit"), 0o755)
+	s := newTestServer(t, Config{RunitRoot: root})
+	mode := func(p string) os.FileMode {
+		st, err := os.Stat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode().Perm()
+	}
+	if err := s.runitShutdown(agent.PowerReboot); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"run/runit.stopit", "run/runit.reboot", "etc/runit/stopit", "etc/runit/reboot"} {
+		if mode(p) != 0o100 {
+			t.Errorf("reboot: %s mode %o", p, mode(p))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "run/runit")); err == nil {
+		t.Error("created Void's flag directory on a system without it")
+	}
+	if err := s.runitShutdown(agent.PowerOff); err != nil {
+		t.Fatal(err)
+	}
+	if mode("run/runit.stopit") != 0o100 || mode("run/runit.reboot") != 0 {
+		t.Fatalf("poweroff: stopit %o reboot %o", mode("run/runit.stopit"), mode("run/runit.reboot"))
+	}
+	empty := newTestServer(t, Config{RunitRoot: t.TempDir()})
+	if err := empty.runitShutdown(agent.PowerOff); err == nil {
+		t.Fatal("no flag directory at all, yet no error")
+	}
 }
 
 func TestFilesHandlers(t *testing.T) {
