@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/banger-vm/banger/internal/buildinfo.version=$(VERSION)
 
-.PHONY: build test test-all lint bench install
+.PHONY: build test test-all lint bench install release
 
 # banger-init and banger-agent go next to banger: the daemon builds each VM's initramfs
 # from them.
@@ -29,3 +29,8 @@ bench:
 
 install: build
 	for b in $(BINARIES); do install -m 0755 bin/$$b /usr/local/bin/$$b || exit 1; done
+
+# A signed release into a channel directory: make release KEY=path/release.key CHANNEL=dir
+release:
+	@test -n "$(KEY)" -a -n "$(CHANNEL)" || { echo "usage: make release KEY=path/to/release.key CHANNEL=channel/dir"; exit 2; }
+	bash scripts/release.sh --key "$(KEY)" --out "$(CHANNEL)"

@@ -50,15 +50,19 @@ find_go() {
 }
 
 # build_banger builds the static binaries into bin/: banger, and the guest programs
-# banger-init and banger-agent, which the daemon looks for next to banger.
+# banger-init and banger-agent, which the daemon looks for next to banger. The version is
+# $BANGER_VERSION, else git describe's; $BANGER_UPDATE_KEYS (comma-separated base64 ed25519
+# public keys) are linked in as release keys `banger update` trusts besides the built-in ones.
 build_banger() {
-	local version bin
-	version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)
+	local version bin ldflags
+	version=${BANGER_VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+	ldflags="-s -w -X github.com/banger-vm/banger/internal/buildinfo.version=$version"
+	if [ -n "${BANGER_UPDATE_KEYS:-}" ]; then
+		ldflags="$ldflags -X github.com/banger-vm/banger/internal/buildinfo.updateKeys=$BANGER_UPDATE_KEYS"
+	fi
 	log "building banger $version"
 	for bin in banger banger-init banger-agent; do
-		CGO_ENABLED=0 go build -trimpath \
-			-ldflags "-s -w -X github.com/banger-vm/banger/internal/buildinfo.version=$version" \
-			-o "bin/$bin" "./cmd/$bin"
+		CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "bin/$bin" "./cmd/$bin"
 	done
 }
 

@@ -213,21 +213,35 @@ func (a *app) stopDaemon(ctx context.Context) error {
 	if err := c.Shutdown(ctx, "banger daemon stop"); err != nil {
 		return err
 	}
-	// Wait for the process itself to be gone, not just the socket, so `restart` never
-	// races the old daemon's lock.
+	// Wait for the process itself to have exited, not just the socket, so `restart` never
+	// races the old daemon's lock. An exited daemon nobody has reaped yet counts as gone.
 	deadline := time.Now().Add(cfg.Daemon.ShutdownTimeout + 5*time.Second)
-	for syscall.Kill(st.PID, 0) == nil {
+	for !processExited(st.PID) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("daemon pid %d did not exit within %s: kill it with `kill %d`", st.PID, cfg.Daemon.ShutdownTimeout+5*time.Second, st.PID)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	fmt.Fprintf(a.env.Stdout, "stopped banger daemon (pid %d)\n", st.PID)
 	return nil
+}
+
+// processExited reports whether pid has exited: there is no such process, or it is a
+// zombie (/proc/PID/stat state Z) that nobody has reaped yet. A detached daemon's parent is
+// whatever reaps orphans (PID 1 or a subreaper), which may take seconds to; the exited
+// daemon already released its lock and socket, so waiting for the reap only delays
+// `daemon stop` and `restart`.
+func processExited(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		// No /proc entry: gone, or /proc is not mounted and only kill(0) can tell.
+		return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+	}
+	return processState(string(stat)) == "Z"
 }
 
 func fileSize(path string) int64 {

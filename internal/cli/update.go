@@ -244,8 +244,7 @@ func stopDaemonForUpdate(ctx context.Context, c *api.Client, timeout time.Durati
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", st.PID))
-		if err != nil || processState(string(stat)) == "Z" {
+		if processExited(st.PID) {
 			return nil
 		}
 		if time.Now().After(deadline) {

@@ -388,24 +388,33 @@ func (o Options) rollback(ctx context.Context, t *stageTimer, in Install, j Jour
 
 // checkStagedVersion runs the staged banger: it must execute here and report want.
 func checkStagedVersion(ctx context.Context, bin, want string) error {
+	got, err := BinaryVersion(ctx, bin)
+	if err != nil {
+		return fmt.Errorf("the new banger %v: not installed", err)
+	}
+	if got != want {
+		return fmt.Errorf("the new banger reports version %s, the signed manifest says %s: not installed", got, want)
+	}
+	return nil
+}
+
+// BinaryVersion runs `bin version --json` and returns the version it reports. It never
+// talks to a running daemon: the binary is given a runtime dir without a socket, so only
+// the binary itself is looked at (the staged update, a release being made).
+func BinaryVersion(ctx context.Context, bin string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	// A runtime dir without a socket keeps it from talking to the running (old) daemon:
-	// only the binary itself is under test.
 	out, stderr, err := system.RunBinary(ctx, bin, []string{"version", "--json"}, []string{"XDG_RUNTIME_DIR=/nonexistent-banger-update"})
 	if err != nil {
-		return fmt.Errorf("the new banger does not run here (%v: %s): not installed", err, strings.TrimSpace(string(stderr)))
+		return "", fmt.Errorf("does not run here (%v: %s)", err, strings.TrimSpace(string(stderr)))
 	}
 	var v struct {
 		Version string `json:"version"`
 	}
-	if err := json.Unmarshal(out, &v); err != nil {
-		return fmt.Errorf("the new banger's `version --json` printed %q: not installed", out)
+	if err := json.Unmarshal(out, &v); err != nil || v.Version == "" {
+		return "", fmt.Errorf("printed %q for `version --json`, not a version", out)
 	}
-	if v.Version != want {
-		return fmt.Errorf("the new banger reports version %s, the signed manifest says %s: not installed", v.Version, want)
-	}
-	return nil
+	return v.Version, nil
 }
 
 // RunDoctor runs `bin doctor --json` and returns its checks. Doctor exits 1 when a check

@@ -3,15 +3,12 @@
 package updatetest
 
 import (
-	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -27,6 +24,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/release"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/update"
 )
@@ -94,9 +92,9 @@ func BuildRelease(dir, version, hooks string, keys ...ed25519.PublicKey) (Build,
 	return Build{Dir: dir, Version: version}, nil
 }
 
-// Tarball returns the release artifact of b: a gzip tar of the three binaries. It is
-// written once per build directory (as b.Dir + ".tar.gz"): compressing ~40 MB under the
-// race detector takes seconds.
+// Tarball returns the release artifact of b, packed by update.WriteArtifact as
+// banger-release does. It is written once per build directory (as b.Dir + ".tar.gz"):
+// compressing ~40 MB under the race detector takes seconds.
 func Tarball(t testing.TB, b Build) []byte {
 	t.Helper()
 	cached := filepath.Clean(b.Dir) + ".tar.gz"
@@ -104,24 +102,7 @@ func Tarball(t testing.TB, b Build) []byte {
 		return data
 	}
 	var buf bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(zw)
-	for _, name := range update.Binaries() {
-		data, err := os.ReadFile(b.Path(name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
+	if err := update.WriteArtifact(&buf, b.Dir, gzip.BestSpeed); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(cached, buf.Bytes(), 0o644); err != nil {
@@ -132,16 +113,18 @@ func Tarball(t testing.TB, b Build) []byte {
 
 // ManifestFor describes tarball as version's artifact for this platform at url.
 func ManifestFor(version, url string, tarball []byte) update.Manifest {
-	sum := sha256.Sum256(tarball)
-	return update.Manifest{Schema: update.ManifestSchema, Product: "banger", Version: version, Released: time.Now().UTC().Truncate(time.Second),
-		Artifacts: map[string]update.Artifact{update.Platform(): {URL: url, Size: int64(len(tarball)), SHA256: hex.EncodeToString(sum[:])}}}
+	a, _ := release.DescribeArtifact(bytes.NewReader(tarball), url) // a bytes.Reader does not fail
+	return release.NewManifest(version, time.Now(), map[string]update.Artifact{update.Platform(): a})
 }
 
-// Channel is a release channel served over real HTTP.
+// Channel is a release channel directory, laid out by internal/release, served over real
+// HTTP.
 type Channel struct {
-	srv   *httptest.Server
-	mu    sync.Mutex
-	files map[string][]byte
+	t    testing.TB
+	srv  *httptest.Server
+	dir  string
+	root *os.Root
+	mu   sync.Mutex
 	// cut maps a path to how many bytes of it to send before dropping the connection
 	// (with the full Content-Length announced): a truncated download.
 	cut map[string]int
@@ -149,22 +132,33 @@ type Channel struct {
 
 // NewChannel starts a channel; it is closed when the test ends.
 func NewChannel(t testing.TB) *Channel {
-	c := &Channel{files: map[string][]byte{}, cut: map[string]int{}}
+	dir := t.TempDir()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Channel{t: t, dir: dir, root: root, cut: map[string]int{}}
 	c.srv = httptest.NewServer(http.HandlerFunc(c.serve))
-	t.Cleanup(c.srv.Close)
+	t.Cleanup(func() {
+		c.srv.Close()
+		root.Close()
+	})
 	return c
 }
 
 // URL is the channel URL for update.channel_url.
 func (c *Channel) URL() string { return c.srv.URL + "/stable/" }
 
+// Dir is the channel directory served at URL.
+func (c *Channel) Dir() string { return c.dir }
+
 func (c *Channel) serve(w http.ResponseWriter, r *http.Request) {
 	p := strings.TrimPrefix(r.URL.Path, "/stable/")
 	c.mu.Lock()
-	data, ok := c.files[p]
 	cut, isCut := c.cut[p]
 	c.mu.Unlock()
-	if !ok {
+	data, err := c.root.ReadFile(p)
+	if err != nil {
 		http.NotFound(w, r)
 		return
 	}
@@ -182,11 +176,17 @@ func (c *Channel) serve(w http.ResponseWriter, r *http.Request) {
 	w.Write(data)
 }
 
-// Put serves data at path (relative to the channel URL).
+// Put serves data at path (relative to the channel URL), replacing what was there.
 func (c *Channel) Put(path string, data []byte) {
+	c.t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.files[path] = data
+	if err := c.root.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.root.WriteFile(path, data, 0o644); err != nil {
+		c.t.Fatal(err)
+	}
 	delete(c.cut, path)
 }
 
@@ -197,22 +197,20 @@ func (c *Channel) Cut(path string, n int) {
 	c.cut[path] = n
 }
 
-// ArtifactName is the file name of version's artifact.
-func ArtifactName(version string) string {
-	return "banger-" + version + "-" + update.Platform() + ".tar.gz"
-}
+// ArtifactName is the file name of version's artifact for this platform.
+func ArtifactName(version string) string { return update.ArtifactName(version, update.Platform()) }
 
-// Publish serves tarball as release version: the artifact, <version>/manifest.json and
-// latest.json, each manifest signed by signers. It returns the manifest.
+// Publish publishes tarball as release version with release.Publish, as banger-release
+// make does: the artifact, <version>/manifest.json and, unless the channel has a newer
+// release, latest.json, each signed by signers. It returns the version's manifest.
 func (c *Channel) Publish(t testing.TB, version string, tarball []byte, signers ...ed25519.PrivateKey) update.Manifest {
 	t.Helper()
 	c.Put(version+"/"+ArtifactName(version), tarball)
-	m := ManifestFor(version, ArtifactName(version), tarball)
-	c.Put(version+"/manifest.json", Sign(t, m, signers...))
-	latest := m
-	latest.Artifacts = map[string]update.Artifact{update.Platform(): {URL: version + "/" + ArtifactName(version), Size: m.Artifacts[update.Platform()].Size, SHA256: m.Artifacts[update.Platform()].SHA256}}
-	c.Put("latest.json", Sign(t, latest, signers...))
-	return m
+	res, err := release.Publish(release.PublishOptions{ChannelDir: c.dir, Version: version, Keys: signers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Manifest
 }
 
 // Sign signs m or fails the test.
