@@ -22,8 +22,10 @@ type VMCreateRequest struct {
 	CPUs     int    `json:"cpus,omitempty"`
 	Memory   string `json:"memory,omitempty"`
 	DiskSize string `json:"disk_size,omitempty"`
-	// Start boots the VM and waits for its agent.
-	Start bool `json:"start,omitempty"`
+	// Start boots the VM and waits for its agent (and its sshd, unless SkipSSHWait: for a
+	// caller that only uses the agent, like vm run -- CMD).
+	Start       bool `json:"start,omitempty"`
+	SkipSSHWait bool `json:"skip_ssh_wait,omitempty"`
 }
 
 // VMRequest names a VM (start, health, ...).
@@ -68,6 +70,9 @@ type VMNetwork struct {
 type VMSSH struct {
 	// Ready is true once sshd answered in the last start.
 	Ready bool `json:"ready"`
+	// Available is true when the VM has banger's SSH keys and its image an sshd (it may
+	// not have been waited for).
+	Available bool `json:"available"`
 	// HostKeyAlias is the name the VM's host key is pinned under in banger's known_hosts
 	// (ssh -o HostKeyAlias=...).
 	HostKeyAlias string `json:"host_key_alias,omitempty"`

@@ -235,6 +235,12 @@ func (a *app) vmInspectCommand() *cobra.Command {
 			} else {
 				fmt.Fprintf(w, "network:   %s\n", orDash(vm.Network.Note))
 			}
+			switch {
+			case vm.SSH.Ready:
+				fmt.Fprintf(w, "ssh:       ready (`banger vm ssh %s`; host key pinned as %s)\n", vm.Name, vm.SSH.HostKeyAlias)
+			case vm.SSH.Note != "":
+				fmt.Fprintf(w, "ssh:       %s\n", vm.SSH.Note)
+			}
 			if vm.PID > 0 {
 				fmt.Fprintf(w, "pid:       %d\n", vm.PID)
 			}
@@ -354,6 +360,8 @@ and remove the VM (unless --keep).
 				f.req.Name = args[0]
 			}
 			f.req.Start = true
+			// A command runs through the agent: no need to wait for sshd.
+			f.req.SkipSSHWait = len(argv) > 0
 			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			c, err := a.ensureDaemon(ctx, false)
@@ -373,6 +381,8 @@ and remove the VM (unless --keep).
 				defer func() {
 					rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 					defer cancel()
+					// Its disks are deleted next: no need for a clean shutdown first.
+					_, _ = c.StopVM(rctx, api.VMStopRequest{Name: vm.ID, Force: true})
 					if rerr := c.RemoveVM(rctx, api.VMRemoveRequest{Name: vm.ID, Force: true}); rerr != nil {
 						fmt.Fprintf(a.env.Stderr, "banger: could not remove VM %s: %v\n", vm.Name, rerr)
 					}

@@ -143,13 +143,15 @@ func (a *app) sshTarget(c *api.Client, vm api.VM) (sshhandoff.Target, error) {
 	if vm.State != "running" {
 		return sshhandoff.Target{}, fmt.Errorf("VM %s is %s: start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
-	if !vm.SSH.Ready {
+	if !vm.SSH.Available {
 		note := vm.SSH.Note
 		if note == "" {
-			note = "its sshd has not answered"
+			note = "it has no banger-managed SSH"
 		}
 		return sshhandoff.Target{}, fmt.Errorf("no SSH in VM %s: %s", vm.Name, note)
 	}
+	// Available but not Ready (not waited for, or sshd did not answer at start): try; ssh
+	// says what it finds.
 	keys := sshkeys.New(a.layout.SSHDir).WithUserKey(a.cfg.Runtime.SSHKeyPath)
 	proxy := []string{a.env.Executable}
 	if a.configFlag != "" {

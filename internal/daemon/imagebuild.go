@@ -277,7 +277,7 @@ func (d *Daemon) startBuilder(ctx context.Context, plan buildPlan, rootfs string
 		if pr.Message != "" {
 			report("booting the builder VM "+p.name, pr.Stage+" "+pr.Message)
 		}
-	})
+	}, startOptions{})
 	if err != nil {
 		return row, err
 	}

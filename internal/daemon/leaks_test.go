@@ -236,8 +236,16 @@ func TestLeakCheckFindsAndFixesLeaks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fixed.FixErrors) != 0 || len(fixed.Fixed) != len(res.Leaks)-1 {
-		t.Errorf("fix: %d fixed of %d, errors %q", len(fixed.Fixed), len(res.Leaks), fixed.FixErrors)
+	// What --fix did: no errors, nothing fixed that the scan had not reported, and (checked
+	// below) everything but the fresh staging gone. The exact count is not compared: a leak
+	// can vanish by itself between the scans (a process exiting under load).
+	if len(fixed.FixErrors) != 0 {
+		t.Errorf("fix errors: %q", fixed.FixErrors)
+	}
+	for _, f := range fixed.Fixed {
+		if !slices.ContainsFunc(res.Leaks, func(l api.Leak) bool { return l.Kind == f.Kind && l.What == f.What }) {
+			t.Errorf("--fix removed %s %s, which the scan had not reported", f.Kind, f.What)
+		}
 	}
 	if len(fixed.Leaks) != 1 || fixed.Leaks[0].What != tmpStaging || fixed.Leaks[0].Fixable {
 		t.Errorf("leaks after --fix: %+v, want only the fresh %s, not fixable", fixed.Leaks, tmpStaging)

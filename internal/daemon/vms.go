@@ -109,6 +109,7 @@ type vmSpec struct {
 	// SSHHostKey is the VM's public host key, pinned in banger's known_hosts.
 	SSHHostKey string `json:"ssh_host_key,omitempty"`
 	SSHReady   bool   `json:"ssh_ready,omitempty"`
+	SSHAbsent  bool   `json:"ssh_absent,omitempty"` // no sshd or no banger key: vm ssh cannot work
 	SSHNote    string `json:"ssh_note,omitempty"`
 	// Builder marks an image build's temporary VM: it boots Rootfs (the image being built)
 	// read-write, without a layer or work disk, and is removed with the build.
@@ -450,7 +451,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 		return api.VM{}, err
 	}
 	if req.Start {
-		row, err = d.startLocked(ctx, row, rec, progress)
+		row, err = d.startLocked(ctx, row, rec, progress, startOptions{skipSSHWait: req.SkipSSHWait})
 		if err != nil {
 			return api.VM{}, err
 		}
@@ -534,7 +535,7 @@ func (d *Daemon) startVM(ctx context.Context, name string, progress progressFunc
 		return api.VM{}, api.Errorf(api.CodeConflict, "stop it first, or use it", "VM %q is already running", vm.Name)
 	}
 	rec := lifecycle.New("vm.start", vm.ID, d.log, d.store)
-	vm, err = d.startLocked(ctx, vm, rec, progress)
+	vm, err = d.startLocked(ctx, vm, rec, progress, startOptions{})
 	if err != nil {
 		return api.VM{}, err
 	}
@@ -557,7 +558,7 @@ func (d *Daemon) restartVM(ctx context.Context, req api.VMStopRequest, progress 
 	}
 	progress(api.Progress{Stage: "stopping", Message: fmt.Sprintf("%.1f ms", lifecycle.Millis(time.Since(start)))})
 	rec := lifecycle.New("vm.restart", vm.ID, d.log, d.store)
-	if vm, err = d.startLocked(ctx, vm, rec, progress); err != nil {
+	if vm, err = d.startLocked(ctx, vm, rec, progress, startOptions{}); err != nil {
 		return api.VM{}, err
 	}
 	return d.vmToAPI(ctx, vm), nil
@@ -585,7 +586,14 @@ func (d *Daemon) guestBinaries() (initBin, agentBin string, err error) {
 // startLocked boots vm (its lock held) in stages. On failure the VMM is gone, the TAP given
 // back and the VM is stopped again; the error names the stage, the last console lines and
 // a hint.
-func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Recorder, progress progressFunc) (_ store.VM, err error) {
+// startOptions tune a start.
+type startOptions struct {
+	// skipSSHWait leaves out the sshd stage: the caller uses the agent (vm run -- CMD) and
+	// should not wait for a service it does not need.
+	skipSSHWait bool
+}
+
+func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Recorder, progress progressFunc, opts startOptions) (_ store.VM, err error) {
 	spec := parseSpec(vm)
 	k, err := d.images.Kernel(spec.Kernel)
 	if err != nil {
@@ -735,12 +743,14 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, rec *lifecycle.Re
 	}); err != nil {
 		return vm, err
 	}
-	spec.SSHReady, spec.SSHNote = false, ""
+	spec.SSHReady, spec.SSHNote, spec.SSHAbsent = false, "", false
 	switch _, serr := m.Agent().Stat(ctx, sshdPath); {
 	case spec.SSHHostKey == "":
-		spec.SSHNote = "created before banger managed SSH keys: recreate the VM to use `vm ssh`"
+		spec.SSHNote, spec.SSHAbsent = "created before banger managed SSH keys: recreate the VM to use `vm ssh`", true
 	case agent.IsNotFound(serr):
-		spec.SSHNote = "the image has no sshd (" + sshdPath + "): use `banger vm exec`"
+		spec.SSHNote, spec.SSHAbsent = "the image has no sshd ("+sshdPath+"): use `banger vm exec`", true
+	case opts.skipSSHWait && !spec.Builder:
+		spec.SSHNote = "sshd was not waited for (the VM was started to run a command through the agent)"
 	default:
 		err := runStage(ctx, rec, progress, stageSSH, func(ctx context.Context) error { return waitSSH(ctx, m.Agent()) })
 		switch {
@@ -1095,7 +1105,8 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 		CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, Disks: []api.VMDisk{},
 		Network: api.VMNetwork{TAP: spec.Network.TAP, IP: spec.Network.IP, Gateway: spec.Network.Gateway, MAC: spec.Network.MAC,
 			DNS: spec.Network.DNS, Note: spec.Network.Note},
-		SSH: api.VMSSH{Ready: spec.SSHReady && vm.State == store.VMRunning, HostKey: strings.TrimSpace(spec.SSHHostKey), Note: spec.SSHNote}}
+		SSH: api.VMSSH{Ready: spec.SSHReady && vm.State == store.VMRunning, Available: !spec.SSHAbsent && spec.SSHHostKey != "",
+			HostKey: strings.TrimSpace(spec.SSHHostKey), Note: spec.SSHNote}}
 	if spec.SSHHostKey != "" {
 		out.SSH.HostKeyAlias = sshkeys.HostAlias(vm.ID)
 	}

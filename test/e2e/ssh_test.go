@@ -100,6 +100,25 @@ func TestVMSSH(t *testing.T) {
 		t.Fatalf("rm left the host key pinned: %q", pins)
 	}
 
+	// vm run with a command does not wait for sshd (it uses the agent); kept, the VM is
+	// still reachable over SSH once sshd is up.
+	r = e.must("vm", "run", "kept", "--keep", "--image", "deb", "--memory", "768M", "--", "true")
+	if strings.Contains(r.stderr, "waiting for sshd") {
+		t.Fatalf("vm run -- CMD waited for sshd: %q", r.stderr)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r := e.run("vm", "ssh", "kept", "--", "echo", "reachable")
+		if r.code == 0 && r.stdout == "reachable\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("vm ssh into a VM started by vm run --keep: exit %d %q %q", r.code, r.stdout, r.stderr)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	e.must("vm", "rm", "--force", "kept")
+
 	// An image without sshd: vm ssh says why and what to use instead.
 	e.must("vm", "create", "nossh", "--image", "bb", "--memory", "256M", "--start")
 	if r := e.run("vm", "ssh", "nossh", "--", "true"); r.code == 0 || !strings.Contains(r.stderr, "no sshd") {
