@@ -150,6 +150,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	undo = append(undo, d.closeVMs)
+	if err := d.startup.Run(ctx, "clean leftovers", func(ctx context.Context) error {
+		d.cleanLeftovers(ctx)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
 	d.startNetwork(ctx)
 	d.srv = &http.Server{
 		Handler:           d.routes(),

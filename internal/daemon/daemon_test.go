@@ -60,7 +60,7 @@ func TestStartServeStop(t *testing.T) {
 	for _, s := range st.Startup {
 		names = append(names, s.Name)
 	}
-	if got := strings.Join(names, ","); got != "prepare directories,acquire lock,open store,listen,reconcile vms" {
+	if got := strings.Join(names, ","); got != "prepare directories,acquire lock,open store,listen,reconcile vms,clean leftovers" {
 		t.Fatalf("startup stages = %s", got)
 	}
 
@@ -69,7 +69,7 @@ func TestStartServeStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(events) != 5 || events[2].Stage != "open store" || events[2].DurationMS <= 0 {
+	if len(events) != 6 || events[2].Stage != "open store" || events[2].DurationMS <= 0 {
 		t.Fatalf("events = %+v", events)
 	}
 

@@ -349,6 +349,11 @@ func (d *Daemon) findTAPLeaks(ctx context.Context, refs leakRefs, res *api.Leaks
 // fixLeaks removes what can be removed safely, then scans again. Processes go first (they
 // hold sockets); pool TAPs are left to the daemon's reconcile.
 func (d *Daemon) fixLeaks(ctx context.Context, sc leakScope) (api.LeaksResponse, error) {
+	return d.fixLeaksOf(ctx, sc, api.LeakKinds())
+}
+
+// fixLeaksOf removes the fixable leaks of the given kinds, then scans again.
+func (d *Daemon) fixLeaksOf(ctx context.Context, sc leakScope, kinds []api.LeakKind) (api.LeaksResponse, error) {
 	found, err := d.findLeaks(ctx, sc)
 	if err != nil {
 		return found, err
@@ -362,7 +367,7 @@ func (d *Daemon) fixLeaks(ctx context.Context, sc leakScope) (api.LeaksResponse,
 	leaks := slices.Clone(found.Leaks)
 	slices.SortStableFunc(leaks, func(a, b api.Leak) int { return order[a.Kind] - order[b.Kind] })
 	for _, l := range leaks {
-		if !l.Fixable {
+		if !l.Fixable || !slices.Contains(kinds, l.Kind) {
 			continue
 		}
 		var err error
@@ -573,4 +578,22 @@ func shellQuote(p string) string {
 		return p
 	}
 	return "'" + strings.ReplaceAll(p, "'", `'\''`) + "'"
+}
+
+// cleanLeftovers runs at daemon start, after the VMs are reconciled: what banger made that
+// no VM references any more (stray VMM processes, sockets, VM directories, leases,
+// staging old enough to be dead) goes. TAPs are left to the network reconcile, which
+// talks to the helper.
+func (d *Daemon) cleanLeftovers(ctx context.Context) {
+	res, err := d.fixLeaksOf(ctx, d.leakScope(), []api.LeakKind{api.LeakProcess, api.LeakSocket, api.LeakDir, api.LeakLease, api.LeakStaging})
+	if err != nil {
+		d.log.Warn("could not clean leftovers", "err", err)
+		return
+	}
+	for _, e := range res.FixErrors {
+		d.log.Warn("could not remove a leftover", "err", e)
+	}
+	if len(res.Fixed) > 0 {
+		d.log.Info("cleaned leftovers nothing referenced", "count", len(res.Fixed))
+	}
 }

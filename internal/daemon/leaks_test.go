@@ -358,3 +358,37 @@ func TestLeakCheckFindsTAPsBeyondThePool(t *testing.T) {
 		}
 	}
 }
+
+// A daemon that starts cleans what nothing references, and keeps what a VM does.
+func TestStartCleansLeftovers(t *testing.T) {
+	ctx := context.Background()
+	l := testLayout(t)
+	d := startDaemon(t, l)
+	if err := d.store.PutImage(ctx, store.Image{ID: "img1", Name: "img", RootfsPath: "/nonexistent"}); err != nil {
+		t.Fatal(err)
+	}
+	kept := vmSpec{Dir: filepath.Join(l.VMsDir, "keep00000001"), RunDir: filepath.Join(l.RuntimeDir, "v", "keep00000001")}
+	if err := d.store.PutVM(ctx, store.VM{ID: "keep00000001", Name: "kept", ImageID: "img1", State: store.VMStopped, Spec: kept.raw()}); err != nil {
+		t.Fatal(err)
+	}
+	strayDir := filepath.Join(l.VMsDir, "deadbeef0002")
+	strayRun := filepath.Join(l.RuntimeDir, "v", "deadbeef0002")
+	mkdirs(t, kept.Dir, strayDir, strayRun)
+	leaveSocket(t, filepath.Join(strayRun, "qmp.sock"))
+	proc := startStrayVMM(t, strayRun)
+	if err := d.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, l)
+	for _, p := range []string{strayDir, strayRun} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s survived the daemon's start: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(kept.Dir); err != nil {
+		t.Errorf("the directory of a VM was removed: %v", err)
+	}
+	if err := proc.Wait(); err == nil {
+		t.Error("the stray VMM exited 0; want it killed at start")
+	}
+}
