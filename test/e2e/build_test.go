@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -113,4 +114,58 @@ func TestImageBuild(t *testing.T) {
 		t.Fatalf("leaks after the failed build:\n%s%s", r.stdout, r.stderr)
 	}
 	waitNoVMM(t, e.dir)
+}
+
+// TestDaemonKilledMidBuild: kill -9 the daemon while its builder VM runs; the next daemon
+// removes the builder VM (row, VMM, lease) and the half-built image, and nothing leaks.
+func TestDaemonKilledMidBuild(t *testing.T) {
+	e := setup(t)
+	e.importSSHImage()
+	script := filepath.Join(e.dir, "slow.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho building\nsleep 600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if e.cred != nil {
+		_ = os.Lchown(script, int(e.cred.Uid), int(e.cred.Gid))
+	}
+	build := e.command("image", "build", "half", "--from", "deb", "--run", script)
+	if err := build.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = build.Process.Kill(); _ = build.Wait() }()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		vms := e.vms()
+		if len(vms) == 1 && vms[0].State == "running" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the builder VM never ran: %+v", vms)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var st struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(e.must("daemon", "status", "--json").stdout), &st); err != nil || st.PID == 0 {
+		t.Fatalf("daemon status: %v", err)
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = build.Wait()
+	e.daemon("start")
+	if vms := e.vms(); len(vms) != 0 {
+		t.Fatalf("the builder VM survived the restart: %+v", vms)
+	}
+	waitNoVMM(t, e.dir)
+	if out := e.must("image", "ls").stdout; strings.Contains(out, "half") {
+		t.Fatalf("a half-built image was registered:\n%s", out)
+	}
+	if ents, _ := filepath.Glob(filepath.Join(e.dir, "data/banger/images/.staging-*")); len(ents) != 0 {
+		t.Fatalf("staging left: %v", ents)
+	}
+	if r := e.run("doctor", "--leaks"); r.code != 0 {
+		t.Fatalf("leaks after the interrupted build:\n%s%s", r.stdout, r.stderr)
+	}
 }
