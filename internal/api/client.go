@@ -164,6 +164,14 @@ func (c *Client) connError(err error) error {
 			Hint:    "start it with `banger daemon start` (or `systemctl --user start banger`)",
 		}
 	}
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		// Accepted by a daemon that was dying (killed, or stopping) and never answered.
+		return &Error{
+			Code:    CodeDaemonNotRunning,
+			Message: fmt.Sprintf("the banger daemon on %s closed the connection without answering: it was stopping or was killed", c.socket),
+			Hint:    "start it again with `banger daemon start` (see its log for why it stopped)",
+		}
+	}
 	if errors.Is(err, syscall.EACCES) {
 		return &Error{
 			Code:    CodeDaemonNotRunning,

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -144,15 +143,7 @@ func TestDaemonKilledMidBuild(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	var st struct {
-		PID int `json:"pid"`
-	}
-	if err := json.Unmarshal([]byte(e.must("daemon", "status", "--json").stdout), &st); err != nil || st.PID == 0 {
-		t.Fatalf("daemon status: %v", err)
-	}
-	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	e.killDaemon()
 	_ = build.Wait()
 	e.daemon("start")
 	if vms := e.vms(); len(vms) != 0 {

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,7 +156,6 @@ func TestDaemonKilledMidCreate(t *testing.T) {
 	}
 	// Wait until the VMM runs and the daemon waits for the agent.
 	deadline := time.Now().Add(60 * time.Second)
-	var pid int
 	for {
 		var vms []struct {
 			Name  string `json:"name"`
@@ -171,16 +171,7 @@ func TestDaemonKilledMidCreate(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	var st struct {
-		PID int `json:"pid"`
-	}
-	if err := json.Unmarshal([]byte(e.must("daemon", "status", "--json").stdout), &st); err != nil || st.PID == 0 {
-		t.Fatalf("daemon status: %v", err)
-	}
-	pid = st.PID
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	e.killDaemon()
 	_ = create.Wait() // the CLI loses its daemon and fails
 	e.daemon("start")
 	vm := e.inspect("victim")
@@ -195,6 +186,31 @@ func TestDaemonKilledMidCreate(t *testing.T) {
 	}
 	e.must("vm", "rm", "--force", "victim")
 	waitNoVMM(t, e.dir)
+}
+
+// killDaemon kill -9s the daemon and waits until it is gone (its socket and lock with it).
+func (e *env) killDaemon() {
+	e.t.Helper()
+	var st struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(e.must("daemon", "status", "--json").stdout), &st); err != nil || st.PID == 0 {
+		e.t.Fatalf("daemon status: %v", err)
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		e.t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", st.PID))
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("daemon pid %d still alive 10s after SIGKILL", st.PID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // vmmRunning reports whether a qemu of this test's installation runs.
