@@ -44,44 +44,27 @@ fi
 fetch linux-image-cloud-amd64 kernel
 fetch busybox-static busybox
 
-# A minimal Debian root with systemd, to test the hand-over to systemd (about 15 s, 200 MB).
-if [ ! -s "$assets/debian-systemd.tar" ]; then
+# debian_fixture NAME PACKAGES DESCRIPTION: a minimal Debian bookworm root with PACKAGES
+# (comma-separated) as $assets/NAME.tar, built by mmdebstrap unless it is there already.
+debian_fixture() {
+	local name=$1 include=$2 what=$3 mirror
+	[ -s "$assets/$name.tar" ] && return
 	command -v mmdebstrap >/dev/null || { apt-get install -y -qq --no-install-recommends mmdebstrap debian-archive-keyring >/dev/null; }
-	log "building a minimal Debian bookworm root with systemd into $assets/debian-systemd.tar"
+	log "building a minimal Debian bookworm root $what into $assets/$name.tar"
 	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
-	mmdebstrap --quiet --format=tar --variant=apt --include=systemd-sysv --mode=root bookworm \
-		"$assets/debian-systemd.tar.tmp" ${mirror:-http://deb.debian.org/debian}
-	mv "$assets/debian-systemd.tar.tmp" "$assets/debian-systemd.tar"
-fi
-# The same with OpenSSH's server, for the end-to-end `vm ssh` tests (about 20 s, 220 MB).
-if [ ! -s "$assets/debian-ssh.tar" ]; then
-	command -v mmdebstrap >/dev/null || { apt-get install -y -qq --no-install-recommends mmdebstrap debian-archive-keyring >/dev/null; }
-	log "building a minimal Debian bookworm root with systemd and sshd into $assets/debian-ssh.tar"
-	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
-	mmdebstrap --quiet --format=tar --variant=apt --include=systemd-sysv,openssh-server --mode=root bookworm \
-		"$assets/debian-ssh.tar.tmp" ${mirror:-http://deb.debian.org/debian}
-	mv "$assets/debian-ssh.tar.tmp" "$assets/debian-ssh.tar"
-fi
-# A Debian root whose init is runit (runit-init) with sshd, to test banger-init's hand-over to
-# runit the way the experimental Void image boots (about 20 s, 150 MB).
-if [ ! -s "$assets/debian-runit.tar" ]; then
-	command -v mmdebstrap >/dev/null || { apt-get install -y -qq --no-install-recommends mmdebstrap debian-archive-keyring >/dev/null; }
-	log "building a minimal Debian bookworm root with runit as init and sshd into $assets/debian-runit.tar"
-	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
-	mmdebstrap --quiet --format=tar --variant=apt --include=runit-init,openssh-server --mode=root bookworm \
-		"$assets/debian-runit.tar.tmp" ${mirror:-http://deb.debian.org/debian}
-	mv "$assets/debian-runit.tar.tmp" "$assets/debian-runit.tar"
-fi
-# A Debian systemd root with kmod (modprobe, lsmod), to test the per-kernel modules disk
-# (about 15 s, 200 MB).
-if [ ! -s "$assets/debian-kmod.tar" ]; then
-	command -v mmdebstrap >/dev/null || { apt-get install -y -qq --no-install-recommends mmdebstrap debian-archive-keyring >/dev/null; }
-	log "building a minimal Debian bookworm root with systemd and kmod into $assets/debian-kmod.tar"
-	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
-	mmdebstrap --quiet --format=tar --variant=apt --include=systemd-sysv,kmod --mode=root bookworm \
-		"$assets/debian-kmod.tar.tmp" ${mirror:-http://deb.debian.org/debian}
-	mv "$assets/debian-kmod.tar.tmp" "$assets/debian-kmod.tar"
-fi
+	mmdebstrap --quiet --format=tar --variant=apt --include="$include" --mode=root bookworm \
+		"$assets/$name.tar.tmp" "${mirror:-http://deb.debian.org/debian}"
+	mv "$assets/$name.tar.tmp" "$assets/$name.tar"
+}
+
+# The hand-over to systemd (about 15 s, 200 MB).
+debian_fixture debian-systemd systemd-sysv "with systemd"
+# The end-to-end `vm ssh` and `image build` tests (about 20 s, 220 MB).
+debian_fixture debian-ssh systemd-sysv,openssh-server "with systemd and sshd"
+# banger-init's hand-over to runit, the way the experimental Void image boots (about 20 s).
+debian_fixture debian-runit runit-init,openssh-server "with runit as init and sshd"
+# The per-kernel modules disk: modprobe and lsmod in the guest (about 15 s, 200 MB).
+debian_fixture debian-kmod systemd-sysv,kmod "with systemd and kmod"
 # Readable by the unprivileged test user too.
 chmod -R a+rX "$assets"
 log "test assets ready in $assets"

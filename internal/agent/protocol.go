@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -38,6 +39,22 @@ const (
 
 // ForwardUpgradeProtocol is the Upgrade header value of a forwarded TCP connection.
 const ForwardUpgradeProtocol = "banger-forward.v1"
+
+// IsUpgrade reports whether r asks to switch its connection to protocol (Connection:
+// Upgrade and Upgrade: protocol), as exec and forward requests do.
+func IsUpgrade(r *http.Request, protocol string) bool {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), protocol) {
+		return false
+	}
+	for _, v := range r.Header.Values("Connection") {
+		for _, tok := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // Health is the body of GET /v1/healthz.
 type Health struct {

@@ -111,19 +111,36 @@ func (a *app) vmStartCommand() *cobra.Command {
 	return cmd
 }
 
+// stopFlags are the shutdown flags of vm stop and vm restart.
+type stopFlags struct {
+	timeout time.Duration
+	force   bool
+}
+
+func (f *stopFlags) add(cmd *cobra.Command, forceHelp string) {
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 30*time.Second, "how long the guest may take to power off before it is killed")
+	cmd.Flags().BoolVar(&f.force, "force", false, forceHelp)
+}
+
+func (f *stopFlags) request(name string) (api.VMStopRequest, error) {
+	if f.timeout < 0 {
+		return api.VMStopRequest{}, fmt.Errorf("--timeout %s: must not be negative", f.timeout)
+	}
+	return api.VMStopRequest{Name: name, TimeoutSeconds: f.timeout.Seconds(), Force: f.force}, nil
+}
+
 func (a *app) vmStopCommand() *cobra.Command {
-	var req api.VMStopRequest
-	var timeout time.Duration
+	var f stopFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "stop NAME",
 		Short: "Shut a VM down (agent power off, then ACPI, then kill after --timeout)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if timeout < 0 {
-				return fmt.Errorf("--timeout %s: must not be negative", timeout)
+			req, err := f.request(args[0])
+			if err != nil {
+				return err
 			}
-			req.Name, req.TimeoutSeconds = args[0], timeout.Seconds()
 			c, err := a.ensureDaemon(cmd.Context(), false)
 			if err != nil {
 				return err
@@ -135,8 +152,7 @@ func (a *app) vmStopCommand() *cobra.Command {
 			return a.printVM(vm, asJSON, "stopped")
 		},
 	}
-	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long the guest may take to power off before it is killed")
-	cmd.Flags().BoolVar(&req.Force, "force", false, "kill the VMM at once")
+	f.add(cmd, "kill the VMM at once")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
 }

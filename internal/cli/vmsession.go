@@ -220,18 +220,17 @@ func (a *app) vmSSHProxyCommand() *cobra.Command {
 }
 
 func (a *app) vmRestartCommand() *cobra.Command {
-	var req api.VMStopRequest
-	var timeout time.Duration
+	var f stopFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "restart NAME",
 		Short: "Stop a VM (if running) and boot it again; disks and addresses are kept",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if timeout < 0 {
-				return fmt.Errorf("--timeout %s: must not be negative", timeout)
+			req, err := f.request(args[0])
+			if err != nil {
+				return err
 			}
-			req.Name, req.TimeoutSeconds = args[0], timeout.Seconds()
 			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			c, err := a.ensureDaemon(ctx, false)
@@ -245,8 +244,7 @@ func (a *app) vmRestartCommand() *cobra.Command {
 			return a.printVM(vm, asJSON, "restarted")
 		},
 	}
-	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long the guest may take to power off before it is killed")
-	cmd.Flags().BoolVar(&req.Force, "force", false, "kill the VMM at once instead of shutting down")
+	f.add(cmd, "kill the VMM at once instead of shutting down")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
 }

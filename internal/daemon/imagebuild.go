@@ -28,10 +28,10 @@ import (
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/lifecycle"
+	"github.com/banger-vm/banger/internal/shellquote"
 	"github.com/banger-vm/banger/internal/sshclient"
 	"github.com/banger-vm/banger/internal/sshkeys"
 	"github.com/banger-vm/banger/internal/store"
-	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/units"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -159,17 +159,7 @@ func (d *Daemon) prepareBuilderRootfs(ctx context.Context, rootfs string) (build
 			bf.authorized, bf.hadAuthorize = data, true
 		}
 	}
-	keys := append(append([]byte{}, bf.authorized...), userKey...)
-	if len(bf.authorized) > 0 && !bytes.HasSuffix(bf.authorized, []byte("\n")) {
-		keys = append(append(append([]byte{}, bf.authorized...), '\n'), userKey...)
-	}
-	err = e.WriteExt4Files(ctx, rootfs, []system.Ext4Entry{
-		{Path: "/root/.ssh", Dir: true, Mode: 0o700},
-		{Path: "/root/.ssh/authorized_keys", Data: keys, Mode: 0o600},
-		{Path: "/etc/ssh/ssh_host_ed25519_key", Data: hostPriv, Mode: 0o600},
-		{Path: "/etc/ssh/ssh_host_ed25519_key.pub", Data: hostPub, Mode: 0o644},
-		{Path: "/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644},
-	})
+	err = e.WriteExt4Files(ctx, rootfs, append(authorizedKeysEntries("/root", bf.authorized, userKey), hostKeyEntries("", hostPriv, hostPub)...))
 	return bf, err
 }
 
@@ -358,7 +348,7 @@ func installScript(pkgs []string) string {
 	}
 	quoted := make([]string, len(pkgs))
 	for i, p := range pkgs {
-		quoted[i] = shQuote(p) // a local .deb's file name is the user's: never shell syntax
+		quoted[i] = shellquote.Quote(p) // a local .deb's file name is the user's: never shell syntax
 	}
 	list := strings.Join(quoted, " ")
 	return `set -e
@@ -401,7 +391,7 @@ func copyStep(c api.BuildCopy) buildStep {
 	if err == nil && st.IsDir() {
 		target := dst
 		return buildStep{name: "copy " + src + " to " + dst,
-			cmd: fmt.Sprintf("set -e; mkdir -p %[1]s; tar -x --no-same-permissions -C %[1]s", shQuote(target)),
+			cmd: fmt.Sprintf("set -e; mkdir -p %[1]s; tar -x --no-same-permissions -C %[1]s", shellquote.Quote(target)),
 			stdin: func() (io.Reader, error) {
 				pr, pw := io.Pipe()
 				go func() { pw.CloseWithError(tarDir(src, pw)) }()
@@ -417,7 +407,7 @@ func copyStep(c api.BuildCopy) buildStep {
 		mode = st.Mode().Perm()
 	}
 	return buildStep{name: "copy " + src + " to " + target,
-		cmd: fmt.Sprintf("set -e; mkdir -p %[1]s; cat > %[2]s; chmod %04[3]o %[2]s", shQuote(path.Dir(target)), shQuote(target), mode),
+		cmd: fmt.Sprintf("set -e; mkdir -p %[1]s; cat > %[2]s; chmod %04[3]o %[2]s", shellquote.Quote(path.Dir(target)), shellquote.Quote(target), mode),
 		stdin: func() (io.Reader, error) {
 			return os.Open(src)
 		}}
@@ -473,8 +463,6 @@ func tarDir(dir string, w io.Writer) error {
 	}
 	return tw.Close()
 }
-
-func shQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // outputLines splits a step's output into lines for progress, keeping the last ones for
 // the error of a failed step.

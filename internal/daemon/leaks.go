@@ -21,6 +21,7 @@ import (
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/helper"
 	"github.com/banger-vm/banger/internal/image"
+	"github.com/banger-vm/banger/internal/shellquote"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -182,7 +183,7 @@ func (d *Daemon) findLeaks(ctx context.Context, sc leakScope) (api.LeaksResponse
 		if o, ok := refs.stopped[dir]; ok {
 			who = "of " + o
 		}
-		add(api.Leak{Kind: api.LeakSocket, What: s, Fixable: true, Detail: "socket " + who, Fix: "rm " + shellQuote(s)})
+		add(api.Leak{Kind: api.LeakSocket, What: s, Fixable: true, Detail: "socket " + who, Fix: "rm " + shellquote.Quote(s)})
 	}
 
 	// VM dirs and run dirs no row references.
@@ -208,7 +209,7 @@ func (d *Daemon) findLeaks(ctx context.Context, sc leakScope) (api.LeaksResponse
 				what = "VM run directory"
 			}
 			add(api.Leak{Kind: api.LeakDir, What: p, Fixable: true,
-				Detail: what + " that no VM references (" + dirSummary(p) + ")", Fix: "rm -rf " + shellQuote(p)})
+				Detail: what + " that no VM references (" + dirSummary(p) + ")", Fix: "rm -rf " + shellquote.Quote(p)})
 		}
 	}
 
@@ -294,7 +295,7 @@ func (d *Daemon) stagingEntries(dir string, match func(string) bool, what string
 		age := time.Since(fi.ModTime())
 		res.Leaks = append(res.Leaks, api.Leak{Kind: api.LeakStaging, What: p, Fixable: alwaysFix || age > stagingFixAge,
 			Detail: fmt.Sprintf("%s, %s old", what, age.Round(time.Second)),
-			Fix:    "if no image pull, import or VM create is running: rm -rf " + shellQuote(p) + " (the daemon also removes image staging when it starts)"})
+			Fix:    "if no image pull, import or VM create is running: rm -rf " + shellquote.Quote(p) + " (the daemon also removes image staging when it starts)"})
 	}
 }
 
@@ -568,16 +569,6 @@ func dirSummary(p string) string {
 func ownedByUs(fi os.FileInfo) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	return ok && int(st.Uid) == os.Getuid()
-}
-
-// shellQuote quotes p for a copy-pasted shell command when it needs it.
-func shellQuote(p string) string {
-	if strings.IndexFunc(p, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+:@,=", r))
-	}) < 0 {
-		return p
-	}
-	return "'" + strings.ReplaceAll(p, "'", `'\''`) + "'"
 }
 
 // cleanLeftovers runs at daemon start, after the VMs are reconciled: what banger made that

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/banger-vm/banger/internal/agent"
@@ -18,20 +17,6 @@ import (
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/vmm"
 )
-
-func wantsUpgrade(r *http.Request, protocol string) bool {
-	if !strings.EqualFold(r.Header.Get("Upgrade"), protocol) {
-		return false
-	}
-	for _, v := range r.Header.Values("Connection") {
-		for _, tok := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // runningMachine finds a running VM's machine or says how to start it.
 func (d *Daemon) runningMachine(ctx context.Context, name string) (store.VM, vmm.Machine, error) {
@@ -48,7 +33,7 @@ func (d *Daemon) runningMachine(ctx context.Context, name string) (store.VM, vmm
 
 // handleVMExec starts a command in the guest and relays its exec stream.
 func (d *Daemon) handleVMExec(w http.ResponseWriter, r *http.Request) error {
-	if !wantsUpgrade(r, agent.ExecUpgradeProtocol) {
+	if !agent.IsUpgrade(r, agent.ExecUpgradeProtocol) {
 		return api.Errorf(api.CodeBadRequest, "send Connection: Upgrade and Upgrade: "+agent.ExecUpgradeProtocol+" (the CLI does)", "exec needs an upgraded connection")
 	}
 	var req api.VMExecRequest
@@ -74,7 +59,7 @@ func (d *Daemon) handleVMExec(w http.ResponseWriter, r *http.Request) error {
 
 // handleVMForward connects to a TCP port on the guest's loopback and relays it.
 func (d *Daemon) handleVMForward(w http.ResponseWriter, r *http.Request) error {
-	if !wantsUpgrade(r, agent.ForwardUpgradeProtocol) {
+	if !agent.IsUpgrade(r, agent.ForwardUpgradeProtocol) {
 		return api.Errorf(api.CodeBadRequest, "send Connection: Upgrade and Upgrade: "+agent.ForwardUpgradeProtocol+" (the CLI does)", "forward needs an upgraded connection")
 	}
 	q := r.URL.Query()

@@ -489,11 +489,7 @@ func (d *Daemon) buildDisks(ctx context.Context, spec vmSpec, p createParams) ([
 	}()
 	err = e.CreateExt4(ctx, spec.layerDisk(), layerDiskBytes, system.CreateOptions{Label: "banger-layer"})
 	if err == nil {
-		err = e.WriteExt4Files(ctx, spec.layerDisk(), []system.Ext4Entry{
-			{Path: "/upper/etc/ssh/ssh_host_ed25519_key", Data: hostPriv, Mode: 0o600},
-			{Path: "/upper/etc/ssh/ssh_host_ed25519_key.pub", Data: hostPub, Mode: 0o644},
-			{Path: "/upper/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644},
-		})
+		err = e.WriteExt4Files(ctx, spec.layerDisk(), hostKeyEntries("/upper", hostPriv, hostPub))
 	}
 	if werr := <-work; werr != nil {
 		return nil, werr
@@ -511,13 +507,30 @@ func authorizeKey(ctx context.Context, e *system.Ext4, work string, key []byte) 
 	if bytes.Contains(existing, bytes.TrimSpace(key)) {
 		return nil
 	}
-	if len(existing) > 0 && !bytes.HasSuffix(existing, []byte("\n")) {
-		existing = append(existing, '\n')
+	return e.WriteExt4Files(ctx, work, authorizedKeysEntries("", existing, key))
+}
+
+// authorizedKeysEntries are root's .ssh directory and authorized_keys (existing plus key)
+// under home, an image path.
+func authorizedKeysEntries(home string, existing, key []byte) []system.Ext4Entry {
+	keys := append([]byte{}, existing...)
+	if len(keys) > 0 && !bytes.HasSuffix(keys, []byte("\n")) {
+		keys = append(keys, '\n')
 	}
-	return e.WriteExt4Files(ctx, work, []system.Ext4Entry{
-		{Path: "/.ssh", Dir: true, Mode: 0o700},
-		{Path: "/.ssh/authorized_keys", Data: append(existing, key...), Mode: 0o600},
-	})
+	return []system.Ext4Entry{
+		{Path: home + "/.ssh", Dir: true, Mode: 0o700},
+		{Path: home + "/.ssh/authorized_keys", Data: append(keys, key...), Mode: 0o600},
+	}
+}
+
+// hostKeyEntries are a VM's own SSH host key and the drop-in that makes sshd serve only
+// it, under root (an image path: the layer's upper dir, or an image build's root).
+func hostKeyEntries(root string, priv, pub []byte) []system.Ext4Entry {
+	return []system.Ext4Entry{
+		{Path: root + "/etc/ssh/ssh_host_ed25519_key", Data: priv, Mode: 0o600},
+		{Path: root + "/etc/ssh/ssh_host_ed25519_key.pub", Data: pub, Mode: 0o644},
+		{Path: root + "/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644},
+	}
 }
 
 // startVM boots a stopped VM.

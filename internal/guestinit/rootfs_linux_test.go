@@ -144,7 +144,7 @@ func TestSetupRunitVoid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `exec '/run/banger/banger-agent' '--transport' 'serial' '--port-name' 'it'\''s'`; !strings.Contains(string(run1), want) || !strings.HasPrefix(string(run1), "#!/bin/sh\n") {
+	if want := `exec /run/banger/banger-agent --transport serial --port-name 'it'\''s'`; !strings.Contains(string(run1), want) || !strings.HasPrefix(string(run1), "#!/bin/sh\n") {
 		t.Errorf("run script:\n%s\nwant a line %s", run1, want)
 	}
 	if fi, _ := os.Stat(filepath.Join(run, "banger-agent/run")); fi == nil || fi.Mode().Perm()&0o111 == 0 {

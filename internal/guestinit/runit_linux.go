@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/banger-vm/banger/internal/shellquote"
 )
 
 // runit images (Void, Debian with runit-init) get the agent as a runit service. Its
@@ -93,7 +95,7 @@ func setupRunit(root, runDirHost, runDir string, agentArgs []string) (runitSetup
 		return link(name, filepath.Join(runDir, name))
 	}
 	if len(agentArgs) > 0 {
-		script := "#!/bin/sh\n# Written by banger-init at boot; lives only in /run.\nexec 2>&1\nexec " + shellQuote(agentArgs) + "\n"
+		script := "#!/bin/sh\n# Written by banger-init at boot; lives only in /run.\nexec 2>&1\nexec " + shellquote.Join(agentArgs) + "\n"
 		if err := service("banger-agent", script); err != nil {
 			return s, fmt.Errorf("runit service for the agent: %w", err)
 		}
@@ -134,13 +136,4 @@ func enableSSHD(root, svHost, svdir string, link func(name, target string) error
 	script := "#!/bin/sh\n# Written by banger-init at boot: the image has sshd but no runit service for it.\nexec 2>&1\n" +
 		"mkdir -p /run/sshd\nls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || ssh-keygen -A\nexec " + sshd + " -D -e\n"
 	return service("banger-sshd", script)
-}
-
-// shellQuote quotes words for /bin/sh.
-func shellQuote(words []string) string {
-	q := make([]string, len(words))
-	for i, w := range words {
-		q[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
-	}
-	return strings.Join(q, " ")
 }

@@ -2,14 +2,13 @@
 
 package e2e
 
-// `banger bench create` and the leak check from the built binary: a daemon with its own
-// directories, the busybox test image, real guests under QEMU (TCG here).
+// `banger bench create` and the leak check from the built binary, on the shared harness
+// (setup): the busybox test image, real guests under QEMU (TCG here).
 
 import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -20,63 +19,17 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/internal/api"
-	"github.com/banger-vm/banger/internal/testsupport"
 )
 
-// benchEnv is a daemon from the built binaries with the busybox image imported as "bb".
-type benchEnv struct {
-	t    *testing.T
-	bin  string
-	dir  string
-	vars []string
-}
-
-func (e *benchEnv) command(args ...string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(e.bin, "banger"), args...)
-	cmd.Env = append(os.Environ(), e.vars...)
-	return cmd
-}
-
-func (e *benchEnv) run(args ...string) result {
-	e.t.Helper()
-	cmd := e.command(args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		e.t.Fatalf("banger %s: %v", strings.Join(args, " "), err)
-	}
-	return r
-}
-
-func (e *benchEnv) must(args ...string) result {
-	e.t.Helper()
-	r := e.run(args...)
-	if r.code != 0 {
-		e.t.Fatalf("banger %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
-	}
-	return r
-}
-
-func (e *benchEnv) vmList() []api.VM {
-	e.t.Helper()
-	var vms []api.VM
-	if err := json.Unmarshal([]byte(e.must("vm", "ls", "--json").stdout), &vms); err != nil {
-		e.t.Fatal(err)
-	}
-	return vms
-}
-
-// requireNoLeaks runs scripts/verify (banger doctor --leaks) and fails on any finding.
-func (e *benchEnv) requireNoLeaks() {
+// requireNoLeaks runs scripts/verify (banger doctor --leaks) as banger's user and fails on
+// any finding.
+func (e *env) requireNoLeaks() {
 	e.t.Helper()
 	cmd := exec.Command(filepath.Join("..", "..", "scripts", "verify"))
 	cmd.Env = append(os.Environ(), append(e.vars, "BANGER="+filepath.Join(e.bin, "banger"))...)
+	if e.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: e.cred}
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		e.t.Fatalf("scripts/verify: %v\n%s", err, out)
@@ -86,55 +39,8 @@ func (e *benchEnv) requireNoLeaks() {
 	}
 }
 
-func setupBench(t *testing.T) *benchEnv {
-	assets := testsupport.GuestAssets(t)
-	testsupport.RequireQEMU(t)
-	dir, err := os.MkdirTemp("", "bgb-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &benchEnv{t: t, bin: filepath.Join(dir, "bin"), dir: dir}
-	buildBinaries(t, e.bin)
-	for _, d := range []string{"home", "run", "cfg/banger"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := "[network]\nhelper_socket = \"" + filepath.Join(dir, "no-helper.sock") + "\"\n"
-	if err := os.WriteFile(filepath.Join(dir, "cfg/banger/config.toml"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.vars = []string{"HOME=" + filepath.Join(dir, "home"), "XDG_RUNTIME_DIR=" + filepath.Join(dir, "run"),
-		"XDG_CONFIG_HOME=" + filepath.Join(dir, "cfg"), "XDG_DATA_HOME=" + filepath.Join(dir, "data"),
-		"XDG_STATE_HOME=" + filepath.Join(dir, "state"), "XDG_CACHE_HOME=" + filepath.Join(dir, "cache"), "BANGER_CONFIG="}
-	e.must("daemon", "start")
-	t.Cleanup(func() {
-		if t.Failed() {
-			if log, err := os.ReadFile(filepath.Join(dir, "state/banger/daemon.log")); err == nil {
-				t.Logf("daemon log (tail):\n%s", tail(string(log), 40))
-			}
-		}
-		for _, vm := range e.vmList() {
-			e.run("vm", "rm", "--force", vm.ID)
-		}
-		e.run("daemon", "stop")
-		os.RemoveAll(dir)
-	})
-	tarData, err := testsupport.BusyboxRootfsTar(assets.Busybox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tarPath := filepath.Join(dir, "busybox.tar")
-	if err := os.WriteFile(tarPath, tarData, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.must("image", "kernel", "import", filepath.Join(assets.Dir, "kernel"))
-	e.must("image", "import", tarPath, "--name", "bb")
-	return e
-}
-
 func TestBenchCreate(t *testing.T) {
-	e := setupBench(t)
+	e := setup(t)
 	e.requireNoLeaks()
 
 	t.Run("two runs as JSON", func(t *testing.T) {
@@ -178,7 +84,7 @@ func TestBenchCreate(t *testing.T) {
 		}
 		t.Logf("agent-ready median %.1f ms (bare %.1f ms), ratio %.3f, host-side median %.1f ms",
 			res.AgentReady.MedianMS, res.BareAgentReady.MedianMS, res.Ratio, res.HostSide.MedianMS)
-		if vms := e.vmList(); len(vms) != 0 {
+		if vms := e.vms(); len(vms) != 0 {
 			t.Fatalf("bench left VMs: %+v", vms)
 		}
 		e.requireNoLeaks()
@@ -227,7 +133,7 @@ func TestBenchCreate(t *testing.T) {
 		}
 		// The daemon undoes the create after the client is gone, then logs the bench's end.
 		waitForLog(t, filepath.Join(e.dir, "state/banger/daemon.log"), "bench create failed")
-		if vms := e.vmList(); len(vms) != 0 {
+		if vms := e.vms(); len(vms) != 0 {
 			t.Fatalf("interrupted bench left VMs: %+v", vms)
 		}
 		e.requireNoLeaks()

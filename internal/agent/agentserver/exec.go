@@ -176,22 +176,8 @@ func checkExecutable(p string) (int, string) {
 	return 0, ""
 }
 
-func isUpgrade(r *http.Request, protocol string) bool {
-	if !strings.EqualFold(r.Header.Get("Upgrade"), protocol) {
-		return false
-	}
-	for _, v := range r.Header.Values("Connection") {
-		for _, tok := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
-	if !isUpgrade(r, agent.ExecUpgradeProtocol) {
+	if !agent.IsUpgrade(r, agent.ExecUpgradeProtocol) {
 		writeError(w, agent.CodeUpgradeRequired, fmt.Sprintf("POST %s needs the headers Connection: Upgrade and Upgrade: %s", agent.PathExec, agent.ExecUpgradeProtocol))
 		return
 	}

@@ -19,7 +19,7 @@ const forwardDialTimeout = 5 * time.Second
 // request's connection into that TCP connection. Only loopback: the agent is not a general
 // proxy into the guest's networks.
 func (s *Server) handleForward(w http.ResponseWriter, r *http.Request) {
-	if !isUpgrade(r, agent.ForwardUpgradeProtocol) {
+	if !agent.IsUpgrade(r, agent.ForwardUpgradeProtocol) {
 		writeError(w, agent.CodeUpgradeRequired, fmt.Sprintf("POST %s needs the headers Connection: Upgrade and Upgrade: %s", agent.PathForward, agent.ForwardUpgradeProtocol))
 		return
 	}

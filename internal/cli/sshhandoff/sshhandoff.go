@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/banger-vm/banger/internal/shellquote"
 	"github.com/banger-vm/banger/internal/sshclient"
 	"github.com/banger-vm/banger/internal/termutil"
 )
@@ -87,7 +88,7 @@ func SystemArgs(t Target, s Session) []string {
 	}
 	args = append(args, t.User+"@"+t.Alias)
 	if len(s.Argv) > 0 {
-		args = append(args, "--", RemoteCommand(s.Argv))
+		args = append(args, "--", shellquote.Join(s.Argv))
 	}
 	return args
 }
@@ -97,27 +98,9 @@ func SystemArgs(t Target, s Session) []string {
 func proxyCommand(argv []string) string {
 	q := make([]string, len(argv))
 	for i, a := range argv {
-		q[i] = strings.ReplaceAll(shellQuote(a), "%", "%%")
+		q[i] = strings.ReplaceAll(shellquote.Quote(a), "%", "%%")
 	}
 	return strings.Join(q, " ")
-}
-
-// RemoteCommand joins argv for the remote shell so each argument arrives as it was given.
-func RemoteCommand(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		q[i] = shellQuote(a)
-	}
-	return strings.Join(q, " ")
-}
-
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,+@%", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func runSystem(path string, t Target, s Session) (int, error) {
@@ -182,7 +165,7 @@ func runBuiltin(ctx context.Context, t Target, s Session) (int, error) {
 		termutil.WatchResize(wctx, s.Stdout, func(r, c uint16) { _ = sess.WindowChange(int(r), int(c)) })
 	}
 	if len(s.Argv) > 0 {
-		err = sess.Start(RemoteCommand(s.Argv))
+		err = sess.Start(shellquote.Join(s.Argv))
 	} else {
 		err = sess.Shell()
 	}
