@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/daemon"
 	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/vmm/drivers"
 )
 
 // daemonStartTimeout bounds how long `daemon start` waits for a new daemon's socket.
@@ -110,6 +112,8 @@ func (a *app) runDaemonForeground(ctx context.Context) error {
 		Logger:       logger,
 		Version:      a.version,
 		NotifySocket: a.env.Getenv("NOTIFY_SOCKET"),
+		NewDriver: drivers.Factory(drivers.Config{QEMUPath: cfg.Runtime.QEMUPath, FirecrackerPath: cfg.Runtime.FirecrackerPath,
+			KernelCacheDir: filepath.Join(layout.CacheDir, "vmlinux")}),
 	})
 }
 

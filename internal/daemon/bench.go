@@ -22,7 +22,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/internal/api"
-	"github.com/banger-vm/banger/internal/initramfs"
 	"github.com/banger-vm/banger/internal/lifecycle"
 	"github.com/banger-vm/banger/internal/vmm"
 	"github.com/banger-vm/banger/internal/vmm/firecracker"
@@ -89,9 +88,9 @@ func (d *Daemon) benchCreate(ctx context.Context, req api.BenchCreateRequest, pr
 	if err != nil {
 		return api.BenchCreateResult{}, err
 	}
-	choice, err := vmm.Choose(d.opts.Config.VMM.Driver, d.vms.host())
+	choice, err := d.chooseVMM()
 	if err != nil {
-		return api.BenchCreateResult{}, api.Errorf(api.CodeUnavailable, "see `banger doctor`", "%v", err)
+		return api.BenchCreateResult{}, err
 	}
 	drv, err := d.driver(choice.Driver, choice.Accel)
 	if err != nil {
@@ -99,7 +98,7 @@ func (d *Daemon) benchCreate(ctx context.Context, req api.BenchCreateRequest, pr
 	}
 	// Warm the initramfs cache once, so neither side of round 1 pays for building it.
 	progress(api.Progress{Stage: "preparing the initramfs"})
-	initrd, err := d.benchInitramfs(ctx, p)
+	initrd, err := d.ensureInitramfs(ctx, p.kernel)
 	if err != nil {
 		return api.BenchCreateResult{}, fmt.Errorf("bench: %w", err)
 	}
@@ -252,17 +251,6 @@ func (d *Daemon) benchRemoveVM(ctx context.Context, id string) {
 	}
 }
 
-// benchInitramfs is the initramfs startLocked uses (the same cache entry).
-func (d *Daemon) benchInitramfs(ctx context.Context, p createParams) (string, error) {
-	initBin, agentBin, err := d.guestBinaries()
-	if err != nil {
-		return "", err
-	}
-	res, err := initramfs.Cache{Dir: filepath.Join(d.opts.Layout.CacheDir, "initramfs")}.Ensure(ctx, initramfs.Spec{
-		InitBinary: initBin, AgentBinary: agentBin, ModulesDir: p.kernel.ModulesDir, KernelRelease: p.kernel.Release, BangerVersion: d.opts.Version})
-	return res.Path, err
-}
-
 // benchBareRun builds fresh work and layer disks the way create does (not timed), then boots
 // them with the image's rootfs, the kernel and initrd by the bare VMM command. It returns
 // the argv and process start -> agent answered in ms. Its scratch directories are gone
@@ -293,7 +281,7 @@ func (d *Daemon) benchBareRun(ctx context.Context, drv vmm.Driver, p createParam
 		Drives:  vmDrives(p.img.RootfsPath, spec, mods),
 		VCPUs:   p.cpus, MemoryMiB: p.memoryMiB, RunDir: spec.RunDir,
 	}
-	bctx, cancel := context.WithTimeout(ctx, stageDeadline[stageAgent])
+	bctx, cancel := context.WithTimeout(ctx, agentDeadline)
 	defer cancel()
 	switch drv := drv.(type) {
 	case *qemu.Driver:

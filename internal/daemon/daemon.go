@@ -22,7 +22,9 @@ import (
 	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/lifecycle"
 	"github.com/banger-vm/banger/internal/paths"
+	"github.com/banger-vm/banger/internal/revert"
 	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/vmm"
 )
 
 // Options configure a daemon.
@@ -34,6 +36,15 @@ type Options struct {
 	// NotifySocket is systemd's $NOTIFY_SOCKET; when set the daemon reports READY=1 there
 	// once it accepts connections, so `Type=notify` units order correctly.
 	NotifySocket string
+	// NewDriver makes the VMM drivers (internal/vmm/drivers in banger; a fake in tests).
+	// Without it the daemon serves everything but starting VMs.
+	NewDriver DriverFactory
+	// Host, if set, replaces the probe of this host's VMM facts (KVM, firecracker, qemu).
+	Host func() vmm.Host
+
+	// fault, in tests, fails the operation at a named point ("stage <name>", "store vmm",
+	// "store running") when it returns an error.
+	fault func(point string) error
 }
 
 // AlreadyRunningError is returned when another daemon holds the lock for the socket.
@@ -85,14 +96,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		serveErr:    make(chan error, 1),
 	}
 	d.startup = lifecycle.New("daemon.start", "daemon", d.log, nil)
-	var undo []func()
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-		}
-	}()
+	undo := revert.New()
+	defer undo.Fail()
 
 	if err := d.startup.Run(ctx, "prepare directories", func(context.Context) error {
 		return opts.Layout.EnsureDaemonDirs()
@@ -105,7 +110,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			return err
 		}
 		d.lock = lock
-		undo = append(undo, func() { _ = d.lock.Close() })
+		undo.Add(func() { _ = d.lock.Close() })
 		return nil
 	}); err != nil {
 		return nil, err
@@ -116,7 +121,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			return fmt.Errorf("open state database: %w", err)
 		}
 		d.store = st
-		undo = append(undo, func() { _ = d.store.Close() })
+		undo.Add(func() { _ = d.store.Close() })
 		return nil
 	}); err != nil {
 		return nil, err
@@ -136,7 +141,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			return err
 		}
 		d.ln = ln
-		undo = append(undo, func() { _ = d.ln.Close(); _ = os.Remove(opts.Layout.Socket) })
+		undo.Add(func() { _ = d.ln.Close(); _ = os.Remove(opts.Layout.Socket) })
 		return nil
 	}); err != nil {
 		return nil, err
@@ -149,7 +154,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	undo = append(undo, d.closeVMs)
 	if err := d.startup.Run(ctx, "clean leftovers", func(ctx context.Context) error {
 		d.cleanLeftovers(ctx)
 		return nil
@@ -168,13 +172,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			d.log.Warn("could not notify systemd", "err", err)
 		}
 	}
+	undo.Success()
 	d.log.Info("banger daemon ready", "version", opts.Version, "pid", os.Getpid(), "socket", opts.Layout.Socket,
 		"data_dir", opts.Layout.DataDir, "startup", time.Since(d.startedAt).Round(time.Microsecond))
 	return d, nil
 }
-
-// ShutdownRequested is closed-over by Run: it yields once a client asked the daemon to stop.
-func (d *Daemon) ShutdownRequested() <-chan string { return d.shutdownReq }
 
 // Serving returns a channel that yields if the HTTP server stops on its own (an error).
 func (d *Daemon) Serving() <-chan error { return d.serveErr }

@@ -239,43 +239,53 @@ func (d *Daemon) provision(ctx context.Context, plan buildPlan, rootfs string, p
 // startBuilder registers and boots the builder VM; the returned VM has an ID once a row
 // exists (the caller removes it).
 func (d *Daemon) startBuilder(ctx context.Context, plan buildPlan, rootfs string, bf builderFiles, report func(string, string)) (store.VM, error) {
-	choice, err := vmm.Choose(d.opts.Config.VMM.Driver, d.vms.host())
+	choice, err := d.chooseVMM()
 	if err != nil {
-		return store.VM{}, api.Errorf(api.CodeUnavailable, "see `banger doctor`", "%v", err)
+		return store.VM{}, err
 	}
 	p := plan.params
 	id := randomHex(6)
-	spec := vmSpec{Kernel: p.kernel.ID, CPUs: p.cpus, MemoryMiB: p.memoryMiB,
-		Dir:    filepath.Join(d.opts.Layout.VMsDir, id),
-		RunDir: filepath.Join(d.opts.Layout.RuntimeDir, "v", id),
-		Driver: choice.Driver, Accel: choice.Accel, DriverReason: choice.Reason,
-		Builder: true, Rootfs: rootfs, SSHHostKey: string(bf.hostPub)}
-	row := store.VM{ID: id, Name: p.name, ImageID: plan.base.ID, State: store.VMCreated, VMM: choice.Driver, Spec: spec.raw()}
+	rec := d.newVMRecord(id, p, choice)
+	rec.DiskBytes = 0
+	rec.Builder, rec.Rootfs, rec.SSHHostKey = true, rootfs, string(bf.hostPub)
+	row := store.VM{ID: id, Name: p.name, ImageID: plan.base.ID, State: store.VMCreated, VMM: choice.Driver, Spec: rec.raw()}
 	unlock := d.lockVM(id)
 	defer unlock()
 	if err := d.store.PutVM(ctx, row); err != nil {
 		return store.VM{}, err
 	}
-	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+	if err := os.MkdirAll(rec.Dir, 0o700); err != nil {
 		return row, err
 	}
 	if err := d.vms.keys.Pin(sshkeys.HostAlias(id), bf.hostPub); err != nil {
 		return row, err
 	}
-	rec := lifecycle.New("image.build.vm", id, d.log, d.store)
-	vm, err := d.startLocked(ctx, row, rec, func(pr api.Progress) {
+	timings := lifecycle.New("image.build.vm", id, d.log, d.store)
+	vm, err := d.startLocked(ctx, row, timings, func(pr api.Progress) {
 		if pr.Message != "" {
 			report("booting the builder VM "+p.name, pr.Stage+" "+pr.Message)
 		}
-	}, startOptions{})
+	}, builderBootProfile(rootfs))
 	if err != nil {
 		return row, err
 	}
-	if !parseSpec(vm).SSHReady {
+	if got, err := parseRecord(vm); err != nil || !got.SSHReady {
 		return row, api.Errorf(api.CodeBadRequest, "build from an image with OpenSSH's server (debian-bookworm has it)",
-			"image %q cannot be provisioned: %s", plan.base.Name, parseSpec(vm).SSHNote)
+			"image %q cannot be provisioned: %s", plan.base.Name, got.SSHNote)
 	}
 	return vm, nil
+}
+
+// builderBootProfile boots the image being built itself, read-write (no overlay, no work
+// disk), and needs its sshd: the build provisions over SSH.
+func builderBootProfile(rootfs string) bootProfile {
+	return bootProfile{
+		drives: func(mods []vmm.Drive) []vmm.Drive {
+			return append([]vmm.Drive{{ID: "rootfs", Path: rootfs, Role: vmm.RoleRoot}}, mods...)
+		},
+		cmdline: "banger.rootrw=1",
+		ssh:     sshRequire,
+	}
 }
 
 func (d *Daemon) builderSSH(ctx context.Context, m vmm.Machine, id string) (*ssh.Client, error) {

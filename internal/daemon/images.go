@@ -65,6 +65,7 @@ func (d *Daemon) addImageRoutes(table map[string]map[string]handlerFunc) {
 	table["/kernels"] = map[string]handlerFunc{http.MethodGet: d.handleKernelList}
 	table["/kernels/pull"] = map[string]handlerFunc{http.MethodPost: d.handleKernelPull}
 	table["/kernels/rm"] = map[string]handlerFunc{http.MethodPost: d.handleKernelRemove}
+	table["/kernels/import"] = map[string]handlerFunc{http.MethodPost: d.handleKernelImport}
 }
 
 func imageToAPI(img store.Image) api.Image {
@@ -343,4 +344,21 @@ func (d *Daemon) imagesCheck(ctx context.Context) api.CheckResult {
 			"image without a work seed: %s", strings.Join(noSeed, ", "))
 	}
 	return doctor.Pass("%d image(s), all files present", len(imgs))
+}
+
+func (d *Daemon) handleKernelImport(w http.ResponseWriter, r *http.Request) error {
+	var req api.KernelImportRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(req.Path) {
+		return api.Errorf(api.CodeBadRequest, "the CLI sends absolute paths", "kernel import path %q is not absolute", req.Path)
+	}
+	if req.Suite == "" {
+		req.Suite = "bookworm"
+	}
+	d.runStreamed(w, r, "kernel.import", req.Path, func(ctx context.Context, _ image.ProgressFunc) (any, error) {
+		return d.images.ImportKernel(ctx, req.Path, req.Suite)
+	})
+	return nil
 }

@@ -93,7 +93,13 @@ func (d *Daemon) leakRefs(ctx context.Context) (leakRefs, error) {
 		return refs, err
 	}
 	for _, vm := range vms {
-		spec := parseSpec(vm)
+		spec, err := parseRecord(vm)
+		if err != nil {
+			// Its directories are where create puts them: never offer them as leaks.
+			d.log.Warn("a VM's record does not decode; keeping its directories", "vm", vm.Name, "err", err)
+			spec.Dir = filepath.Join(d.opts.Layout.VMsDir, vm.ID)
+			spec.RunDir = filepath.Join(d.opts.Layout.RuntimeDir, "v", vm.ID)
+		}
 		refs.vmIDs[vm.ID] = vm.Name
 		for _, dir := range []string{spec.Dir, spec.RunDir} {
 			if dir != "" {

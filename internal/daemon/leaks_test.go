@@ -111,7 +111,7 @@ func TestLeakCheckCleanState(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(spec.RunDir, "console.log"), []byte("boot\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.store.PutVM(ctx, store.VM{ID: "aaaa", Name: "kept", ImageID: "img1", State: store.VMStopped, VMM: "qemu", Spec: spec.raw()}); err != nil {
+	if err := d.store.PutVM(ctx, store.VM{ID: "aaaa", Name: "kept", ImageID: "img1", State: store.VMStopped, VMM: "qemu", Spec: vmRecord{vmSpec: spec}.raw()}); err != nil {
 		t.Fatal(err)
 	}
 	res, err := d.findLeaks(ctx, sc)
@@ -146,7 +146,7 @@ func TestLeakCheckFindsAndFixesLeaks(t *testing.T) {
 	// A stopped VM whose QMP socket was left behind (its VMM was killed).
 	stopped := vmSpec{Dir: filepath.Join(l.VMsDir, "bbbb"), RunDir: filepath.Join(l.RuntimeDir, "v", "bbbb")}
 	mkdirs(t, stopped.Dir, stopped.RunDir)
-	if err := d.store.PutVM(ctx, store.VM{ID: "bbbb", Name: "old", ImageID: "img1", State: store.VMStopped, VMM: "qemu", Spec: stopped.raw()}); err != nil {
+	if err := d.store.PutVM(ctx, store.VM{ID: "bbbb", Name: "old", ImageID: "img1", State: store.VMStopped, VMM: "qemu", Spec: vmRecord{vmSpec: stopped}.raw()}); err != nil {
 		t.Fatal(err)
 	}
 	staleSock := filepath.Join(stopped.RunDir, "qmp.sock")
@@ -368,7 +368,7 @@ func TestStartCleansLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	kept := vmSpec{Dir: filepath.Join(l.VMsDir, "keep00000001"), RunDir: filepath.Join(l.RuntimeDir, "v", "keep00000001")}
-	if err := d.store.PutVM(ctx, store.VM{ID: "keep00000001", Name: "kept", ImageID: "img1", State: store.VMStopped, Spec: kept.raw()}); err != nil {
+	if err := d.store.PutVM(ctx, store.VM{ID: "keep00000001", Name: "kept", ImageID: "img1", State: store.VMStopped, Spec: vmRecord{vmSpec: kept}.raw()}); err != nil {
 		t.Fatal(err)
 	}
 	strayDir := filepath.Join(l.VMsDir, "deadbeef0002")

@@ -8,13 +8,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/internal/api"
-	"github.com/banger-vm/banger/internal/image"
 )
 
 func (d *Daemon) addVMRoutes(table map[string]map[string]handlerFunc) {
@@ -29,7 +27,6 @@ func (d *Daemon) addVMRoutes(table map[string]map[string]handlerFunc) {
 	table["/vms/exec"] = map[string]handlerFunc{http.MethodPost: d.handleVMExec}
 	table["/vms/forward"] = map[string]handlerFunc{http.MethodPost: d.handleVMForward}
 	table["/vms/logs"] = map[string]handlerFunc{http.MethodGet: d.handleVMLogs}
-	table["/kernels/import"] = map[string]handlerFunc{http.MethodPost: d.handleKernelImport}
 }
 
 func (d *Daemon) handleVMList(w http.ResponseWriter, r *http.Request) error {
@@ -179,11 +176,14 @@ func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	follow := r.URL.Query().Get("follow") == "true"
-	spec := parseSpec(vm)
-	if spec.ConsoleLog == "" {
+	rec, err := parseRecord(vm)
+	if err != nil {
+		return err
+	}
+	if rec.ConsoleLog == "" {
 		return api.Errorf(api.CodeNotFound, "start the VM first", "VM %q has no console log yet", vm.Name)
 	}
-	f, err := os.Open(spec.ConsoleLog)
+	f, err := os.Open(rec.ConsoleLog)
 	if err != nil {
 		return api.Errorf(api.CodeNotFound, "", "console log of %q: %v", vm.Name, err)
 	}
@@ -215,23 +215,6 @@ func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-func (d *Daemon) handleKernelImport(w http.ResponseWriter, r *http.Request) error {
-	var req api.KernelImportRequest
-	if err := decodeBody(r, &req); err != nil {
-		return err
-	}
-	if !filepath.IsAbs(req.Path) {
-		return api.Errorf(api.CodeBadRequest, "the CLI sends absolute paths", "kernel import path %q is not absolute", req.Path)
-	}
-	if req.Suite == "" {
-		req.Suite = "bookworm"
-	}
-	d.runStreamed(w, r, "kernel.import", req.Path, func(ctx context.Context, _ image.ProgressFunc) (any, error) {
-		return d.images.ImportKernel(ctx, req.Path, req.Suite)
-	})
-	return nil
 }
 
 func parseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }

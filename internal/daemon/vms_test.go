@@ -114,12 +114,12 @@ func TestReconcileMarksGoneVMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	must(0, d.store.PutImage(ctx, store.Image{ID: "img1", Name: "img", RootfsPath: "/nonexistent"}))
-	spec := vmSpec{Network: vmNetwork{TAP: "bgvm0abc"}, RunDir: run, Driver: "qemu",
-		VMM: &vmm.State{Driver: "qemu", PID: 1 << 30, StartTime: 1, RunDir: run}}
-	must(0, d.store.PutVM(ctx, store.VM{ID: "abc", Name: "ghost", ImageID: "img1", State: store.VMRunning, VMM: "qemu", Spec: spec.raw()}))
+	rec := vmRecord{vmSpec: vmSpec{RunDir: run}, vmStatus: vmStatus{Network: vmNetwork{TAP: "bgvm0abc"},
+		VMM: &vmm.State{Driver: "qemu", PID: 1 << 30, StartTime: 1, RunDir: run}}}
+	must(0, d.store.PutVM(ctx, store.VM{ID: "abc", Name: "ghost", ImageID: "img1", State: store.VMRunning, VMM: "qemu", Spec: rec.raw()}))
 	half := filepath.Join(l.VMsDir, "half")
 	must(0, os.MkdirAll(half, 0o700))
-	must(0, d.store.PutVM(ctx, store.VM{ID: "half", Name: "half", ImageID: "img1", State: store.VMCreated, VMM: "qemu", Spec: vmSpec{Dir: half, Creating: true}.raw()}))
+	must(0, d.store.PutVM(ctx, store.VM{ID: "half", Name: "half", ImageID: "img1", State: store.VMCreated, VMM: "qemu", Spec: vmRecord{vmSpec: vmSpec{Dir: half}, vmStatus: vmStatus{Creating: true}}.raw()}))
 	must(0, d.Shutdown(ctx))
 
 	d2, err := Start(ctx, Options{Layout: l, Config: config.Defaults(), Version: "test"})
@@ -131,7 +131,10 @@ func TestReconcileMarksGoneVMs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := parseSpec(vm)
+	got, err := parseRecord(vm)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if vm.State != store.VMError || got.Network.TAP != "" || got.VMM != nil || !strings.Contains(got.LastExit, "crashed") {
 		t.Fatalf("after reconcile: state %s, spec %+v", vm.State, got)
 	}
@@ -148,14 +151,12 @@ func TestReconcileMarksGoneVMs(t *testing.T) {
 }
 
 func TestStageDeadlineNamesTheStage(t *testing.T) {
-	stageDeadline["test stage"] = 20 * time.Millisecond
-	defer delete(stageDeadline, "test stage")
 	rec := lifecycle.New("vm.test", "x", slog.New(slog.DiscardHandler), nil)
 	var reports []api.Progress
-	err := runStage(context.Background(), rec, func(p api.Progress) { reports = append(reports, p) }, "test stage",
+	err := runStage(context.Background(), rec, func(p api.Progress) { reports = append(reports, p) }, stage{name: "test stage", deadline: 20 * time.Millisecond},
 		func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
 	var se *stageError
-	if !errors.As(err, &se) || se.stage != "test stage" || !strings.Contains(err.Error(), "missed its 20ms deadline") {
+	if !errors.As(err, &se) || se.stage.name != "test stage" || !strings.Contains(err.Error(), "missed its 20ms deadline") {
 		t.Fatalf("err = %v", err)
 	}
 	if st := rec.Stages(); len(st) != 1 || st[0].Error == "" {

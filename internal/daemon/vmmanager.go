@@ -1,0 +1,162 @@
+package daemon
+
+// The daemon's live VM state: per-VM locks, the running machines and the VMM drivers.
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/banger-vm/banger/internal/kvm"
+	"github.com/banger-vm/banger/internal/sshkeys"
+	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/vmm"
+)
+
+// DriverFactory makes the driver for a VMM ("qemu", "firecracker") with an acceleration
+// ("kvm", "tcg"). The daemon asks once per pair and keeps the driver.
+type DriverFactory func(name, accel string) (vmm.Driver, error)
+
+// vmManager is the daemon's live VM state.
+type vmManager struct {
+	mu        sync.Mutex
+	locks     map[string]*vmLock
+	machines  map[string]vmm.Machine
+	drivers   map[string]vmm.Driver
+	newDriver DriverFactory
+	host      func() vmm.Host
+	keys      *sshkeys.Store
+}
+
+// vmLock serializes the operations on one VM. It lives while someone holds or waits for
+// it, so failed creates and removed VMs leave no entry behind.
+type vmLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (d *Daemon) initVMs(ctx context.Context) {
+	cfg := d.opts.Config.Runtime
+	host := d.opts.Host
+	if host == nil {
+		host = func() vmm.Host { return detectHost(context.Background(), cfg.FirecrackerPath, cfg.QEMUPath) }
+	}
+	d.vms = &vmManager{
+		locks:     map[string]*vmLock{},
+		machines:  map[string]vmm.Machine{},
+		drivers:   map[string]vmm.Driver{},
+		newDriver: d.opts.NewDriver,
+		keys:      sshkeys.New(d.opts.Layout.SSHDir).WithUserKey(cfg.SSHKeyPath),
+		host:      sync.OnceValue(host),
+	}
+	d.reconcileVMs(ctx)
+}
+
+// detectHost is what the choice of VMM depends on here, probed once per daemon.
+func detectHost(ctx context.Context, firecrackerPath, qemuPath string) vmm.Host {
+	k := kvm.Probe(ctx, "")
+	fc, fcErr := system.LookupTool(ctx, "firecracker", firecrackerPath, "", "--version")
+	q, qErr := system.LookupTool(ctx, "qemu-system-x86_64", qemuPath, "", "--version")
+	return vmm.Host{
+		KVMUsable:     k.Status == kvm.StatusUsable,
+		KVMStatus:     string(k.Status),
+		FirecrackerOK: fcErr == nil && fc.Path != "" && system.VersionAtLeast(fc.Version, "1.8"),
+		QEMUOK:        qErr == nil && q.Path != "",
+	}
+}
+
+// lockVM serializes operations on one VM; the returned func unlocks.
+func (d *Daemon) lockVM(id string) func() {
+	d.vms.mu.Lock()
+	l := d.vms.locks[id]
+	if l == nil {
+		l = &vmLock{}
+		d.vms.locks[id] = l
+	}
+	l.refs++
+	d.vms.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		d.vms.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(d.vms.locks, id)
+		}
+		d.vms.mu.Unlock()
+	}
+}
+
+func (d *Daemon) machine(id string) vmm.Machine {
+	d.vms.mu.Lock()
+	defer d.vms.mu.Unlock()
+	return d.vms.machines[id]
+}
+
+func (d *Daemon) setMachine(id string, m vmm.Machine) {
+	d.vms.mu.Lock()
+	defer d.vms.mu.Unlock()
+	if m == nil {
+		delete(d.vms.machines, id)
+	} else {
+		d.vms.machines[id] = m
+	}
+}
+
+// driver returns the (shared) driver for a VMM and acceleration.
+func (d *Daemon) driver(name, accel string) (vmm.Driver, error) {
+	d.vms.mu.Lock()
+	defer d.vms.mu.Unlock()
+	key := name + "/" + accel
+	if drv := d.vms.drivers[key]; drv != nil {
+		return drv, nil
+	}
+	if d.vms.newDriver == nil {
+		return nil, fmt.Errorf("this daemon has no VMM drivers (Options.NewDriver is unset)")
+	}
+	drv, err := d.vms.newDriver(name, accel)
+	if err != nil {
+		return nil, err
+	}
+	d.vms.drivers[key] = drv
+	return drv, nil
+}
+
+// endMachine kills a machine and waits for its VMM to be gone; the VM's sockets go too.
+func endMachine(m vmm.Machine, runDir string) {
+	_ = m.Kill()
+	<-m.Done()
+	_ = m.Close()
+	if runDir != "" {
+		removeRunSockets(runDir)
+	}
+}
+
+// reattachAndEnd finds the VMM a persisted state names and ends it: the VM must not keep
+// running on disks the daemon is about to hand to another VMM or remove.
+func (d *Daemon) reattachAndEnd(ctx context.Context, driver string, st *vmm.State) {
+	if st == nil {
+		return
+	}
+	drv, err := d.driver(driver, st.Accel)
+	if err != nil {
+		return
+	}
+	if m, err := drv.Reattach(ctx, *st); err == nil {
+		endMachine(m, "")
+	}
+}
+
+// closeVMs lets go of the running VMs without stopping them: they outlive the daemon and the
+// next one reattaches.
+func (d *Daemon) closeVMs() {
+	if d.vms == nil {
+		return
+	}
+	d.vms.mu.Lock()
+	ms := d.vms.machines
+	d.vms.machines = map[string]vmm.Machine{}
+	d.vms.mu.Unlock()
+	for _, m := range ms {
+		_ = m.Close()
+	}
+}

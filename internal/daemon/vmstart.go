@@ -1,0 +1,535 @@
+package daemon
+
+// Starting a VM: a declarative table of stages, each with a deadline and a hint for when it
+// fails. A failed start undoes what its stages did (the VMM killed, the TAP given back) and
+// records the VM as stopped with the reason.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/banger-vm/banger/internal/agent"
+	"github.com/banger-vm/banger/internal/agent/agentclient"
+	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/image"
+	"github.com/banger-vm/banger/internal/initramfs"
+	"github.com/banger-vm/banger/internal/lifecycle"
+	"github.com/banger-vm/banger/internal/revert"
+	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/vmm"
+)
+
+// stage is a timed step of a create or start. A missed deadline fails it with its name, the
+// last console lines and the hint.
+type stage struct {
+	name     string
+	deadline time.Duration
+	hint     string
+}
+
+// Stage names that other parts of the daemon (bench) look for in a VM's timings.
+const (
+	stageAgent = "waiting for the agent"
+	stageSSH   = "waiting for sshd"
+)
+
+// agentDeadline bounds a boot to the agent answering: TCG boots take seconds; a loaded host
+// needs slack.
+const agentDeadline = 3 * time.Minute
+
+// createStage builds a new VM's disks.
+var createStage = stage{"preparing disks", 2 * time.Minute,
+	"check free space in the data dir and that e2fsprogs is installed (`banger doctor`)"}
+
+// startStep is one row of the start table: the stage, an optional condition, what it does,
+// and whether the start goes on when it fails.
+type startStep struct {
+	stage
+	// when, if set, decides whether the stage runs at all.
+	when func(ctx context.Context, b *boot) bool
+	run  func(ctx context.Context, b *boot) error
+	// tolerate, if set, says the VM is usable without this stage (the start goes on).
+	tolerate func(ctx context.Context, b *boot, err error) bool
+}
+
+// startSteps is the start of a VM, in order.
+func (d *Daemon) startSteps() []startStep {
+	return []startStep{
+		{stage: stage{"preparing the initramfs", 2 * time.Minute,
+			"check runtime.init_path / runtime.agent_path (banger-init and banger-agent next to banger) and the kernel's modules"},
+			run: d.stepInitramfs},
+		{stage: stage{"acquiring network", 30 * time.Second, "check the root helper (`banger doctor`)"},
+			run: d.stepNetwork},
+		{stage: stage{"starting the vmm", time.Minute,
+			"see qemu.log / the console log in the VM's run dir, and `banger doctor` for the VMM check"},
+			run: d.stepVMM},
+		{stage: stage{stageAgent, agentDeadline,
+			"the guest did not bring its agent up: read the console (`banger vm logs NAME`)"},
+			run: stepAgent},
+		{stage: stage{stageSSH, time.Minute,
+			"the guest's sshd did not answer on its port 22: read the console (`banger vm logs NAME`)"},
+			when: d.needSSHWait, run: func(ctx context.Context, b *boot) error { return waitSSH(ctx, b.m.Agent()) },
+			tolerate: d.toleratedSSHFailure},
+	}
+}
+
+// sshPolicy says what a start does about the guest's sshd.
+type sshPolicy int
+
+const (
+	sshWait    sshPolicy = iota // wait for it; a VM without a working sshd still starts
+	sshSkip                     // don't wait: the caller uses the agent (vm run -- CMD)
+	sshRequire                  // the start fails without it (image builds provision over SSH)
+)
+
+// bootProfile is what kind of boot a start is: the VM's drives, extra kernel arguments,
+// and what it needs of sshd. Normal VMs and image builds differ only here.
+type bootProfile struct {
+	drives  func(modules []vmm.Drive) []vmm.Drive
+	cmdline string
+	ssh     sshPolicy
+}
+
+// vmBootProfile is a normal VM's boot: the image read-only under the VM's writable layer,
+// its work disk and its kernel's modules.
+func (d *Daemon) vmBootProfile(ctx context.Context, vm store.VM, skipSSHWait bool) (bootProfile, error) {
+	rec, err := parseRecord(vm)
+	if err != nil {
+		return bootProfile{}, err
+	}
+	if rec.Builder {
+		return bootProfile{}, api.Errorf(api.CodeConflict, "it is removed with its build; create a VM from the built image instead",
+			"VM %q is an image build's temporary VM", vm.Name)
+	}
+	img, err := d.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return bootProfile{}, err
+	}
+	p := bootProfile{drives: func(mods []vmm.Drive) []vmm.Drive { return vmDrives(img.RootfsPath, rec.vmSpec, mods) }}
+	if skipSSHWait {
+		p.ssh = sshSkip
+	}
+	return p, nil
+}
+
+// vmDrives are a VM's disks: the image read-only under the VM's writable layer, its work
+// disk, and its kernel's modules disk.
+func vmDrives(rootfs string, spec vmSpec, modules []vmm.Drive) []vmm.Drive {
+	return append([]vmm.Drive{
+		{ID: "rootfs", Path: rootfs, ReadOnly: true, Role: vmm.RoleRoot},
+		{ID: "layer", Path: spec.layerDisk(), Role: vmm.RoleLayer},
+		{ID: "work", Path: spec.workDisk(), Role: vmm.RoleWork},
+	}, modules...)
+}
+
+// boot is one start in progress: what the stages share.
+type boot struct {
+	vm       store.VM
+	rec      vmRecord
+	profile  bootProfile
+	kernel   image.Kernel
+	drv      vmm.Driver
+	undo     *revert.Reverter
+	progress progressFunc
+	m        vmm.Machine
+
+	initrd  string
+	modules []vmm.Drive
+	cmdline []string
+	nics    []vmm.NIC
+}
+
+// save writes the start's record to the store.
+func (d *Daemon) save(ctx context.Context, b *boot) error {
+	b.vm.Spec = b.rec.raw()
+	return d.store.PutVM(ctx, b.vm)
+}
+
+// progressFunc receives stage reports of a streamed operation.
+type progressFunc func(api.Progress)
+
+// stageError is a failed stage, with what the user needs to act.
+type stageError struct {
+	stage   stage
+	err     error
+	console []string
+}
+
+func (e *stageError) Error() string {
+	msg := fmt.Sprintf("%s: %v", e.stage.name, e.err)
+	if len(e.console) > 0 {
+		msg += "\nlast console lines:\n  " + strings.Join(e.console, "\n  ")
+	}
+	return msg
+}
+
+func (e *stageError) Unwrap() error { return e.err }
+
+// runStage runs fn as a timed, recorded stage with its deadline.
+func runStage(ctx context.Context, rec *lifecycle.Recorder, progress progressFunc, st stage, fn func(context.Context) error) error {
+	progress(api.Progress{Stage: st.name})
+	start := time.Now()
+	err := rec.Run(ctx, st.name, func(ctx context.Context) error {
+		sctx, cancel := context.WithTimeoutCause(ctx, st.deadline, fmt.Errorf("missed its %s deadline", st.deadline))
+		defer cancel()
+		err := fn(sctx)
+		if err != nil && sctx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", context.Cause(sctx), err)
+		}
+		return err
+	})
+	if err != nil {
+		return &stageError{stage: st, err: err}
+	}
+	progress(api.Progress{Stage: st.name, Message: fmt.Sprintf("%.1f ms", lifecycle.Millis(time.Since(start)))})
+	return nil
+}
+
+// startVM boots a stopped VM.
+func (d *Daemon) startVM(ctx context.Context, name string, progress progressFunc) (api.VM, error) {
+	vm, err := d.vmLookup(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	unlock := d.lockVM(vm.ID)
+	defer unlock()
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		return api.VM{}, err
+	}
+	if d.machine(vm.ID) != nil {
+		return api.VM{}, api.Errorf(api.CodeConflict, "stop it first, or use it", "VM %q is already running", vm.Name)
+	}
+	profile, err := d.vmBootProfile(ctx, vm, false)
+	if err != nil {
+		return api.VM{}, err
+	}
+	timings := lifecycle.New("vm.start", vm.ID, d.log, d.store)
+	if vm, err = d.startLocked(ctx, vm, timings, progress, profile); err != nil {
+		return api.VM{}, err
+	}
+	return d.vmToAPI(ctx, vm), nil
+}
+
+// restartVM stops a VM (if it runs) and boots it again, under one lock so nothing else
+// slips in between.
+func (d *Daemon) restartVM(ctx context.Context, req api.VMStopRequest, progress progressFunc) (api.VM, error) {
+	vm, err := d.vmLookup(ctx, req.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	unlock := d.lockVM(vm.ID)
+	defer unlock()
+	profile, err := d.vmBootProfile(ctx, vm, false)
+	if err != nil {
+		return api.VM{}, err
+	}
+	progress(api.Progress{Stage: "stopping"})
+	start := time.Now()
+	if vm, err = d.stopLocked(ctx, vm.ID, req.TimeoutSeconds, req.Force); err != nil {
+		return api.VM{}, err
+	}
+	progress(api.Progress{Stage: "stopping", Message: fmt.Sprintf("%.1f ms", lifecycle.Millis(time.Since(start)))})
+	timings := lifecycle.New("vm.restart", vm.ID, d.log, d.store)
+	if vm, err = d.startLocked(ctx, vm, timings, progress, profile); err != nil {
+		return api.VM{}, err
+	}
+	return d.vmToAPI(ctx, vm), nil
+}
+
+// startLocked boots vm (its lock held) through the start table. On failure the VMM is
+// gone, the TAP given back and the VM is stopped again; the error names the stage, the
+// last console lines and a hint.
+func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycle.Recorder, progress progressFunc, profile bootProfile) (_ store.VM, err error) {
+	rec, err := parseRecord(vm)
+	if err != nil {
+		return vm, err
+	}
+	b := &boot{vm: vm, rec: rec, profile: profile, undo: revert.New(), progress: progress}
+	if b.kernel, err = d.images.Kernel(rec.Kernel); err != nil {
+		return vm, api.Errorf(api.CodeNotFound, "import or pull the kernel again", "kernel %q of VM %q is missing", rec.Kernel, vm.Name)
+	}
+	// The host may have changed since the VM was created (firecracker installed, KVM fixed).
+	choice, err := d.chooseVMM()
+	if err != nil {
+		return vm, err
+	}
+	b.vm.VMM, b.rec.Accel, b.rec.DriverReason = choice.Driver, choice.Accel, choice.Reason
+	if b.drv, err = d.driver(choice.Driver, choice.Accel); err != nil {
+		return vm, err
+	}
+	defer func() {
+		if err != nil {
+			err = d.failStart(ctx, b, timings, err)
+		}
+	}()
+	b.vm.State = store.VMStarting
+	if err := d.save(ctx, b); err != nil {
+		return b.vm, err
+	}
+	if err := os.MkdirAll(rec.RunDir, 0o700); err != nil {
+		return b.vm, err
+	}
+	b.cmdline = []string{"console=ttyS0", "reboot=t", "panic=-1", "banger.hostname=" + vm.Name}
+	for _, step := range d.startSteps() {
+		if step.when != nil && !step.when(ctx, b) {
+			continue
+		}
+		err := runStage(ctx, timings, progress, step.stage, func(ctx context.Context) error {
+			if err := d.fault("stage " + step.name); err != nil {
+				return err
+			}
+			return step.run(ctx, b)
+		})
+		if err != nil && !(step.tolerate != nil && step.tolerate(ctx, b, err)) {
+			return b.vm, err
+		}
+	}
+	b.rec.Stages = timings.Stages()
+	b.rec.LastExit = ""
+	b.vm.State = store.VMRunning
+	if err := d.fault("store running"); err != nil {
+		return b.vm, err
+	}
+	if err := d.save(ctx, b); err != nil {
+		return b.vm, err
+	}
+	b.undo.Success()
+	d.setMachine(vm.ID, b.m)
+	go d.watchMachine(vm.ID, b.m)
+	return b.vm, nil
+}
+
+// failStart undoes a failed start and records the VM as stopped with the reason; it returns
+// the error for the user (a failed stage's hint and console lines included).
+func (d *Daemon) failStart(ctx context.Context, b *boot, timings *lifecycle.Recorder, err error) error {
+	var se *stageError
+	if errors.As(err, &se) && b.m != nil {
+		se.console = consoleTail(b.rec.ConsoleLog, 15)
+	}
+	b.undo.Fail()
+	b.rec.VMM, b.rec.Network.TAP = nil, ""
+	b.rec.LastExit = "start failed: " + firstLine(err.Error())
+	b.rec.Stages = timings.Stages()
+	b.vm.State = store.VMStopped
+	if perr := d.save(context.WithoutCancel(ctx), b); perr != nil {
+		d.log.Warn("could not record a failed start", "vm", b.vm.Name, "err", perr)
+	}
+	if se != nil {
+		return api.Errorf(api.CodeUnavailable, se.stage.hint, "start VM %q failed at stage %s", b.vm.Name, se.Error())
+	}
+	return err
+}
+
+// fault is the daemon's fault-injection point for tests (Options.fault); nil otherwise.
+func (d *Daemon) fault(point string) error {
+	if d.opts.fault == nil {
+		return nil
+	}
+	return d.opts.fault(point)
+}
+
+func (d *Daemon) guestBinaries() (initBin, agentBin string, err error) {
+	cfg := d.opts.Config.Runtime
+	exe, _ := os.Executable()
+	dir := filepath.Dir(exe)
+	initBin, agentBin = cfg.InitPath, cfg.AgentPath
+	if initBin == "" {
+		initBin = filepath.Join(dir, "banger-init")
+	}
+	if agentBin == "" {
+		agentBin = filepath.Join(dir, "banger-agent")
+	}
+	for _, p := range []string{initBin, agentBin} {
+		if _, err := os.Stat(p); err != nil {
+			return "", "", fmt.Errorf("guest binary %s is missing: install banger-init and banger-agent next to banger (make install), or set runtime.init_path / runtime.agent_path", p)
+		}
+	}
+	return initBin, agentBin, nil
+}
+
+// ensureInitramfs is the kernel's initramfs (banger-init, the agent and the boot modules),
+// from the cache.
+func (d *Daemon) ensureInitramfs(ctx context.Context, k image.Kernel) (string, error) {
+	initBin, agentBin, err := d.guestBinaries()
+	if err != nil {
+		return "", err
+	}
+	res, err := initramfs.Cache{Dir: filepath.Join(d.opts.Layout.CacheDir, "initramfs")}.Ensure(ctx, initramfs.Spec{
+		InitBinary: initBin, AgentBinary: agentBin, ModulesDir: k.ModulesDir, KernelRelease: k.Release, BangerVersion: d.opts.Version})
+	return res.Path, err
+}
+
+func (d *Daemon) stepInitramfs(ctx context.Context, b *boot) error {
+	var err error
+	if b.initrd, err = d.ensureInitramfs(ctx, b.kernel); err != nil {
+		return err
+	}
+	// The kernel's full module tree as a read-only disk, so modprobe works in the guest.
+	var merr error
+	if b.modules, merr = d.modulesDrives(ctx, b.kernel); merr != nil {
+		d.log.Warn("VM boots without its kernel's modules (modprobe will fail in the guest)", "vm", b.vm.Name, "err", merr)
+	}
+	return nil
+}
+
+func (d *Daemon) stepNetwork(ctx context.Context, b *boot) error {
+	b.rec.Network = vmNetwork{}
+	if !d.networkReady() {
+		b.rec.Network.Note = "no network: the root helper is not reachable (see `banger doctor`)"
+		return nil
+	}
+	lease, tap, err := d.attachNetwork(ctx, b.vm.ID)
+	if err != nil {
+		// Not fatal: the VM boots without a network and says why.
+		b.rec.Network.Note = "no network: " + err.Error()
+		d.log.Warn("VM boots without a network", "vm", b.vm.Name, "err", err)
+		return nil
+	}
+	b.undo.Add(func() { _ = d.detachNetwork(context.WithoutCancel(ctx), b.vm.ID, tap, false) })
+	mac, _ := parseMAC(lease.MAC)
+	b.nics = append(b.nics, vmm.NIC{TAP: tap, MAC: mac})
+	dns := make([]string, 0, len(lease.DNS))
+	for _, a := range lease.DNS {
+		dns = append(dns, a.String())
+	}
+	b.rec.Network = vmNetwork{TAP: tap, IP: lease.IP.String(), Prefix: lease.Prefix, Gateway: lease.Gateway.String(), MAC: lease.MAC, DNS: dns}
+	b.cmdline = append(b.cmdline, "banger.ip="+netip.PrefixFrom(lease.IP, lease.Prefix).String(), "banger.gw="+lease.Gateway.String())
+	if len(dns) > 0 {
+		b.cmdline = append(b.cmdline, "banger.dns="+strings.Join(dns, ","))
+	}
+	// Persist the TAP before the VMM uses it, so a restarted daemon keeps it.
+	return d.save(ctx, b)
+}
+
+func (d *Daemon) stepVMM(ctx context.Context, b *boot) error {
+	cmdline := b.cmdline
+	if b.profile.cmdline != "" {
+		cmdline = append(cmdline, b.profile.cmdline)
+	}
+	ms := vmm.MachineSpec{
+		Name: b.vm.Name, Kernel: b.kernel.BzImage, Initramfs: b.initrd, Cmdline: strings.Join(cmdline, " "),
+		Drives: b.profile.drives(b.modules),
+		NICs:   b.nics, VCPUs: b.rec.CPUs, MemoryMiB: b.rec.MemoryMiB, RunDir: b.rec.RunDir,
+	}
+	m, err := b.drv.Start(ctx, ms)
+	if err != nil {
+		return err
+	}
+	// The VMM runs from here on: its undo is registered before anything else can fail.
+	b.m = m
+	b.undo.Add(func() { endMachine(m, b.rec.RunDir) })
+	st := m.State()
+	b.rec.VMM, b.rec.ConsoleLog = &st, st.ConsoleLog
+	if err := d.fault("store vmm"); err != nil {
+		return err
+	}
+	return d.save(ctx, b)
+}
+
+func stepAgent(ctx context.Context, b *boot) error {
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-b.m.Done():
+			cancel(fmt.Errorf("the VMM exited: %s", b.m.Exit().Reason))
+		case <-actx.Done():
+		}
+	}()
+	_, err := b.m.Agent().WaitReady(actx)
+	if err != nil && context.Cause(actx) != nil && ctx.Err() == nil {
+		return context.Cause(actx)
+	}
+	return err
+}
+
+// needSSHWait decides whether the start waits for sshd, and notes why not when it doesn't.
+func (d *Daemon) needSSHWait(ctx context.Context, b *boot) bool {
+	b.rec.SSHReady, b.rec.SSHNote, b.rec.SSHAbsent = false, "", false
+	_, serr := b.m.Agent().Stat(ctx, sshdPath)
+	switch {
+	case b.rec.SSHHostKey == "":
+		b.rec.SSHNote, b.rec.SSHAbsent = "created before banger managed SSH keys: recreate the VM to use `vm ssh`", true
+	case agent.IsNotFound(serr):
+		b.rec.SSHNote, b.rec.SSHAbsent = "the image has no sshd ("+sshdPath+"): use `banger vm exec`", true
+	case b.profile.ssh == sshSkip:
+		b.rec.SSHNote = "sshd was not waited for (the VM was started to run a command through the agent)"
+	default:
+		// Set now; a tolerated failure clears it.
+		b.rec.SSHReady = true
+		return true
+	}
+	return false
+}
+
+// toleratedSSHFailure: the VM itself is up and its agent answers, so a disabled or broken
+// sshd must not make it unstartable (the user repairs it with `vm exec`), unless the boot
+// needs SSH.
+func (d *Daemon) toleratedSSHFailure(ctx context.Context, b *boot, err error) bool {
+	b.rec.SSHReady = false
+	if b.profile.ssh == sshRequire || ctx.Err() != nil {
+		return false
+	}
+	b.rec.SSHNote = "sshd did not answer on port 22 (" + firstLine(err.Error()) + "): use `banger vm exec`"
+	b.progress(api.Progress{Stage: stageSSH, Message: "no answer: the VM runs without SSH"})
+	d.log.Warn("VM started without SSH", "vm", b.vm.Name, "err", err)
+	return true
+}
+
+// sshdPath is where images keep OpenSSH's server; without it a VM has no SSH.
+const sshdPath = "/usr/sbin/sshd"
+
+// waitSSH waits until the guest's sshd sends its banner on port 22, reached through the
+// agent so it works with or without a guest network.
+func waitSSH(ctx context.Context, a *agentclient.Client) error {
+	var last error
+	for {
+		last = probeSSH(ctx, a)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last attempt: %v)", context.Cause(ctx), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// probeSSH connects to the guest's port 22 once and reads the SSH banner.
+func probeSSH(ctx context.Context, a *agentclient.Client) error {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := a.Forward(pctx, 22)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(pctx, func() { conn.Close() })
+	defer stop()
+	defer conn.Close()
+	line, err := bufio.NewReader(io.LimitReader(conn, 512)).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read the SSH banner: %w", err)
+	}
+	if !strings.HasPrefix(line, "SSH-") {
+		return fmt.Errorf("port 22 answered %q, not an SSH banner", strings.TrimSpace(line))
+	}
+	return nil
+}
+
+func (d *Daemon) networkReady() bool {
+	if d.net == nil {
+		return false
+	}
+	d.net.mu.Lock()
+	defer d.net.mu.Unlock()
+	return d.net.ready
+}
