@@ -313,3 +313,12 @@ func (d *Daemon) checkLeaks(ctx context.Context) api.CheckResult {
 	}
 	return doctor.Pass("no leaked banger devices or rules (%d devices)", len(devs))
 }
+
+func (d *Daemon) networkReady() bool {
+	if d.net == nil {
+		return false
+	}
+	d.net.mu.Lock()
+	defer d.net.mu.Unlock()
+	return d.net.ready
+}

@@ -2,8 +2,8 @@ package firecracker
 
 // The contract test: every request the Client can send is captured off a real Unix socket
 // and validated against Firecracker's own API description (Swagger 2.0, converted to
-// OpenAPI 3 with kin-openapi), with unknown fields rejected. It needs no firecracker binary
-// and runs in CI, where ../shared/firecracker/firecracker-api.yaml always exists: a
+// OpenAPI 3 with kin-openapi), with unknown fields rejected. It needs no firecracker binary:
+// the description is in testdata (see testdata/README.md for its origin and licence), and a
 // missing file fails the test rather than skipping it.
 
 import (
@@ -30,29 +30,19 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 )
 
-const specRel = "shared/firecracker/firecracker-api.yaml"
+// specPath is Firecracker's API description, kept in this repository.
+const specPath = "testdata/firecracker-api.yaml"
 
-// findSpec walks up from the working directory to the directory holding shared/ (the
-// repository's sibling), or takes $BANGER_FIRECRACKER_API.
+// findSpec returns the API description to test against: $BANGER_FIRECRACKER_API (a newer
+// upstream copy, say) or the one in testdata.
 func findSpec(t *testing.T) string {
 	if p := os.Getenv("BANGER_FIRECRACKER_API"); p != "" {
 		return p
 	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
+	if _, err := os.Stat(specPath); err != nil {
+		t.Fatalf("the contract test needs Firecracker's API description: %v", err)
 	}
-	for {
-		p := filepath.Join(dir, specRel)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatalf("cannot find %s in any parent of the working directory: the contract test needs Firecracker's API description (CI always has it; or set BANGER_FIRECRACKER_API)", specRel)
-		}
-		dir = parent
-	}
+	return specPath
 }
 
 type contract struct {
