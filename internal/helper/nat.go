@@ -185,7 +185,7 @@ func (o *Ops) natRules() map[string][][]expr.Any {
 	return map[string][][]expr.Any{"postrouting": {masq}, "forward": fwd, "input": in}
 }
 
-// EnsureNAT installs the masquerade and forwarding rules and enables IPv4 forwarding.
+// EnsureNAT installs the masquerade, forward and input rules and enables IPv4 forwarding.
 func (o *Ops) EnsureNAT() error { return o.run(o.ensureNAT) }
 
 func (o *Ops) removeNAT() error {
