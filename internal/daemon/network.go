@@ -75,6 +75,7 @@ func (d *Daemon) startNetwork(ctx context.Context) {
 	d.net = n
 	d.doctor.Register("network-helper", d.checkHelper)
 	d.doctor.Register("bridge", d.checkBridge)
+	d.doctor.Register("bridge-ipv6", doctor.BridgeIPv6Check(cfg.Bridge))
 	d.doctor.Register("nat", d.checkNAT)
 	d.doctor.Register("ip-forwarding", d.checkForwarding)
 	d.doctor.Register("tap-pool", d.checkPool)

@@ -20,9 +20,24 @@ type NetConfig struct {
 	OwnerUID int
 	Bridge   string
 	Subnet   netip.Prefix
-	// IsolateVMs sets bridge port isolation on every TAP, so guests reach the gateway (and
-	// through it the outside) but not each other.
+	// IsolateVMs sets bridge port isolation on every TAP and drops forwarding from the
+	// bridge back into it, so guests reach the gateway (and through it the outside) but not
+	// each other, neither directly (L2) nor routed through the gateway (L3).
 	IsolateVMs bool
+	// MaxTAPs caps the TAPs the owner may have on this helper's bridge (0: DefaultMaxTAPs),
+	// so a runaway or hostile daemon cannot fill the host with kernel devices.
+	MaxTAPs int
+}
+
+// DefaultMaxTAPs is the TAP cap when none is configured: more VMs than this host class can
+// run, plus the warm pool.
+const DefaultMaxTAPs = 256
+
+func (c NetConfig) maxTAPs() int {
+	if c.MaxTAPs > 0 {
+		return c.MaxTAPs
+	}
+	return DefaultMaxTAPs
 }
 
 // Validate checks the configuration before anything is touched.
@@ -233,9 +248,6 @@ func (o *Ops) checkOverlap() error {
 	return nil
 }
 
-// CheckSubnet refuses a subnet that overlaps an existing route (not on our own bridge).
-func (o *Ops) CheckSubnet() error { return o.run(o.checkOverlap) }
-
 func (o *Ops) ensureBridge() (netlink.Link, error) {
 	if err := o.checkOverlap(); err != nil {
 		return nil, err
@@ -255,6 +267,11 @@ func (o *Ops) ensureBridge() (netlink.Link, error) {
 		return nil, fmt.Errorf("look up bridge %s: %w", o.cfg.Bridge, err)
 	case link.Type() != "bridge":
 		return nil, refuse("rename that device or set another [network] bridge", "%s exists and is a %s, not a bridge", o.cfg.Bridge, link.Type())
+	}
+	// Before the bridge is up, and again for an existing one (someone may have turned it
+	// back on): a guest's router advertisement must never configure the host.
+	if err := noIPv6(o.cfg.Bridge); err != nil {
+		return nil, err
 	}
 	gw := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(Gateway(o.cfg.Subnet).AsSlice()), Mask: net.CIDRMask(o.cfg.Subnet.Bits(), 32)}}
 	if err := netlink.AddrReplace(link, gw); err != nil {
@@ -285,11 +302,15 @@ func (o *Ops) createTAP(name, ip string) (err error) {
 			return refuse("remove that device by hand; banger will not touch it", "%s exists and is a %s, not a TAP", name, existing.Type())
 		}
 		// An existing TAP is re-attached and re-configured: creating is idempotent, so a
-		// client that lost a response can simply retry.
-		if t, ok := existing.(*netlink.Tuntap); ok && t.Owner != uint32(o.cfg.OwnerUID) {
-			return refuse("delete it first (delete_tap)", "%s exists but belongs to uid %d, not %d", name, t.Owner, o.cfg.OwnerUID)
+		// client that lost a response can simply retry. Another owner's, or one on another
+		// helper's bridge, is not ours to take.
+		if err := o.checkOurs(existing, br.Attrs().Index); err != nil {
+			return err
 		}
 		return o.configureTAP(existing, br, ip)
+	}
+	if err := o.checkTAPCap(); err != nil {
+		return err
 	}
 	if err := createPersistentTAP(name, uint32(o.cfg.OwnerUID)); err != nil {
 		return fmt.Errorf("create TAP %s: %w", name, err)
@@ -336,6 +357,11 @@ func createPersistentTAP(name string, owner uint32) error {
 
 func (o *Ops) configureTAP(tap, br netlink.Link, ip string) error {
 	name := tap.Attrs().Name
+	// The host side of a guest's link takes no IPv6 part: no link-local address for guests
+	// to reach host services on, no router advertisements accepted from them.
+	if err := noIPv6(name); err != nil {
+		return err
+	}
 	if err := netlink.LinkSetMaster(tap, br); err != nil {
 		return fmt.Errorf("attach %s to %s: %w", name, o.cfg.Bridge, err)
 	}
@@ -381,6 +407,13 @@ func (o *Ops) deleteTAP(name string) error {
 	if link.Type() != "tuntap" {
 		return refuse("remove that device by hand; banger will not touch it", "%s is a %s, not a TAP", name, link.Type())
 	}
+	brIndex := 0
+	if br, err := netlink.LinkByName(o.cfg.Bridge); err == nil {
+		brIndex = br.Attrs().Index
+	}
+	if err := o.checkOurs(link, brIndex); err != nil {
+		return err
+	}
 	if err := netlink.LinkDel(link); err != nil {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
@@ -396,10 +429,21 @@ func (o *Ops) list() ([]Device, error) {
 	for _, l := range links {
 		names[l.Attrs().Index] = l.Attrs().Name
 	}
+	brIndex := 0
+	for _, l := range links {
+		if l.Attrs().Name == o.cfg.Bridge {
+			brIndex = l.Attrs().Index
+		}
+	}
 	out := []Device{}
 	for _, l := range links {
 		a := l.Attrs()
 		if a.Name != o.cfg.Bridge && !IsTAPName(a.Name) {
+			continue
+		}
+		// Only this helper's TAPs: the daemon deletes listed TAPs no VM references, so
+		// listing another owner's (or another bridge's) would be deleting them.
+		if a.Name != o.cfg.Bridge && o.checkOurs(l, brIndex) != nil {
 			continue
 		}
 		d := Device{Name: a.Name, Kind: l.Type(), Up: a.Flags&net.FlagUp != 0, Master: names[a.MasterIndex], Owner: -1}
@@ -417,6 +461,68 @@ func (o *Ops) list() ([]Device, error) {
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// checkOurs refuses a TAP this helper did not make for its owner: one owned by another uid,
+// or attached to a bridge other than ours (another banger helper's, even of the same uid).
+// brIndex is our bridge's ifindex, 0 when it does not exist.
+func (o *Ops) checkOurs(l netlink.Link, brIndex int) error {
+	name := l.Attrs().Name
+	t, ok := l.(*netlink.Tuntap)
+	if !ok {
+		return refuse("remove that device by hand; banger will not touch it", "%s is a %s, not a TAP", name, l.Type())
+	}
+	if t.Owner != uint32(o.cfg.OwnerUID) {
+		return refuse("it belongs to another user's banger; that user's daemon manages it",
+			"%s belongs to uid %d, not %d", name, int32(t.Owner), o.cfg.OwnerUID)
+	}
+	if m := l.Attrs().MasterIndex; m != 0 && m != brIndex {
+		master := fmt.Sprintf("ifindex %d", m)
+		if ml, err := netlink.LinkByIndex(m); err == nil {
+			master = ml.Attrs().Name
+		}
+		return refuse("it belongs to the banger helper of that bridge", "%s is attached to %s, not to this helper's bridge %s", name, master, o.cfg.Bridge)
+	}
+	return nil
+}
+
+// checkTAPCap refuses a new TAP when the owner already has the maximum.
+func (o *Ops) checkTAPCap() error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	n := 0
+	for _, l := range links {
+		if t, ok := l.(*netlink.Tuntap); ok && IsTAPName(l.Attrs().Name) && t.Owner == uint32(o.cfg.OwnerUID) {
+			n++
+		}
+	}
+	if max := o.cfg.maxTAPs(); n >= max {
+		return refuse("delete VMs you no longer need (banger vm rm), or lower [network] tap_pool_size",
+			"uid %d already has %d TAPs, the most this helper creates", o.cfg.OwnerUID, n)
+	}
+	return nil
+}
+
+// ipv6Conf is where the per-interface IPv6 settings live (in the calling thread's namespace).
+const ipv6Conf = "/proc/sys/net/ipv6/conf"
+
+// noIPv6 turns IPv6 off on a host-side interface of the guest network. disable_ipv6 alone
+// would do; accept_ra=0 and autoconf=0 are written first so that a tool that later turns
+// IPv6 back on still does not let guests' router advertisements configure the host. Guests
+// get no IPv6 from banger (the subnet and NAT are IPv4), so nothing is lost.
+func noIPv6(ifname string) error {
+	if _, err := os.Stat(ipv6Conf); errors.Is(err, os.ErrNotExist) {
+		return nil // IPv6 is not in this kernel (ipv6.disable=1): nothing to configure
+	}
+	for _, kv := range [][2]string{{"accept_ra", "0"}, {"autoconf", "0"}, {"disable_ipv6", "1"}} {
+		p := ipv6Conf + "/" + ifname + "/" + kv[0]
+		if err := os.WriteFile(p, []byte(kv[1]+"\n"), 0o644); err != nil {
+			return fmt.Errorf("turn IPv6 off on %s (%s): %w", ifname, p, err)
+		}
+	}
+	return nil
 }
 
 const ipForward = "/proc/sys/net/ipv4/ip_forward"
@@ -441,7 +547,7 @@ func enableForwarding() error {
 
 func (o *Ops) status() (*Status, error) {
 	st := &Status{OwnerUID: o.cfg.OwnerUID, Bridge: o.cfg.Bridge, Subnet: o.cfg.Subnet.String(),
-		Gateway: Gateway(o.cfg.Subnet).String(), IsolateVMs: o.cfg.IsolateVMs, BridgeAddrs: []string{}, WantRules: natRuleCount}
+		Gateway: Gateway(o.cfg.Subnet).String(), IsolateVMs: o.cfg.IsolateVMs, BridgeAddrs: []string{}, WantRules: o.natRuleCount()}
 	if br, err := netlink.LinkByName(o.cfg.Bridge); err == nil {
 		st.BridgeUp = br.Attrs().Flags&net.FlagUp != 0
 		addrs, _ := netlink.AddrList(br, netlink.FAMILY_V4)

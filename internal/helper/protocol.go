@@ -20,7 +20,7 @@ const (
 	OpCreateTAP    = "create_tap"    // name (tap-pool-N or bgr-<id>), optional ip
 	OpDeleteTAP    = "delete_tap"    // name
 	OpList         = "list"          // banger-owned devices
-	OpEnsureNAT    = "ensure_nat"    // masquerade + forwarding for the subnet, ip_forward=1
+	OpEnsureNAT    = "ensure_nat"    // masquerade + forward/input filtering for the bridge, ip_forward=1
 	OpRemoveNAT    = "remove_nat"    // delete banger's nftables table
 	OpStatus       = "status"        // what doctor needs in one round trip
 )

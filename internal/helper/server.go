@@ -24,6 +24,14 @@ const DefaultSocket = "/run/banger/helper.sock"
 // idleTimeout closes connections a client forgot about.
 const idleTimeout = 2 * time.Minute
 
+// maxConns bounds open connections: the daemon dials once per call and makes a few calls at
+// a time, so more than this is a client gone wrong, and each one holds a goroutine and a
+// buffer in a root process.
+const maxConns = 16
+
+// replyTimeout bounds writing one response to a client that does not read.
+const replyTimeout = 10 * time.Second
+
 // Server serves Ops on a Unix socket to one uid.
 type Server struct {
 	ops    *Ops
@@ -32,6 +40,7 @@ type Server struct {
 	ln     *net.UnixListener
 
 	wg    sync.WaitGroup
+	slots chan struct{} // one per open connection, at most maxConns
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 }
@@ -83,7 +92,7 @@ func Listen(socket string, ops *Ops, log *slog.Logger) (*Server, error) {
 		_ = ln.Close()
 		return nil, fmt.Errorf("give socket %s to uid %d: %w", socket, owner, err)
 	}
-	return &Server{ops: ops, log: log, socket: socket, ln: ln, conns: map[net.Conn]struct{}{}}, nil
+	return &Server{ops: ops, log: log, socket: socket, ln: ln, slots: make(chan struct{}, maxConns), conns: map[net.Conn]struct{}{}}, nil
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and open connections,
@@ -100,6 +109,17 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			break
 		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			// Answered and closed right here: the reply fits the empty socket buffer, so this
+			// cannot stall the accept loop.
+			s.log.Warn("refused connection", "reason", "too many connections", "limit", maxConns)
+			_ = s.reply(c, Response{Code: CodeRefused, Error: fmt.Sprintf("too many connections (the helper serves at most %d at a time)", maxConns),
+				Hint: "close idle connections; the banger daemon needs only a few"})
+			_ = c.Close()
+			continue
+		}
 		s.mu.Lock()
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
@@ -110,6 +130,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
+			<-s.slots
 		}()
 	}
 	_ = s.ln.Close()
@@ -154,7 +175,7 @@ func CheckPeer(c *net.UnixConn, owner int) (*unix.Ucred, error) {
 
 func (s *Server) reply(c net.Conn, r Response) error {
 	b, _ := json.Marshal(r)
-	_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 	_, err := c.Write(append(b, '\n'))
 	return err
 }

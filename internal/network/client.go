@@ -81,12 +81,6 @@ func (c *Client) Do(ctx context.Context, req helper.Request) (helper.Response, e
 	return resp, nil
 }
 
-// IsRefused reports whether err is a helper refusal.
-func IsRefused(err error) bool {
-	var he *helper.Error
-	return errors.As(err, &he) && he.Code == helper.CodeRefused
-}
-
 // EnsureBridge asks the helper to create/up the bridge.
 func (c *Client) EnsureBridge(ctx context.Context) error {
 	_, err := c.Do(ctx, helper.Request{Op: helper.OpEnsureBridge})
@@ -114,12 +108,6 @@ func (c *Client) List(ctx context.Context) ([]helper.Device, error) {
 // EnsureNAT installs masquerade + forwarding for subnet (which must be the helper's).
 func (c *Client) EnsureNAT(ctx context.Context, subnet string) error {
 	_, err := c.Do(ctx, helper.Request{Op: helper.OpEnsureNAT, Subnet: subnet})
-	return err
-}
-
-// RemoveNAT deletes banger's nftables table.
-func (c *Client) RemoveNAT(ctx context.Context, subnet string) error {
-	_, err := c.Do(ctx, helper.Request{Op: helper.OpRemoveNAT, Subnet: subnet})
 	return err
 }
 
