@@ -446,4 +446,3 @@ func stepAgent(ctx context.Context, b *boot) error {
 	}
 	return err
 }
-
