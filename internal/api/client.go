@@ -38,9 +38,6 @@ func NewClient(socket, clientVersion string) *Client {
 	return &Client{socket: socket, version: clientVersion, http: &http.Client{Transport: tr}}
 }
 
-// Socket is the socket path the client dials.
-func (c *Client) Socket() string { return c.socket }
-
 // IsDaemonNotRunning reports whether err means nothing is listening on the socket.
 func IsDaemonNotRunning(err error) bool {
 	var e *Error

@@ -178,9 +178,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	return d, nil
 }
 
-// Serving returns a channel that yields if the HTTP server stops on its own (an error).
-func (d *Daemon) Serving() <-chan error { return d.serveErr }
-
 // Shutdown stops accepting connections, lets in-flight requests finish until ctx ends, then
 // closes the store and removes the socket and the lock. It is safe to call more than once.
 func (d *Daemon) Shutdown(ctx context.Context) error {

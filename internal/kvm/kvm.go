@@ -86,10 +86,7 @@ type ProbeResult struct {
 	Elapsed time.Duration
 }
 
-// Usable reports whether banger may use KVM acceleration.
-func (r ProbeResult) Usable() bool { return r.Status == StatusUsable }
-
-// String renders the result as one line for logs and doctor output.
+// String renders the result as one line for logs and test failures.
 func (r ProbeResult) String() string {
 	return fmt.Sprintf("%s: %s: %s (%s)", r.Device, r.Status, r.Detail, r.Hint)
 }

@@ -48,13 +48,3 @@ func (r *Reverter) Success() {
 	r.done = true
 	r.fns = nil
 }
-
-// Clone hands the pending undo functions to a new Reverter and empties r, so a caller can
-// return the undo of a partly kept result to its own caller (which then owns it).
-func (r *Reverter) Clone() *Reverter {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	c := &Reverter{fns: r.fns}
-	r.fns = nil
-	return c
-}
