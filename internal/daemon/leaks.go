@@ -96,8 +96,7 @@ func (d *Daemon) leakRefs(ctx context.Context) (leakRefs, error) {
 		if err != nil {
 			// Its directories are where create puts them: never offer them as leaks.
 			d.log.Warn("a VM's record does not decode; keeping its directories", "vm", vm.Name, "err", err)
-			spec.Dir = filepath.Join(d.opts.Layout.VMsDir, vm.ID)
-			spec.RunDir = filepath.Join(d.opts.Layout.RuntimeDir, "v", vm.ID)
+			spec = d.defaultRecord(vm.ID)
 		}
 		refs.vmIDs[vm.ID] = vm.Name
 		for _, dir := range []string{spec.Dir, spec.RunDir} {

@@ -350,7 +350,7 @@ func TestFakeCrashAndReconcile(t *testing.T) {
 	e.drv.mu.Lock()
 	e.drv.machines[rec.VMM.PID].exit(vmm.ExitInfo{Reason: "killed by signal 9", At: time.Now()})
 	e.drv.mu.Unlock()
-	waitFor(t, func() bool { vm, _ := e.record("a"); return vm.State == store.VMError })
+	waitFor(t, func() bool { vm, _ := e.record("a"); return vm.State == store.VMCrashed })
 	if vm := e.d.vmToAPI(ctx, must(e.d.store.GetVMByName(ctx, "a"))); vm.State != "crashed" || !strings.Contains(vm.LastExit, "signal 9") {
 		t.Fatalf("crashed VM: state %s, last exit %q", vm.State, vm.LastExit)
 	}
@@ -366,7 +366,7 @@ func TestFakeCrashAndReconcile(t *testing.T) {
 	e.drv.crash()
 	e.start()
 	vm, rec := e.record("b")
-	if vm.State != store.VMError || rec.VMM != nil || !strings.Contains(rec.LastExit, "gone when the daemon started") {
+	if vm.State != store.VMCrashed || rec.VMM != nil || !strings.Contains(rec.LastExit, "gone when the daemon started") {
 		t.Fatalf("after reconcile: state %s, record %+v", vm.State, rec.vmStatus)
 	}
 	// And it starts again.
@@ -401,5 +401,28 @@ func TestParseRecordReportsCorruptRows(t *testing.T) {
 	rec, err := parseRecord(store.VM{Name: "x", Spec: []byte(`{"cpus":2,"network":{"tap":"t"},"driver":"qemu"}`)})
 	if err != nil || rec.CPUs != 2 || rec.Network.TAP != "t" {
 		t.Fatalf("record %+v, %v", rec, err)
+	}
+}
+
+// A record that does not decode is marked error at the next daemon start, shown as such,
+// and `vm rm` still removes the VM and its directories.
+func TestCorruptRecordIsMarkedAndRemovable(t *testing.T) {
+	e := newFakeEnv(t)
+	ctx := context.Background()
+	must(e.create("a", false))
+	vm, rec := e.record("a")
+	vm.Spec = []byte(`{"cpus":"many","dir":17}`)
+	must(0, e.d.store.PutVM(ctx, vm))
+	e.restart()
+	got := e.d.vmToAPI(ctx, must(e.d.store.GetVMByName(ctx, "a")))
+	if got.State != "error" || !strings.Contains(got.LastExit, "corrupt record") {
+		t.Fatalf("corrupt VM: state %s, last exit %q", got.State, got.LastExit)
+	}
+	if _, err := e.d.startVM(ctx, "a", func(api.Progress) {}); err == nil || !strings.Contains(err.Error(), "corrupt record") {
+		t.Fatalf("start of a corrupt VM: %v", err)
+	}
+	must(0, e.d.removeVM(ctx, api.VMRemoveRequest{Name: "a"}))
+	if _, err := os.Stat(rec.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("corrupt VM's directory after rm: %v", err)
 	}
 }

@@ -108,14 +108,18 @@ func (d *Daemon) chooseVMM() (vmm.Choice, error) {
 	return choice, nil
 }
 
+// defaultRecord is what is known of a VM whose record does not decode: where create put
+// its directories.
+func (d *Daemon) defaultRecord(id string) vmRecord {
+	return vmRecord{vmSpec: vmSpec{Dir: filepath.Join(d.opts.Layout.VMsDir, id), RunDir: filepath.Join(d.opts.Layout.RuntimeDir, "v", id)}}
+}
+
 // newVMRecord is the first record of a VM: its spec, and the VMM it is to run on.
 func (d *Daemon) newVMRecord(id string, p createParams, choice vmm.Choice) vmRecord {
-	return vmRecord{
-		vmSpec: vmSpec{Kernel: p.kernel.ID, CPUs: p.cpus, MemoryMiB: p.memoryMiB, DiskBytes: p.diskBytes,
-			Dir:    filepath.Join(d.opts.Layout.VMsDir, id),
-			RunDir: filepath.Join(d.opts.Layout.RuntimeDir, "v", id)},
-		vmStatus: vmStatus{Accel: choice.Accel, DriverReason: choice.Reason},
-	}
+	rec := d.defaultRecord(id)
+	rec.Kernel, rec.CPUs, rec.MemoryMiB, rec.DiskBytes = p.kernel.ID, p.cpus, p.memoryMiB, p.diskBytes
+	rec.Accel, rec.DriverReason = choice.Accel, choice.Reason
+	return rec
 }
 
 // createVM registers a VM and builds its disks; with req.Start it boots it too. On failure

@@ -105,28 +105,6 @@ func (r vmRecord) raw() json.RawMessage {
 func (s vmSpec) workDisk() string  { return filepath.Join(s.Dir, "work.ext4") }
 func (s vmSpec) layerDisk() string { return filepath.Join(s.Dir, "layer.ext4") }
 
-// vmState is a VM's state as the API reports it: the stored state, with a crash told apart
-// from a clean stop.
-type vmState string
-
-const (
-	vmCreated  vmState = "created"
-	vmStarting vmState = "starting"
-	vmRunning  vmState = "running"
-	vmStopping vmState = "stopping"
-	vmStopped  vmState = "stopped"
-	vmCrashed  vmState = "crashed"
-)
-
-// apiState maps a stored state to the API's: the store's "error" is a VM whose VMM ended
-// without the guest shutting down.
-func apiState(s store.VMState) vmState {
-	if s == store.VMError {
-		return vmCrashed
-	}
-	return vmState(s)
-}
-
 // stopKind says how a VM ended, so the stored state follows from a type, not from words.
 type stopKind int
 
@@ -137,7 +115,7 @@ const (
 
 func (k stopKind) state() store.VMState {
 	if k == stopCrashed {
-		return store.VMError
+		return store.VMCrashed
 	}
 	return store.VMStopped
 }
@@ -186,7 +164,7 @@ func (d *Daemon) vmLookup(ctx context.Context, name string) (store.VM, error) {
 
 func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 	rec, err := parseRecord(vm)
-	out := api.VM{ID: vm.ID, Name: vm.Name, Kernel: rec.Kernel, State: string(apiState(vm.State)), Driver: vm.VMM,
+	out := api.VM{ID: vm.ID, Name: vm.Name, Kernel: rec.Kernel, State: string(vm.State), Driver: vm.VMM,
 		Accel: rec.Accel, DriverReason: rec.DriverReason, CPUs: rec.CPUs, MemoryMiB: rec.MemoryMiB,
 		Dir: rec.Dir, RunDir: rec.RunDir, ConsoleLog: rec.ConsoleLog, Stages: rec.Stages, LastExit: rec.LastExit,
 		CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, Disks: []api.VMDisk{},

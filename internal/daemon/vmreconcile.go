@@ -33,9 +33,12 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 	for _, vm := range vms {
 		rec, err := parseRecord(vm)
 		if err != nil {
-			// Nothing safe can be done with a record that does not decode: leave it for the
-			// user (vm rm, doctor --leaks) rather than guess.
-			d.log.Warn("skipping a VM with a corrupt record", "vm", vm.Name, "err", err)
+			// Nothing safe can be done with a record that does not decode: mark it and leave
+			// it for the user (vm rm) rather than guess.
+			d.log.Warn("a VM's record does not decode; marking it error", "vm", vm.Name, "err", err)
+			if err := d.store.SetVMState(ctx, vm.ID, store.VMError); err != nil {
+				d.log.Warn("could not mark a VM error", "vm", vm.Name, "err", err)
+			}
 			continue
 		}
 		c := leftovers{d: d, vm: vm, rec: rec, procs: procs}

@@ -135,7 +135,7 @@ func TestReconcileMarksGoneVMs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm.State != store.VMError || got.Network.TAP != "" || got.VMM != nil || !strings.Contains(got.LastExit, "crashed") {
+	if vm.State != store.VMCrashed || got.Network.TAP != "" || got.VMM != nil || !strings.Contains(got.LastExit, "crashed") {
 		t.Fatalf("after reconcile: state %s, spec %+v", vm.State, got)
 	}
 	if a := d2.vmToAPI(ctx, vm); a.State != "crashed" {

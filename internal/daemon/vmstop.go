@@ -138,7 +138,10 @@ func (d *Daemon) removeVM(ctx context.Context, req api.VMRemoveRequest) error {
 	}
 	rec, err := parseRecord(vm)
 	if err != nil {
-		return api.Errorf(api.CodeInternal, "remove its directories by hand, then the row with `banger doctor --leaks --fix`", "%v", err)
+		// Removing is how a user gets rid of a VM whose record is corrupt: its directories
+		// are where create puts them.
+		d.log.Warn("removing a VM whose record does not decode", "vm", vm.Name, "err", err)
+		rec = d.defaultRecord(vm.ID)
 	}
 	ctx = context.WithoutCancel(ctx)
 	var errs []error

@@ -26,7 +26,7 @@ func TestMigrationsOrdered(t *testing.T) {
 			t.Errorf("migration %d: empty SQL", m.version)
 		}
 	}
-	if latestVersion() != 3 {
+	if latestVersion() != 4 {
 		t.Errorf("latestVersion = %d; update the seeders in this file when adding a migration", latestVersion())
 	}
 }
@@ -41,7 +41,8 @@ var seeders = map[int]func(ctx context.Context, tx *sql.Tx) error{
 INSERT INTO images(id, name, source, rootfs_path, size_bytes, created_at, updated_at, metadata)
 VALUES ('img-old', 'bookworm', 'debian:bookworm', '/var/images/bookworm.ext4', 1234, 1000, 2000, '{"arch":"amd64"}');
 INSERT INTO vms(id, name, image_id, state, vmm, spec, created_at, updated_at)
-VALUES ('vm-old', 'dev', 'img-old', 'stopped', 'qemu', '{"vcpus":2}', 3000, 4000);`)
+VALUES ('vm-old', 'dev', 'img-old', 'stopped', 'qemu', '{"vcpus":2}', 3000, 4000),
+       ('vm-crash', 'gone', 'img-old', 'error', 'qemu', '{}', 3000, 4000);`)
 		return err
 	},
 	2: func(ctx context.Context, tx *sql.Tx) error {
@@ -52,6 +53,12 @@ INSERT INTO network_leases(ip, vm_id, mac, leased_at) VALUES ('172.16.0.2', 'vm-
 	3: func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `
 INSERT INTO lifecycle_events(at, operation, subject, stage, duration_ns) VALUES (6000, 'vm.start', 'vm-old', 'boot', 42);`)
+		return err
+	},
+	4: func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `
+INSERT INTO vms(id, name, image_id, state, vmm, spec, created_at, updated_at)
+VALUES ('vm-v4', 'crashed-v4', 'img-old', 'crashed', 'qemu', '{}', 3000, 4000);`)
 		return err
 	},
 }
@@ -141,6 +148,11 @@ func TestUpgradeFromEveryVersion(t *testing.T) {
 			}
 			if vm.Name != "dev" || vm.ImageID != "img-old" || vm.State != VMStopped || string(vm.Spec) != `{"vcpus":2}` {
 				t.Fatalf("old vm = %+v", vm)
+			}
+
+			// A crash recorded as 'error' before v4 reads as crashed.
+			if crashed, err := s.GetVM(ctx, "vm-crash"); err != nil || crashed.State != VMCrashed {
+				t.Fatalf("old crashed vm = %+v, %v", crashed, err)
 			}
 
 			// The old VM works with tables newer than it.

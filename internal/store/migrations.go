@@ -115,6 +115,42 @@ CREATE INDEX lifecycle_events_subject ON lifecycle_events(subject, id);
 CREATE INDEX lifecycle_events_operation ON lifecycle_events(operation, id);
 `,
 	},
+	{
+		version: 4,
+		name:    "vm state crashed",
+		sql: `
+-- A VMM that ended without the guest shutting down was recorded as 'error';
+-- it is now 'crashed', and 'error' means a VM banger cannot use as recorded
+-- (a record that does not decode). SQLite cannot ALTER a CHECK, so vms is
+-- rebuilt. network_leases references vms with ON DELETE CASCADE: dropping
+-- vms under it would delete every lease, so it is rebuilt first against the
+-- new table, and the renames below point its reference back at "vms".
+CREATE TABLE vms_new (
+	id         TEXT    NOT NULL PRIMARY KEY CHECK (id <> ''),
+	name       TEXT    NOT NULL UNIQUE CHECK (name <> ''),
+	image_id   TEXT    NOT NULL REFERENCES images(id) ON DELETE RESTRICT ON UPDATE RESTRICT,
+	state      TEXT    NOT NULL CHECK (state IN ('created', 'starting', 'running', 'stopping', 'stopped', 'crashed', 'error')),
+	vmm        TEXT    NOT NULL DEFAULT '',
+	spec       TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(spec)),
+	created_at INTEGER NOT NULL,
+	updated_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO vms_new(id, name, image_id, state, vmm, spec, created_at, updated_at)
+	SELECT id, name, image_id, CASE state WHEN 'error' THEN 'crashed' ELSE state END, vmm, spec, created_at, updated_at FROM vms;
+CREATE TABLE network_leases_new (
+	ip        TEXT    NOT NULL PRIMARY KEY CHECK (ip <> ''),
+	vm_id     TEXT    NOT NULL UNIQUE REFERENCES vms_new(id) ON DELETE CASCADE ON UPDATE RESTRICT,
+	mac       TEXT    NOT NULL UNIQUE CHECK (mac <> '' AND mac = lower(mac)),
+	leased_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO network_leases_new(ip, vm_id, mac, leased_at) SELECT ip, vm_id, mac, leased_at FROM network_leases;
+DROP TABLE network_leases;
+DROP TABLE vms;
+ALTER TABLE vms_new RENAME TO vms;
+ALTER TABLE network_leases_new RENAME TO network_leases;
+CREATE INDEX vms_image_id ON vms(image_id);
+`,
+	},
 }
 
 func latestVersion() int { return len(migrations) }

@@ -19,12 +19,15 @@ const (
 	VMRunning  VMState = "running"
 	VMStopping VMState = "stopping"
 	VMStopped  VMState = "stopped"
-	VMError    VMState = "error"
+	// VMCrashed: the VMM ended without the guest shutting down.
+	VMCrashed VMState = "crashed"
+	// VMError: banger cannot use the VM as recorded (its record does not decode).
+	VMError VMState = "error"
 )
 
 // VMStates lists every state, in lifecycle order.
 func VMStates() []VMState {
-	return []VMState{VMCreated, VMStarting, VMRunning, VMStopping, VMStopped, VMError}
+	return []VMState{VMCreated, VMStarting, VMRunning, VMStopping, VMStopped, VMCrashed, VMError}
 }
 
 // VM is a row of the vms table.
