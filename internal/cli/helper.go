@@ -78,7 +78,7 @@ A systemd unit is in contrib/systemd/banger-helper.service.`,
 			if err := ops.Teardown(); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.env.Stdout, "removed banger's TAPs, bridge %s and table inet %s\n", cfg.Bridge, helper.NATTable)
+			fmt.Fprintf(a.env.Stdout, "removed banger's TAPs, bridge %s and table inet %s\n", cfg.Bridge, helper.NATTableFor(cfg.Bridge))
 			return nil
 		},
 	})

@@ -253,11 +253,11 @@ func (d *Daemon) checkNAT(ctx context.Context) api.CheckResult {
 	}
 	switch {
 	case !st.NATTable:
-		return doctor.Failf("restart the helper (it installs the NAT rules); guests cannot reach the outside without them", "nftables table inet %s is missing", helper.NATTable)
+		return doctor.Failf("restart the helper (it installs the NAT rules); guests cannot reach the outside without them", "nftables table inet %s is missing", helper.NATTableFor(d.opts.Config.Network.Bridge))
 	case st.NATRules != st.WantRules:
-		return doctor.Warnf("restart the helper: it rewrites the table with exactly its rules", "table inet %s has %d rules, want %d (changed by hand?)", helper.NATTable, st.NATRules, st.WantRules)
+		return doctor.Warnf("restart the helper: it rewrites the table with exactly its rules", "table inet %s has %d rules, want %d (changed by hand?)", helper.NATTableFor(d.opts.Config.Network.Bridge), st.NATRules, st.WantRules)
 	}
-	return doctor.Pass("table inet %s masquerades %s (%d rules)", helper.NATTable, st.Subnet, st.NATRules)
+	return doctor.Pass("table inet %s masquerades %s (%d rules)", helper.NATTableFor(d.opts.Config.Network.Bridge), st.Subnet, st.NATRules)
 }
 
 func (d *Daemon) checkForwarding(ctx context.Context) api.CheckResult {

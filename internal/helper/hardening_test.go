@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -465,5 +466,57 @@ func TestHelperConnectionsAreLimited(t *testing.T) {
 			t.Fatalf("slots were not given back after the connections closed: %+v", r)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Two owners' helpers on one host (each its bridge and subnet) keep separate tables: one's
+// ensure_nat or teardown leaves the other's rules alone, and the table all helpers shared
+// before is replaced.
+func TestHelpersOnTwoBridgesKeepTheirOwnRules(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t)
+	var legacy *nftables.Table
+	mustInNS(t, ns, "add the legacy table", func() error {
+		c, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return err
+		}
+		defer c.CloseLasting()
+		legacy = c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: legacyNATTable})
+		return c.Flush()
+	})
+	a := newOpsCfg(t, ns, NetConfig{OwnerUID: 1000, Bridge: "banger0", Subnet: testSubnet})
+	b := newOpsCfg(t, ns, NetConfig{OwnerUID: 1001, Bridge: "banger1", Subnet: netip.MustParsePrefix("10.213.67.0/24")})
+	for _, o := range []*Ops{a, b} {
+		do(t, o, Request{Op: OpEnsureBridge})
+		do(t, o, Request{Op: OpEnsureNAT})
+	}
+	tables := func() map[string]bool {
+		out := map[string]bool{}
+		mustInNS(t, ns, "list tables", func() error {
+			c, err := nftables.New(nftables.AsLasting())
+			if err != nil {
+				return err
+			}
+			defer c.CloseLasting()
+			ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+			for _, tb := range ts {
+				out[tb.Name] = true
+			}
+			return err
+		})
+		return out
+	}
+	if got := tables(); !got["banger-banger0"] || !got["banger-banger1"] || got[legacy.Name] {
+		t.Fatalf("tables after two helpers' ensure_nat: %v; want one per bridge and no legacy table", got)
+	}
+	for _, o := range []*Ops{a, b} {
+		if st := do(t, o, Request{Op: OpStatus}).Status; !st.NATTable || st.NATRules != st.WantRules {
+			t.Errorf("%s: table %v, %d rules, want %d", o.cfg.Bridge, st.NATTable, st.NATRules, st.WantRules)
+		}
+	}
+	do(t, a, Request{Op: OpRemoveNAT})
+	if got := tables(); got["banger-banger0"] || !got["banger-banger1"] {
+		t.Fatalf("tables after one helper removed its NAT: %v; want the other's kept", got)
 	}
 }

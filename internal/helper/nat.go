@@ -10,9 +10,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NATTable is banger's one nftables table. Everything banger adds lives in it, so removing
-// banger's rules is deleting this table, and nothing else on the host is ever touched.
-const NATTable = "banger"
+// NATTableFor is the nftables table (family inet) of the helper serving bridge. Everything
+// a helper adds lives in its table, so removing its rules is deleting that table, and
+// nothing else on the host is touched: not the host's own rules, not another user's helper
+// on another bridge (one shared table let the second helper's ensure_nat replace the
+// first one's rules, and with them its guests' isolation).
+func NATTableFor(bridge string) string { return "banger-" + bridge }
+
+// legacyNATTable is the one table every helper shared before tables were per bridge; it is
+// replaced by the bridge's own table on ensure_nat and removed by teardown.
+const legacyNATTable = "banger"
+
+func (o *Ops) natTable() string { return NATTableFor(o.cfg.Bridge) }
 
 func (o *Ops) nftConn() (*nftables.Conn, error) {
 	if o.nsFd >= 0 {
@@ -22,16 +31,30 @@ func (o *Ops) nftConn() (*nftables.Conn, error) {
 }
 
 func (o *Ops) findTable(c *nftables.Conn) (*nftables.Table, error) {
+	return findTableNamed(c, o.natTable())
+}
+
+func findTableNamed(c *nftables.Conn, name string) (*nftables.Table, error) {
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tables {
-		if t.Name == NATTable {
+		if t.Name == name {
 			return t, nil
 		}
 	}
 	return nil, nil
+}
+
+// delLegacyTable queues the deletion of the pre-per-bridge table, if it exists, and says
+// whether it did.
+func delLegacyTable(c *nftables.Conn) (bool, error) {
+	t, err := findTableNamed(c, legacyNATTable)
+	if t != nil {
+		c.DelTable(t)
+	}
+	return t != nil, err
 }
 
 // ensureNAT (re)writes table inet banger in one transaction: the old table (if any) is
@@ -80,7 +103,10 @@ func (o *Ops) ensureNAT() error {
 	if old != nil {
 		c.DelTable(old)
 	}
-	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: NATTable})
+	if _, err := delLegacyTable(c); err != nil {
+		return err
+	}
+	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: o.natTable()})
 	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	accept := nftables.ChainPolicyAccept
@@ -95,7 +121,7 @@ func (o *Ops) ensureNAT() error {
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("install NAT and filter rules in table inet %s: %w", NATTable, err)
+		return fmt.Errorf("install NAT and filter rules in table inet %s: %w", o.natTable(), err)
 	}
 	return nil
 }
@@ -195,12 +221,18 @@ func (o *Ops) removeNAT() error {
 	}
 	defer c.CloseLasting()
 	t, err := o.findTable(c)
-	if err != nil || t == nil {
+	if err != nil {
 		return err
 	}
-	c.DelTable(t)
+	if t != nil {
+		c.DelTable(t)
+	}
+	legacy, err := delLegacyTable(c)
+	if err != nil || (t == nil && !legacy) {
+		return err
+	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("delete table inet %s: %w", NATTable, err)
+		return fmt.Errorf("delete table inet %s: %w", o.natTable(), err)
 	}
 	return nil
 }
@@ -222,7 +254,7 @@ func (o *Ops) natState() (bool, int, error) {
 	}
 	n := 0
 	for _, ch := range chains {
-		if ch.Table.Name != NATTable {
+		if ch.Table.Name != t.Name {
 			continue
 		}
 		rules, err := c.GetRules(t, ch)
@@ -248,14 +280,14 @@ func (o *Ops) NATRules() (map[string][]*nftables.Rule, error) {
 			return err
 		}
 		if t == nil {
-			return errors.New("no table inet " + NATTable)
+			return errors.New("no table inet " + o.natTable())
 		}
 		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 		if err != nil {
 			return err
 		}
 		for _, ch := range chains {
-			if ch.Table.Name != NATTable {
+			if ch.Table.Name != t.Name {
 				continue
 			}
 			rules, err := c.GetRules(t, ch)
