@@ -10,9 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/banger-vm/banger/internal/paths"
 )
 
 // ClientVersionHeader carries the CLI's version so the daemon can log mismatches.
@@ -26,16 +30,56 @@ type Client struct {
 }
 
 // NewClient returns a client for the daemon listening on socket; clientVersion is sent along.
+// It only talks to a daemon of the current user (see dialDaemon).
 func NewClient(socket, clientVersion string) *Client {
 	dialer := &net.Dialer{Timeout: 2 * time.Second}
+	uid := os.Geteuid()
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, "unix", socket)
+			return dialDaemon(ctx, dialer, socket, uid)
 		},
 		MaxIdleConns:    4,
 		IdleConnTimeout: 30 * time.Second,
 	}
 	return &Client{socket: socket, version: clientVersion, http: &http.Client{Transport: tr}}
+}
+
+// UnsafeSocketError is a socket the client refused before sending anything: its directory
+// is not private to us, or another user listens on it.
+type UnsafeSocketError struct {
+	Socket string
+	Reason string
+	Hint   string
+}
+
+func (e *UnsafeSocketError) Error() string { return e.Reason }
+
+// dialDaemon connects to socket only when it can be our daemon's: its directory is ours and
+// private (without XDG_RUNTIME_DIR it lives in the shared /tmp, where another user could
+// create it first), and the listener on it runs as uid or root (SO_PEERCRED, which also
+// covers a directory swapped between the check and the connect). Anything else is refused
+// before a byte is sent: a fake daemon would get vm exec's arguments, -e values and stdin.
+func dialDaemon(ctx context.Context, d *net.Dialer, socket string, uid int) (net.Conn, error) {
+	if err := paths.CheckPrivateDir(filepath.Dir(socket), uid); err != nil {
+		var ud *paths.UnsafeDirError
+		if errors.As(err, &ud) {
+			return nil, &UnsafeSocketError{Socket: socket,
+				Reason: fmt.Sprintf("refusing to use the banger daemon socket %s: its directory %s %s", socket, ud.Dir, ud.Reason),
+				Hint:   ud.Fix}
+		}
+		return nil, err // missing: no daemon runs
+	}
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPeer(conn, uid); err != nil {
+		_ = conn.Close()
+		return nil, &UnsafeSocketError{Socket: socket,
+			Reason: fmt.Sprintf("refusing to use the banger daemon socket %s: %v", socket, err),
+			Hint:   "another user may be impersonating your daemon: stop that process, remove the socket, or set XDG_RUNTIME_DIR"}
+	}
+	return conn, nil
 }
 
 // IsDaemonNotRunning reports whether err means nothing is listening on the socket.
@@ -153,7 +197,23 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	return nil
 }
 
+// checkPeer accepts a listener run by uid or by root.
+func checkPeer(conn net.Conn, uid int) error {
+	peer, err := peerUID(conn)
+	if err != nil {
+		return err
+	}
+	if peer != uid && peer != 0 {
+		return fmt.Errorf("it is served by uid %d, not you (uid %d)", peer, uid)
+	}
+	return nil
+}
+
 func (c *Client) connError(err error) error {
+	var us *UnsafeSocketError
+	if errors.As(err, &us) {
+		return &Error{Code: CodeUnsafeSocket, Message: us.Reason, Hint: us.Hint}
+	}
 	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 		return &Error{
 			Code:    CodeDaemonNotRunning,

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"time"
@@ -214,7 +215,7 @@ func (c *Client) stream(ctx context.Context, path string, in any, progress func(
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		var eb ErrorBody
-		if json.NewDecoder(resp.Body).Decode(&eb) == nil && eb.Error != nil {
+		if json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&eb) == nil && eb.Error != nil {
 			return eb.Error
 		}
 		return &Error{Code: CodeInternal, Message: fmt.Sprintf("daemon answered %s to POST %s", resp.Status, path)}

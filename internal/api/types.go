@@ -23,6 +23,8 @@ const (
 	CodeInternal         ErrorCode = "internal"
 	// CodeDaemonNotRunning is produced by the client, never by the daemon.
 	CodeDaemonNotRunning ErrorCode = "daemon_not_running"
+	// CodeUnsafeSocket is produced by the client: the socket may not be our daemon's.
+	CodeUnsafeSocket ErrorCode = "unsafe_socket"
 )
 
 // HTTPStatus maps a code to the status the daemon answers with.

@@ -278,6 +278,9 @@ func (c *Client) post(ctx context.Context, path string, in any) (*http.Response,
 	return resp, nil
 }
 
+// maxErrorBody bounds an error answer: one message and a hint.
+const maxErrorBody = 1 << 20
+
 // errorOf turns a non-2xx answer into its Error (closing the body).
 func errorOf(resp *http.Response, path string) error {
 	if resp.StatusCode < 300 {
@@ -285,7 +288,7 @@ func errorOf(resp *http.Response, path string) error {
 	}
 	defer resp.Body.Close()
 	var eb ErrorBody
-	if json.NewDecoder(resp.Body).Decode(&eb) == nil && eb.Error != nil {
+	if json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&eb) == nil && eb.Error != nil {
 		return eb.Error
 	}
 	return &Error{Code: CodeInternal, Message: fmt.Sprintf("daemon answered %s to %s", resp.Status, path)}

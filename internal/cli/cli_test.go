@@ -25,6 +25,10 @@ import (
 var bangerBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv("BANGER_TEST_PEER_LISTENER") != "" {
+		peerListenerMain()
+		return
+	}
 	dir, err := os.MkdirTemp("", "banger-cli-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -1,21 +1,17 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/termutil"
 	"github.com/banger-vm/banger/internal/units"
 )
 
@@ -48,11 +44,6 @@ Every image is registered atomically: an interrupted pull leaves nothing behind.
 	cmd.AddCommand(a.imagePullCommand(), a.imageImportCommand(), a.imageBuildCommand(), a.imageListCommand(), a.imageInspectCommand(),
 		a.imageRemoveCommand(), a.imageCatalogCommand(), a.kernelCommand())
 	return cmd
-}
-
-// interruptible cancels ctx on Ctrl-C/SIGTERM, which aborts the daemon's work too.
-func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 }
 
 func (a *app) imagePullCommand() *cobra.Command {
@@ -457,14 +448,8 @@ func (a *app) newProgress(asJSON bool) *progress {
 	return &progress{w: a.env.Stderr, on: !asJSON && isTerminal(a.env.Stderr)}
 }
 
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
+// isTerminal also sees through the control-stripping writer in front of a terminal.
+func isTerminal(w io.Writer) bool { return termutil.IsTerminal(w) }
 
 func (p *progress) update(ev api.Progress) {
 	if !p.on {

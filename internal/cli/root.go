@@ -16,6 +16,7 @@ import (
 	"github.com/banger-vm/banger/internal/buildinfo"
 	"github.com/banger-vm/banger/internal/config"
 	"github.com/banger-vm/banger/internal/paths"
+	"github.com/banger-vm/banger/internal/termutil"
 )
 
 // Env is everything the CLI takes from its process, passed in so tests can run commands
@@ -44,9 +45,15 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code
 
 // app is the state shared by the commands of one invocation.
 type app struct {
-	env        Env
-	configFlag string
-	version    string
+	// env's Stdout and Stderr strip terminal controls when they are terminals: guest
+	// consoles, guest errors and image metadata are hostile (see termutil.Writer).
+	env Env
+	// rawOut and rawErr are the streams as given, for the user's own sessions (vm exec, vm
+	// ssh, vm run's command) and vm logs --raw.
+	rawOut, rawErr io.Writer
+	flush          []func() error
+	configFlag     string
+	version        string
 
 	loaded bool
 	cfg    config.Config
@@ -55,7 +62,17 @@ type app struct {
 
 // NewRootCommand builds the command tree.
 func NewRootCommand(env Env) *cobra.Command {
-	a := &app{env: env, version: buildinfo.Version()}
+	root, _ := newRoot(env)
+	return root
+}
+
+func newRoot(env Env) (*cobra.Command, *app) {
+	a := &app{env: env, rawOut: env.Stdout, rawErr: env.Stderr, version: buildinfo.Version()}
+	var flushOut, flushErr func() error
+	a.env.Stdout, flushOut = termutil.ForTerminal(env.Stdout)
+	a.env.Stderr, flushErr = termutil.ForTerminal(env.Stderr)
+	a.flush = []func() error{flushOut, flushErr}
+	env = a.env
 	root := &cobra.Command{
 		Use:   "banger",
 		Short: "Fast, real Linux microVMs on your own Linux box",
@@ -87,12 +104,63 @@ helper does only the networking. Start with:
 		a.updateCommand(),
 	)
 	root.AddCommand(a.benchCommand())
-	return root
+	// cobra adds `completion` only when it executes; add it now so it is checked too.
+	root.InitDefaultCompletionCmd()
+	strictGroups(root)
+	return root, a
+}
+
+// strictGroups makes every command that has subcommands refuse an unknown one (and any
+// stray argument) with cobra's "unknown command" error and suggestions. By default cobra
+// checks that only at the root: `banger vm pause` printed the help and exited 0, so a typo
+// in a script passed silently.
+func strictGroups(c *cobra.Command) {
+	if !c.HasSubCommands() {
+		return
+	}
+	for _, sub := range c.Commands() {
+		strictGroups(sub)
+	}
+	own := c.Args
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return unknownCommand(cmd, args[0])
+		}
+		if own != nil {
+			return own(cmd, args)
+		}
+		return nil
+	}
+	if !c.Runnable() {
+		// cobra skips argument checks for a command that cannot run: give the group a
+		// run that shows its help, as before.
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+}
+
+// unknownCommand is cobra's own message for an unknown subcommand of the root.
+func unknownCommand(cmd *cobra.Command, arg string) error {
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
+	}
+	var b strings.Builder
+	if s := cmd.SuggestionsFor(arg); len(s) > 0 && !cmd.DisableSuggestions {
+		b.WriteString("\n\nDid you mean this?\n")
+		for _, name := range s {
+			fmt.Fprintf(&b, "\t%v\n", name)
+		}
+	}
+	return fmt.Errorf("unknown command %q for %q%s", arg, cmd.CommandPath(), b.String())
 }
 
 // Execute runs the CLI and returns the process exit status.
 func Execute(env Env, args []string) int {
-	root := NewRootCommand(env)
+	root, a := newRoot(env)
+	defer func() {
+		for _, f := range a.flush {
+			_ = f()
+		}
+	}()
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {
@@ -102,10 +170,17 @@ func Execute(env Env, args []string) int {
 	if errors.As(err, &exit) {
 		return exit.Code
 	}
-	fmt.Fprintf(env.Stderr, "banger: %v\n", errorMessage(err))
+	// An error may quote a guest's console or a guest's words: a.env.Stderr strips
+	// terminal controls when it is a terminal.
+	stderr := a.env.Stderr
+	fmt.Fprintf(stderr, "banger: %v\n", errorMessage(err))
 	var ae *api.Error
 	if errors.As(err, &ae) && ae.Hint != "" {
-		fmt.Fprintf(env.Stderr, "hint: %s\n", ae.Hint)
+		fmt.Fprintf(stderr, "hint: %s\n", ae.Hint)
+	}
+	var ie *interruptedError
+	if errors.As(err, &ie) {
+		return ie.exitCode()
 	}
 	return 1
 }

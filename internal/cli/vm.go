@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -284,11 +285,16 @@ func (a *app) vmInspectCommand() *cobra.Command {
 }
 
 func (a *app) vmLogsCommand() *cobra.Command {
-	var follow bool
+	var follow, raw bool
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
 		Short: "Print a VM's serial console (-f keeps following while it runs)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Print a VM's serial console (-f keeps following while it runs).
+
+On a terminal, control sequences from the guest are removed (a guest could otherwise set
+the window title, write the clipboard or redraw the screen); --raw prints its bytes as
+they are. Into a pipe or a file the bytes always pass unchanged.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := interruptible(cmd.Context())
 			defer stop()
@@ -301,7 +307,11 @@ func (a *app) vmLogsCommand() *cobra.Command {
 				return err
 			}
 			defer rc.Close()
-			_, err = io.Copy(a.env.Stdout, rc)
+			out := a.env.Stdout
+			if raw {
+				out = a.rawOut
+			}
+			_, err = io.Copy(out, rc)
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -309,6 +319,7 @@ func (a *app) vmLogsCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output while the VM runs")
+	cmd.Flags().BoolVar(&raw, "raw", false, "print the guest's bytes unchanged, control sequences included, even on a terminal")
 	return cmd
 }
 
@@ -382,10 +393,29 @@ and remove the VM (unless --keep).
 			defer stop()
 			c, err := a.ensureDaemon(ctx, false)
 			if err != nil {
+				if sig, ok := interruptedBy(ctx); ok {
+					return &interruptedError{sig, "interrupted while reaching the banger daemon: no VM was created"}
+				}
 				return err
 			}
-			vm, err := c.CreateVM(ctx, f.req, a.stageProgress(quiet))
+			what := "a new VM"
+			if f.req.Name != "" {
+				what = fmt.Sprintf("VM %q", f.req.Name)
+			}
+			var stage string
+			progress := a.stageProgress(quiet)
+			vm, err := c.CreateVM(ctx, f.req, func(p api.Progress) { stage = p.Stage; progress(p) })
 			if err != nil {
+				if sig, ok := interruptedBy(ctx); ok {
+					at := ""
+					if stage != "" {
+						at = " (at stage " + stage + ")"
+					}
+					// Hanging up cancels the daemon's request, and a create that fails undoes
+					// itself: VMM killed, network lease released, disks and record deleted.
+					return &interruptedError{sig, fmt.Sprintf("interrupted while creating %s%s: the daemon removes what it made for it "+
+						"(VMM, network lease, disks, record); `banger vm ls` shows what is left", what, at)}
+				}
 				return err
 			}
 			if len(argv) == 0 {
@@ -393,24 +423,51 @@ and remove the VM (unless --keep).
 				stop()
 				return a.interactive(cmdContext(cmd), c, vm)
 			}
-			if !keep {
-				defer func() {
-					rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-					defer cancel()
-					// Its disks are deleted next: no need for a clean shutdown first.
-					_, _ = c.StopVM(rctx, api.VMStopRequest{Name: vm.ID, Force: true})
-					if rerr := c.RemoveVM(rctx, api.VMRemoveRequest{Name: vm.ID, Force: true}); rerr != nil {
-						fmt.Fprintf(a.env.Stderr, "banger: could not remove VM %s: %v\n", vm.Name, rerr)
-					}
-				}()
+			runErr := a.exec(ctx, c, api.VMExecRequest{Name: vm.ID, Argv: argv}, a.env.Stdin)
+			sig, interrupted := interruptedBy(ctx)
+			killed := fmt.Sprintf("interrupted: %s in VM %s was killed", commandLine(argv), vm.Name)
+			if keep {
+				if interrupted {
+					return &interruptedError{sig, fmt.Sprintf("%s; VM %s is kept (--keep): `banger vm rm --force %s` removes it", killed, vm.Name, vm.Name)}
+				}
+				return runErr
 			}
-			return a.exec(ctx, c, api.VMExecRequest{Name: vm.ID, Argv: argv}, a.env.Stdin)
+			rerr := a.removeThrowaway(c, vm)
+			if interrupted {
+				cleaned := fmt.Sprintf("VM %s was removed", vm.Name)
+				if rerr != nil {
+					cleaned = fmt.Sprintf("VM %s could not be removed (%v): `banger vm rm --force %s`", vm.Name, errorMessage(rerr), vm.Name)
+				}
+				return &interruptedError{sig, killed + "; " + cleaned}
+			}
+			if rerr != nil {
+				fmt.Fprintf(a.env.Stderr, "banger: could not remove VM %s: %v\n", vm.Name, errorMessage(rerr))
+			}
+			return runErr
 		},
 	}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the VM after the command")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not print the start stages")
 	return cmd
+}
+
+// removeThrowaway removes the VM of `vm run -- CMD`, even after an interrupt.
+func (a *app) removeThrowaway(c *api.Client, vm api.VM) error {
+	rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Its disks are deleted next: no need for a clean shutdown first.
+	_, _ = c.StopVM(rctx, api.VMStopRequest{Name: vm.ID, Force: true})
+	return c.RemoveVM(rctx, api.VMRemoveRequest{Name: vm.ID, Force: true})
+}
+
+// commandLine shows argv in a message, shortened.
+func commandLine(argv []string) string {
+	s := strings.Join(argv, " ")
+	if len(s) > 60 {
+		s = s[:57] + "..."
+	}
+	return strconv.Quote(s)
 }
 
 // interactive opens a shell in a freshly started VM (SSH when it has sshd, else the agent's

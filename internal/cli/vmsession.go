@@ -58,8 +58,10 @@ banger exits with the command's exit code. -t gives the command a terminal.
 // exec runs req through the daemon's relay and returns the command's exit code as an
 // ExitError.
 func (a *app) exec(ctx context.Context, c *api.Client, req api.VMExecRequest, stdin io.Reader) error {
+	// The command's output is the user's own session: it goes out unfiltered, like ssh's.
+	stdout, stderr := a.rawOut, a.rawErr
 	if req.TTY {
-		req.Rows, req.Cols = termutil.Size(a.env.Stdout)
+		req.Rows, req.Cols = termutil.Size(stdout)
 	}
 	conn, err := c.ExecStream(ctx, req)
 	if err != nil {
@@ -73,13 +75,16 @@ func (a *app) exec(ctx context.Context, c *api.Client, req api.VMExecRequest, st
 		}
 		defer restore()
 	}
-	s := agentclient.AttachExec(ctx, conn, stdin, a.env.Stdout, a.env.Stderr)
+	s := agentclient.AttachExec(ctx, conn, stdin, stdout, stderr)
 	defer s.Close()
 	if req.TTY {
-		termutil.WatchResize(ctx, a.env.Stdout, func(r, c uint16) { _ = s.Resize(r, c) })
+		termutil.WatchResize(ctx, stdout, func(r, c uint16) { _ = s.Resize(r, c) })
 	}
 	st, err := s.Wait()
 	if err != nil && st.Code < 0 {
+		if sig, ok := interruptedBy(ctx); ok {
+			return &interruptedError{sig, fmt.Sprintf("interrupted: the command in %s was killed", req.Name)}
+		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("interrupted: the command in %s was killed", req.Name)
 		}
@@ -180,7 +185,7 @@ func (a *app) ssh(ctx context.Context, c *api.Client, vm api.VM, argv []string, 
 		return err
 	}
 	code, err := sshhandoff.Run(ctx, t, sshhandoff.Session{Argv: argv, TTY: tty, SSHPath: sshPath,
-		Stdin: a.env.Stdin, Stdout: a.env.Stdout, Stderr: a.env.Stderr})
+		Stdin: a.env.Stdin, Stdout: a.rawOut, Stderr: a.rawErr})
 	if err != nil {
 		return err
 	}
@@ -213,7 +218,7 @@ func (a *app) vmSSHProxyCommand() *cobra.Command {
 					_, _ = io.Copy(conn, a.env.Stdin)
 				}
 			}()
-			_, err = io.Copy(a.env.Stdout, conn)
+			_, err = io.Copy(a.rawOut, conn) // ssh's protocol stream: bytes, not text
 			return err
 		},
 	}

@@ -157,3 +157,45 @@ func (l Layout) EnsureRuntimeDir() error {
 	}
 	return nil
 }
+
+// UnsafeDirError says why a directory is not private to its user, and what to do.
+type UnsafeDirError struct {
+	Dir    string
+	Reason string
+	Fix    string
+}
+
+func (e *UnsafeDirError) Error() string {
+	return fmt.Sprintf("%s %s: %s", e.Dir, e.Reason, e.Fix)
+}
+
+// CheckPrivateDir verifies that dir is a real directory (not a symlink) owned by uid with
+// no group or other permission bits: then nobody else can have put a socket in it. The
+// error for a missing dir wraps fs.ErrNotExist. The CLI calls this before every connect
+// to the daemon's socket: in a shared /tmp another user could have created it first.
+func CheckPrivateDir(dir string, uid int) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	fix := "remove it (the daemon recreates it private) or set XDG_RUNTIME_DIR"
+	if fi.Mode()&os.ModeSymlink != 0 {
+		return &UnsafeDirError{Dir: dir, Reason: "is a symlink, not a directory of yours", Fix: fix}
+	}
+	if !fi.IsDir() {
+		return &UnsafeDirError{Dir: dir, Reason: "is not a directory", Fix: fix}
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return &UnsafeDirError{Dir: dir, Reason: "has no owner information", Fix: fix}
+	}
+	if int(st.Uid) != uid {
+		return &UnsafeDirError{Dir: dir, Reason: fmt.Sprintf("is owned by uid %d, not you (uid %d)", st.Uid, uid),
+			Fix: "another user may be impersonating your daemon; " + fix}
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return &UnsafeDirError{Dir: dir, Reason: fmt.Sprintf("has mode %04o: others may use it", perm),
+			Fix: fmt.Sprintf("if it is yours, make it private: `chmod 0700 %s`", dir)}
+	}
+	return nil
+}

@@ -139,12 +139,24 @@ func decodeError(resp *http.Response) error {
 	return &agent.Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
 }
 
+// maxJSONAnswer bounds an agent's JSON answer (health, file info, power): the guest is
+// hostile and could stream an endless document into the daemon's memory. Real answers are
+// well under a few KiB.
+const maxJSONAnswer = 1 << 20
+
 func decodeJSON(resp *http.Response, want int, v any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != want {
 		return decodeError(resp)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxJSONAnswer+1))
+	if err != nil {
+		return fmt.Errorf("agent: read answer: %w", err)
+	}
+	if len(data) > maxJSONAnswer {
+		return fmt.Errorf("agent: answer larger than %d bytes, refused (a misbehaving guest?)", maxJSONAnswer)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("agent: decode answer: %w", err)
 	}
 	return nil
