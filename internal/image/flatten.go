@@ -83,7 +83,7 @@ func planFlatten(layers []string) (*flattenPlan, error) {
 				f.Close()
 				return nil, fmt.Errorf("layer %d: read tar: %w (the layer is corrupt)", i+1, err)
 			}
-			k, err := system.CleanTarName(hdr.Name)
+			k, err := system.CheckTarHeader(hdr)
 			if err != nil {
 				f.Close()
 				return nil, fmt.Errorf("layer %d: %w", i+1, err)

@@ -199,6 +199,12 @@ func (b *build) fromTar(ctx context.Context, r io.Reader, what string) error {
 // transaction). A crash before the row leaves an unreferenced dir that Cleanup removes.
 func (b *build) finish(ctx context.Context, name, source, digest string, kernel *Kernel) (store.Image, error) {
 	m := b.m
+	// Check first: an imported ext4 or a builder guest's root filesystem is untrusted, and
+	// a crafted one is refused before anything else parses it.
+	b.prog.report(Progress{Stage: "checking the root filesystem"})
+	if err := m.Ext4.FsckExt4(ctx, b.rootfs()); err != nil {
+		return store.Image{}, fmt.Errorf("the root filesystem does not check clean: %w", err)
+	}
 	b.prog.report(Progress{Stage: "building the work seed from /root"})
 	seed := filepath.Join(b.dir, WorkSeedFile)
 	w, err := m.Ext4.BuildWorkSeed(ctx, b.rootfs(), seed)
@@ -218,9 +224,6 @@ func (b *build) finish(ctx context.Context, name, source, digest string, kernel 
 		return store.Image{}, err
 	}
 	b.meta.PackageFormat, b.meta.PackageCount = man.Format, len(man.Packages)
-	if err := m.Ext4.FsckExt4(ctx, b.rootfs()); err != nil {
-		return store.Image{}, fmt.Errorf("the built root filesystem does not check clean: %w", err)
-	}
 	if err := syncDir(b.dir); err != nil {
 		return store.Image{}, err
 	}

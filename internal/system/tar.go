@@ -57,25 +57,128 @@ func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, 
 	return stats, nil
 }
 
-// CleanTarName validates a tar entry name: relative, no "..", no newline or NUL, so
-// nothing built from a tar can escape its root. It returns "" for the root itself.
+// Bounds on names from tar archives and images. Linux's own limits (NAME_MAX, PATH_MAX,
+// XATTR_NAME_MAX, XATTR_SIZE_MAX): nothing legitimate exceeds them, and every name that
+// reaches a debugfs script is checked against them first (see dfScript).
+const (
+	MaxNameBytes       = 255
+	MaxPathBytes       = 4096
+	MaxLinkTargetBytes = 4095
+	MaxXattrNameBytes  = 255
+	MaxXattrValueBytes = 64 << 10
+)
+
+// clip renders an untrusted name for an error message: quoted, and cut short so an 8 KiB
+// name does not flood the log.
+func clip(s string) string {
+	if len(s) <= 80 {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", s[:60], len(s))
+}
+
+// hasControl reports a C0 control character or DEL.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// CleanTarName validates a tar entry name: relative, no "..", no control characters,
+// components of at most MaxNameBytes and a path of at most MaxPathBytes, so nothing built
+// from a tar can escape its root or overflow a debugfs command line. It returns "" for
+// the root itself.
 func CleanTarName(name string) (string, error) {
 	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("tar entry %q has an absolute path: refused (no path escape)", name)
+		return "", fmt.Errorf("tar entry %s has an absolute path: refused (no path escape)", clip(name))
 	}
-	if strings.ContainsAny(name, "\n\r\x00") {
-		return "", fmt.Errorf("tar entry %q contains a newline or NUL: refused", name)
+	if hasControl(name) {
+		return "", fmt.Errorf("tar entry %s contains a control character (newline, NUL, ...): refused", clip(name))
 	}
 	for _, part := range strings.Split(name, "/") {
 		if part == ".." {
-			return "", fmt.Errorf("tar entry %q contains '..': refused (no path escape)", name)
+			return "", fmt.Errorf("tar entry %s contains '..': refused (no path escape)", clip(name))
 		}
+		if len(part) > MaxNameBytes {
+			return "", fmt.Errorf("tar entry %s: a name component is %d bytes, longer than %d bytes: refused", clip(name), len(part), MaxNameBytes)
+		}
+	}
+	if len(name) > MaxPathBytes {
+		return "", fmt.Errorf("tar entry %s: path is %d bytes, longer than %d bytes: refused", clip(name), len(name), MaxPathBytes)
 	}
 	c := path.Clean(name)
 	if c == "." {
 		return "", nil
 	}
 	return c, nil
+}
+
+// CheckTarHeader validates everything of hdr that banger uses, and returns the clean
+// name. Every tar reader in banger (image import, OCI layers, rootfs tarballs, kernel
+// packages) calls it on each header before acting on it.
+func CheckTarHeader(hdr *tar.Header) (string, error) {
+	k, err := CleanTarName(hdr.Name)
+	if err != nil {
+		return "", err
+	}
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return "", sparseRefused(hdr.Name)
+	}
+	for key := range hdr.PAXRecords {
+		if strings.HasPrefix(key, "GNU.sparse.") {
+			return "", sparseRefused(hdr.Name)
+		}
+	}
+	if hdr.Size < 0 || hdr.Uid < 0 || hdr.Gid < 0 || hdr.Devmajor < 0 || hdr.Devminor < 0 {
+		return "", fmt.Errorf("tar entry %s: negative size, owner or device number: refused", clip(hdr.Name))
+	}
+	switch hdr.Typeflag {
+	case tar.TypeSymlink:
+		if len(hdr.Linkname) > MaxLinkTargetBytes || strings.ContainsRune(hdr.Linkname, 0) {
+			return "", fmt.Errorf("tar entry %s: symlink target %s is longer than %d bytes or holds a NUL: refused", clip(hdr.Name), clip(hdr.Linkname), MaxLinkTargetBytes)
+		}
+	case tar.TypeLink:
+		if _, err := CleanTarName(hdr.Linkname); err != nil {
+			return "", fmt.Errorf("hard link %s: %w", clip(hdr.Name), err)
+		}
+	}
+	for key, v := range hdr.PAXRecords {
+		name, ok := strings.CutPrefix(key, "SCHILY.xattr.")
+		if !ok {
+			continue
+		}
+		if err := checkXattrName(name); err != nil {
+			return "", fmt.Errorf("tar entry %s: %w", clip(hdr.Name), err)
+		}
+		if len(v) > MaxXattrValueBytes {
+			return "", fmt.Errorf("tar entry %s: xattr %s value is %d bytes, more than %d: refused", clip(hdr.Name), clip(name), len(v), MaxXattrValueBytes)
+		}
+	}
+	return k, nil
+}
+
+func sparseRefused(name string) error {
+	return fmt.Errorf("tar entry %s is a sparse file: refused (a sparse entry can claim far more data than the archive holds); re-create the archive without --sparse", clip(name))
+}
+
+// checkXattrName accepts "namespace.name" in the namespaces Linux knows, bounded and
+// free of control characters (the name goes into an ea_set command).
+func checkXattrName(name string) error {
+	if len(name) > MaxXattrNameBytes {
+		return fmt.Errorf("xattr name %s is %d bytes, longer than %d bytes: refused", clip(name), len(name), MaxXattrNameBytes)
+	}
+	if hasControl(name) {
+		return fmt.Errorf("xattr name %s contains a control character: refused", clip(name))
+	}
+	for _, ns := range []string{"security.", "trusted.", "user.", "system."} {
+		if strings.HasPrefix(name, ns) && len(name) > len(ns) {
+			return nil
+		}
+	}
+	return fmt.Errorf("xattr name %s is not in the security, trusted, user or system namespace: refused", clip(name))
 }
 
 type extractState struct {
@@ -214,15 +317,12 @@ func xattrsOf(hdr *tar.Header) map[string][]byte {
 }
 
 func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) error {
-	k, err := CleanTarName(hdr.Name)
+	k, err := CheckTarHeader(hdr)
 	if err != nil {
 		return err
 	}
 	perm := uint32(hdr.Mode) & 0o7777
 	m := &nodeMeta{uid: uint32(hdr.Uid), gid: uint32(hdr.Gid), xattrs: xattrsOf(hdr)}
-	if hdr.Uid < 0 || hdr.Gid < 0 {
-		return fmt.Errorf("tar entry %q: negative owner", hdr.Name)
-	}
 	if k == "" {
 		if hdr.Typeflag == tar.TypeDir {
 			m.mode = 0o040000 | perm
@@ -254,7 +354,7 @@ func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) e
 		}
 		x.t.meta[k] = m
 		x.mtimes[k] = hdr.ModTime
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeRegA:
 		if err := x.replace(k); err != nil {
 			return err
 		}
