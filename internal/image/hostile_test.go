@@ -247,3 +247,79 @@ func TestImportExt4WithEscapingDirent(t *testing.T) {
 	}
 	assertNothingRegistered(t, m)
 }
+
+func TestOCIPullRefusesTooManyLayers(t *testing.T) {
+	m := newTestManager(t)
+	layers := make([][]byte, DefaultMaxLayers+1)
+	for i := range layers {
+		layers[i] = mkTar(t, []ent{file(fmt.Sprintf("f%d", i), "x", 0o644)})
+	}
+	ref, _ := pushImage(t, serveRegistry(t, nil), "evil/layers:v1", layers...)
+	_, err := m.Pull(context.Background(), PullOptions{Ref: ref, NoKernel: true})
+	if err == nil {
+		t.Fatalf("an image with %d layers was pulled", len(layers))
+	}
+	if !strings.Contains(err.Error(), "images.max_layers") {
+		t.Errorf("error does not say what to change: %v", err)
+	}
+	assertNothingRegistered(t, m)
+}
+
+func TestOCIPullRefusesDecompressionBomb(t *testing.T) {
+	m := newTestManager(t)
+	m.Limits.MaxBytes = 16 << 20
+	// 64 MiB of zeros: a few dozen KiB once gzipped by the registry push.
+	bomb := mkTar(t, []ent{file("zeros", strings.Repeat("\x00", 64<<20), 0o644)})
+	ref, _ := pushImage(t, serveRegistry(t, nil), "evil/bomb:v1", bomb)
+	_, err := m.Pull(context.Background(), PullOptions{Ref: ref, NoKernel: true})
+	if err == nil {
+		t.Fatal("a layer decompressing past the limit was pulled")
+	}
+	if !strings.Contains(err.Error(), "images.max_size") || strings.Contains(err.Error(), "corrupt") {
+		t.Errorf("error does not say what to change: %v", err)
+	}
+	assertNothingRegistered(t, m)
+}
+
+func TestImportRefusesTarOverLimit(t *testing.T) {
+	m := newTestManager(t)
+	m.Limits.MaxBytes = 1 << 20
+	p := filepath.Join(t.TempDir(), "big.tar")
+	if err := os.WriteFile(p, mkTar(t, []ent{dir("./", 0o755), file("big", strings.Repeat("b", 2<<20), 0o644)}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.Import(context.Background(), ImportOptions{Name: "big", Path: p, NoKernel: true})
+	if err == nil || !strings.Contains(err.Error(), "images.max_size") {
+		t.Fatalf("a tar over the size limit: %v", err)
+	}
+	assertNothingRegistered(t, m)
+}
+
+// TestImportBoundsPackageDatabase imports an ext4 whose dpkg status claims 100 MiB (a sparse
+// file, so the test costs nothing): banger must refuse it without reading it.
+func TestImportBoundsPackageDatabase(t *testing.T) {
+	m := newTestManager(t)
+	src := t.TempDir()
+	status := filepath.Join(src, "var", "lib", "dpkg", "status")
+	if err := os.MkdirAll(filepath.Dir(status), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(status, []byte("Package: a\nStatus: install ok installed\n\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(status, 100<<20); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "big-status.ext4")
+	if err := m.Ext4.BuildExt4FromDir(context.Background(), img, src, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.Import(context.Background(), ImportOptions{Name: "status", Path: img, NoKernel: true})
+	if err == nil {
+		t.Fatal("a 100 MiB dpkg status was read whole")
+	}
+	if !strings.Contains(err.Error(), "more than") {
+		t.Errorf("error does not say the file is too large: %v", err)
+	}
+	assertNothingRegistered(t, m)
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -362,7 +363,10 @@ func (e *Ext4) StatExt4(ctx context.Context, image, p string) (*Ext4Stat, error)
 	st := m[c]
 	if st.Mode&fs.ModeSymlink != 0 && st.LinkTarget == "" && st.Size > 0 {
 		// Slow symlinks (>= 60 bytes) keep the target in a data block.
-		data, err := e.dumpToMemory(ctx, image, c)
+		if st.Size > MaxLinkTargetBytes {
+			return nil, fmt.Errorf("stat %s in %s: symlink target of %d bytes: refused", c, image, st.Size)
+		}
+		data, err := e.dumpToMemory(ctx, image, c, MaxLinkTargetBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -453,8 +457,9 @@ func unixTypeMode(m uint32) fs.FileMode {
 	return fm
 }
 
-// dumpToMemory dumps an inode's data through a temp file.
-func (e *Ext4) dumpToMemory(ctx context.Context, image, p string) ([]byte, error) {
+// dumpToMemory dumps an inode's data through a temp file and reads at most max bytes
+// of it (the caller checked the inode's size; this holds even if it lied).
+func (e *Ext4) dumpToMemory(ctx context.Context, image, p string, max int64) ([]byte, error) {
 	tmp, err := os.CreateTemp("", "banger-dump-")
 	if err != nil {
 		return nil, err
@@ -467,11 +472,31 @@ func (e *Ext4) dumpToMemory(ctx context.Context, image, p string) ([]byte, error
 	if _, err := e.runDebugfs(ctx, image, false, s, nil); err != nil {
 		return nil, err
 	}
-	return os.ReadFile(name)
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(data)) > max {
+		err = fmt.Errorf("%w: more than %d bytes", ErrTooLarge, max)
+	}
+	return data, err
 }
 
-// ReadExt4File returns the contents of a regular file in image.
+// DefaultMaxReadBytes bounds ReadExt4File: files read from images (package databases,
+// authorized_keys) are small, and an image or a guest may plant a huge one.
+const DefaultMaxReadBytes = 64 << 20
+
+// ReadExt4File returns the contents of a regular file in image, refusing files over
+// DefaultMaxReadBytes.
 func (e *Ext4) ReadExt4File(ctx context.Context, image, p string) ([]byte, error) {
+	return e.ReadExt4FileMax(ctx, image, p, DefaultMaxReadBytes)
+}
+
+// ReadExt4FileMax returns the contents of a regular file in image, refusing (before
+// reading anything) a file larger than max bytes.
+func (e *Ext4) ReadExt4FileMax(ctx context.Context, image, p string, max int64) ([]byte, error) {
 	c, err := cleanImagePath(p)
 	if err != nil {
 		return nil, err
@@ -483,8 +508,18 @@ func (e *Ext4) ReadExt4File(ctx context.Context, image, p string) ([]byte, error
 	if !st.Mode.IsRegular() {
 		return nil, fmt.Errorf("read %s in %s: not a regular file (%v)", c, image, st.Mode.Type())
 	}
-	return e.dumpToMemory(ctx, image, c)
+	if st.Size > max {
+		return nil, fmt.Errorf("read %s in %s: %w: it is %d bytes, more than the %d banger reads", c, image, ErrTooLarge, st.Size, max)
+	}
+	data, err := e.dumpToMemory(ctx, image, c, max)
+	if err != nil {
+		return nil, fmt.Errorf("read %s in %s: %w", c, image, err)
+	}
+	return data, nil
 }
+
+// ErrTooLarge marks a file refused for its size.
+var ErrTooLarge = errors.New("file too large")
 
 // MkdirExt4 creates dir and any missing parents, owned uid:gid with mode.
 // Existing directories are left alone (debugfs mkdir on an existing

@@ -130,3 +130,18 @@ func TestDebugfsScriptRefusesUnsafeLines(t *testing.T) {
 		t.Errorf("an ordinary name was refused: %v", ok.err)
 	}
 }
+
+// TestStagingUnknownSizeStaysOffTmpfs: a tar of unknown size must not stage in RAM-backed
+// /dev/shm (it could fill it); a small, known size may.
+func TestStagingUnknownSizeStaysOffTmpfs(t *testing.T) {
+	e := testExt4(t)
+	target := filepath.Join(t.TempDir(), "img.ext4")
+	d, err := e.stagingDir(target, "tar", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(d)
+	if filepath.Dir(d) != filepath.Dir(target) {
+		t.Errorf("staging of unknown size went to %s, want next to the image", d)
+	}
+}

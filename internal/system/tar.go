@@ -33,6 +33,41 @@ type TarStats struct {
 // one pass, and one debugfs batch sets what an unprivileged host cannot
 // (owners, device nodes, security xattrs). See the package benchmarks.
 func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, sizeBytes int64) (stats TarStats, err error) {
+	return e.BuildExt4FromTarOpts(ctx, image, r, TarOptions{SizeBytes: sizeBytes})
+}
+
+// Defaults for TarOptions' bounds.
+const (
+	DefaultMaxTarBytes   int64 = 32 << 30
+	DefaultMaxTarEntries       = 2 << 20
+)
+
+// TarOptions tune BuildExt4FromTarOpts.
+type TarOptions struct {
+	// SizeBytes is the image size; 0 sizes it from the contents.
+	SizeBytes int64
+	// MaxBytes caps the file data the tar may hold (0 = DefaultMaxTarBytes); MaxEntries
+	// caps its entries (0 = DefaultMaxTarEntries). Both are checked before anything of an
+	// entry is written.
+	MaxBytes   int64
+	MaxEntries int
+	// LimitHint names the setting that raises MaxBytes, for the error message.
+	LimitHint string
+	// ContentBytes, when known (> 0), is how much file data the tar holds: staging goes
+	// to tmpfs only when it fits there, and a tar holding more is refused. Unknown sizes
+	// stage on disk, so an archive cannot fill RAM-backed /dev/shm.
+	ContentBytes int64
+}
+
+// BuildExt4FromTarOpts is BuildExt4FromTar with bounds (see TarOptions).
+func (e *Ext4) BuildExt4FromTarOpts(ctx context.Context, image string, r io.Reader, o TarOptions) (stats TarStats, err error) {
+	sizeBytes := o.SizeBytes
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxTarBytes
+	}
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = DefaultMaxTarEntries
+	}
 	for _, t := range []string{toolMkfs, toolDebugfs} {
 		if _, err := e.tool(t); err != nil {
 			return stats, fmt.Errorf("build %s from tar: %w", image, err)
@@ -41,14 +76,18 @@ func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, 
 	if _, err := os.Lstat(image); err == nil {
 		return stats, fmt.Errorf("build %s from tar: %s already exists (remove it first)", image, image)
 	}
-	work, err := e.newStaging(image, "tar", max(sizeBytes, 4<<30))
+	need := int64(-1) // unknown: stage on disk
+	if o.ContentBytes > 0 {
+		need = max(sizeBytes, o.ContentBytes+o.ContentBytes/8+64<<20)
+	}
+	work, err := e.newStaging(image, "tar", need)
 	if err != nil {
 		return stats, fmt.Errorf("build %s from tar: %w", image, err)
 	}
 	defer work.remove()
 	stage, scratch := work.stage, work.scratch
 	t := newStagedTree(stage)
-	if err := e.extractTar(ctx, r, t, &stats); err != nil {
+	if err := e.extractTar(ctx, r, t, &stats, o); err != nil {
 		return stats, fmt.Errorf("build %s from tar: %w", image, err)
 	}
 	if err := e.buildImage(ctx, image, sizeBytes, t, scratch); err != nil {
@@ -189,15 +228,16 @@ type extractState struct {
 	dirs    []string // staged dirs, to chmod/chtime after their children
 	mtimes  map[string]time.Time
 	hostDir map[string]bool
+	opts    TarOptions
 }
 
-func (e *Ext4) extractTar(ctx context.Context, r io.Reader, t *stagedTree, stats *TarStats) error {
+func (e *Ext4) extractTar(ctx context.Context, r io.Reader, t *stagedTree, stats *TarStats, o TarOptions) error {
 	root, err := os.OpenRoot(t.dir)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	x := &extractState{root: root, t: t, asRoot: e.isRoot, buf: make([]byte, 1<<20), mtimes: map[string]time.Time{}}
+	x := &extractState{root: root, t: t, asRoot: e.isRoot, buf: make([]byte, 1<<20), mtimes: map[string]time.Time{}, opts: o}
 	tr := tar.NewReader(r)
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
@@ -209,6 +249,9 @@ func (e *Ext4) extractTar(ctx context.Context, r io.Reader, t *stagedTree, stats
 		}
 		if err != nil {
 			return fmt.Errorf("read tar: %w (is the input a complete, uncompressed tar?)", err)
+		}
+		if n >= o.MaxEntries {
+			return fmt.Errorf("the archive has more than %d entries: refused", o.MaxEntries)
 		}
 		if err := x.entry(hdr, tr, stats); err != nil {
 			return err
@@ -320,6 +363,19 @@ func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) e
 	k, err := CheckTarHeader(hdr)
 	if err != nil {
 		return err
+	}
+	o := x.opts
+	if hdr.Size > 0 && (hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA) {
+		switch total := stats.Bytes + hdr.Size; {
+		case total > o.MaxBytes:
+			hint := ""
+			if o.LimitHint != "" {
+				hint = " (raise " + o.LimitHint + " if the image is meant to be this big)"
+			}
+			return fmt.Errorf("tar entry %s: the archive holds more than %d MiB of file data, the limit: refused%s", clip(hdr.Name), o.MaxBytes>>20, hint)
+		case o.ContentBytes > 0 && total > o.ContentBytes:
+			return fmt.Errorf("tar entry %s: the archive holds more file data than the %d bytes announced: refused", clip(hdr.Name), o.ContentBytes)
+		}
 	}
 	perm := uint32(hdr.Mode) & 0o7777
 	m := &nodeMeta{uid: uint32(hdr.Uid), gid: uint32(hdr.Gid), xattrs: xattrsOf(hdr)}
