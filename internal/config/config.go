@@ -275,6 +275,8 @@ func keys(c *Config) []key {
 		pathKey("images.debian_keyring", "OpenPGP keyring that verifies the Debian archive", &c.Images.DebianKeyring),
 		enumKey("images.kernel", "fetch a kernel (linux-image-cloud-amd64) with each pull if none is present", &c.Images.Kernel, "auto", "none"),
 		stringListKey("images.extra", "extra catalog entries: [\"NAME=REF\"] with REF an OCI reference, debian:SUITE, or URL#sha256=HEX", &c.Images.Extra),
+		sizeKey("images.max_size", "largest image banger accepts: decompressed OCI layers, tar contents, imported ext4, build --size", &c.Images.MaxSize),
+		intKey("images.max_layers", "most layers an OCI image may have", &c.Images.MaxLayers, 1, 4096),
 		stringKey("update.channel_url", "release channel `banger update` reads (an https URL; empty: only `banger update --from FILE`)", &c.Update.ChannelURL, validChannelURL),
 		durationKey("update.verify_timeout", "how long `banger update` waits for the restarted daemon and its doctor before rolling back", &c.Update.VerifyTimeout),
 	}

@@ -19,11 +19,16 @@ type Images struct {
 	// Extra adds catalog entries: "NAME=REF" (OCI reference, debian:SUITE, or
 	// URL#sha256=HEX for a rootfs tarball).
 	Extra []string
+	// MaxSize caps an image (decompressed layers, tar contents, imported ext4, build size).
+	MaxSize int64
+	// MaxLayers caps an OCI image's layer count.
+	MaxLayers int
 }
 
 func defaultImages() Images {
 	return Images{Default: "debian-bookworm", DebianMirror: "http://deb.debian.org/debian",
-		DebianKeyring: "/usr/share/keyrings/debian-archive-keyring.gpg", Kernel: "auto", Extra: []string{}}
+		DebianKeyring: "/usr/share/keyrings/debian-archive-keyring.gpg", Kernel: "auto", Extra: []string{},
+		MaxSize: 32 << 30, MaxLayers: 128}
 }
 
 func validMirror(s string) error {

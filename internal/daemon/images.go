@@ -40,6 +40,7 @@ func (d *Daemon) initImages(ctx context.Context) error {
 		Mirror:     cfg.DebianMirror,
 		Keyring:    cfg.DebianKeyring,
 		Log:        d.log,
+		Limits:     image.Limits{MaxBytes: cfg.MaxSize, MaxLayers: cfg.MaxLayers},
 	}
 	// Not a separate startup stage: it is a directory listing, normally with nothing to do.
 	removed, err := d.images.Cleanup(ctx)

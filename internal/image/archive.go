@@ -22,6 +22,9 @@ const DefaultMirror = "http://deb.debian.org/debian"
 // DefaultKeyring holds the Debian archive's signing keys (package debian-archive-keyring).
 const DefaultKeyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
+// maxPackagesIndex bounds a decompressed Packages index.
+const maxPackagesIndex = 1 << 30
+
 // archive reads a Debian archive over HTTP with every index verified: InRelease by its
 // OpenPGP signature against the keyring, Packages by the SHA256 InRelease lists, .debs by
 // the SHA256 Packages lists.
@@ -60,9 +63,13 @@ func (a *archive) packagesIndex(ctx context.Context, suite string) ([]map[string
 		return nil, fmt.Errorf("%s: %w", u, err)
 	}
 	defer closeDec()
-	text, err := io.ReadAll(plain)
+	// Signed, but bounded anyway: bookworm's main index is ~100 MiB uncompressed.
+	text, err := io.ReadAll(io.LimitReader(plain, maxPackagesIndex+1))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", u, err)
+	}
+	if len(text) > maxPackagesIndex {
+		return nil, fmt.Errorf("%s: decompresses to more than %d MiB: refused", u, maxPackagesIndex>>20)
 	}
 	return parseDeb822(text), nil
 }

@@ -32,6 +32,9 @@ func (m *Manager) Build(ctx context.Context, o BuildOptions) (store.Image, error
 	if o.Name == "" || strings.ContainsAny(o.Name, "\n\x00/") {
 		return store.Image{}, errors.New("image build: give the new image a name")
 	}
+	if o.SizeBytes > m.limits().MaxBytes {
+		return store.Image{}, fmt.Errorf("image build: %w", m.limits().tooBig("--size", o.SizeBytes))
+	}
 	unlock, err := m.lockName(o.Name)
 	if err != nil {
 		return store.Image{}, err

@@ -57,7 +57,8 @@ func (s *layerState) visible(k string) bool {
 
 // flattenPlan says, per layer (bottom first), which tar entries (by ordinal) survive.
 type flattenPlan struct {
-	keep [][]bool
+	keep         [][]bool
+	contentBytes int64 // file data of the kept entries: what the flattened tar holds
 }
 
 // planFlatten scans the layer tars top-down, reading only headers (the files are seekable,
@@ -83,7 +84,7 @@ func planFlatten(layers []string) (*flattenPlan, error) {
 				f.Close()
 				return nil, fmt.Errorf("layer %d: read tar: %w (the layer is corrupt)", i+1, err)
 			}
-			k, err := system.CleanTarName(hdr.Name)
+			k, err := system.CheckTarHeader(hdr)
 			if err != nil {
 				f.Close()
 				return nil, fmt.Errorf("layer %d: %w", i+1, err)
@@ -107,7 +108,11 @@ func planFlatten(layers []string) (*flattenPlan, error) {
 				keep = append(keep, false)
 				continue
 			}
-			keep = append(keep, st.visible(k))
+			vis := st.visible(k)
+			keep = append(keep, vis)
+			if vis && (hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA) {
+				p.contentBytes += hdr.Size
+			}
 			add.present[k] = hdr.Typeflag == tar.TypeDir
 		}
 		f.Close()
@@ -191,14 +196,4 @@ func writeFlattened(layers []string, p *flattenPlan, w io.Writer) error {
 		f.Close()
 	}
 	return tw.Close()
-}
-
-// Flatten writes the union of the layer tars (uncompressed, bottom first) to w as a single
-// tar stream, honouring OCI whiteouts and opaque directories.
-func Flatten(layers []string, w io.Writer) error {
-	p, err := planFlatten(layers)
-	if err != nil {
-		return err
-	}
-	return writeFlattened(layers, p, w)
 }

@@ -352,7 +352,7 @@ func unpackDeb(ctx context.Context, deb, dst string, keep func(string) bool) err
 			if err != nil {
 				return fmt.Errorf("read data.tar: %w", err)
 			}
-			k, err := system.CleanTarName(th.Name)
+			k, err := system.CheckTarHeader(th)
 			if err != nil {
 				return err
 			}

@@ -51,6 +51,8 @@ type Manager struct {
 	// Transport is used for registries and downloads; nil = http.DefaultTransport.
 	Transport http.RoundTripper
 	Log       *slog.Logger
+	// Limits bound image sizes and layer counts; the zero value means the defaults.
+	Limits Limits
 
 	mu      sync.Mutex
 	pulling map[string]bool
@@ -168,8 +170,9 @@ func (m *Manager) newBuild(prog ProgressFunc) (*build, error) {
 
 func (b *build) rootfs() string { return filepath.Join(b.dir, RootfsFile) }
 
-// fromTar builds rootfs.ext4 from a tar stream.
-func (b *build) fromTar(ctx context.Context, r io.Reader, what string) error {
+// fromTar builds rootfs.ext4 from a tar stream. contentBytes is how much file data it
+// holds when known (0 = unknown).
+func (b *build) fromTar(ctx context.Context, r io.Reader, what string, contentBytes int64) error {
 	var n atomic.Int64
 	stop := make(chan struct{})
 	defer close(stop)
@@ -185,7 +188,8 @@ func (b *build) fromTar(ctx context.Context, r io.Reader, what string) error {
 			}
 		}
 	}()
-	st, err := b.m.Ext4.BuildExt4FromTar(ctx, b.rootfs(), countingReader(r, &n, nil), 0)
+	st, err := b.m.Ext4.BuildExt4FromTarOpts(ctx, b.rootfs(), countingReader(r, &n, nil), system.TarOptions{
+		MaxBytes: b.m.limits().MaxBytes, LimitHint: "images.max_size", ContentBytes: contentBytes})
 	if err != nil {
 		return err
 	}
@@ -199,6 +203,12 @@ func (b *build) fromTar(ctx context.Context, r io.Reader, what string) error {
 // transaction). A crash before the row leaves an unreferenced dir that Cleanup removes.
 func (b *build) finish(ctx context.Context, name, source, digest string, kernel *Kernel) (store.Image, error) {
 	m := b.m
+	// Check first: an imported ext4 or a builder guest's root filesystem is untrusted, and
+	// a crafted one is refused before anything else parses it.
+	b.prog.report(Progress{Stage: "checking the root filesystem"})
+	if err := m.Ext4.FsckExt4(ctx, b.rootfs()); err != nil {
+		return store.Image{}, fmt.Errorf("the root filesystem does not check clean: %w", err)
+	}
 	b.prog.report(Progress{Stage: "building the work seed from /root"})
 	seed := filepath.Join(b.dir, WorkSeedFile)
 	w, err := m.Ext4.BuildWorkSeed(ctx, b.rootfs(), seed)
@@ -218,9 +228,6 @@ func (b *build) finish(ctx context.Context, name, source, digest string, kernel 
 		return store.Image{}, err
 	}
 	b.meta.PackageFormat, b.meta.PackageCount = man.Format, len(man.Packages)
-	if err := m.Ext4.FsckExt4(ctx, b.rootfs()); err != nil {
-		return store.Image{}, fmt.Errorf("the built root filesystem does not check clean: %w", err)
-	}
 	if err := syncDir(b.dir); err != nil {
 		return store.Image{}, err
 	}
@@ -344,7 +351,7 @@ func (m *Manager) pullOCI(ctx context.Context, b *build, e Entry) (string, error
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(writeFlattened(res.Layers, plan, pw)) }()
-	err = b.fromTar(ctx, pr, "layers")
+	err = b.fromTar(ctx, pr, "layers", plan.contentBytes)
 	pr.CloseWithError(errors.New("conversion stopped"))
 	if err != nil {
 		return "", err
@@ -407,7 +414,7 @@ func (b *build) fromTarFile(ctx context.Context, p string) error {
 		return err
 	}
 	defer closeDec()
-	return b.fromTar(ctx, plain, "tarball")
+	return b.fromTar(ctx, plain, "tarball", 0)
 }
 
 func (m *Manager) pullDebian(ctx context.Context, b *build, e Entry, baseline bool) error {
@@ -422,7 +429,7 @@ func (m *Manager) pullDebian(ctx context.Context, b *build, e Entry, baseline bo
 		// openssh-server generated host keys while installing; every VM from the image would
 		// share them. banger gives each VM its own key instead (in the VM's layer).
 		CustomizeHooks: []string{`rm -f "$1"/etc/ssh/ssh_host_*_key "$1"/etc/ssh/ssh_host_*_key.pub`}}, func(r io.Reader) error {
-		return b.fromTar(ctx, r, "Debian "+e.Suite)
+		return b.fromTar(ctx, r, "Debian "+e.Suite, 0)
 	})
 }
 
@@ -459,6 +466,9 @@ func (m *Manager) Import(ctx context.Context, o ImportOptions) (store.Image, err
 	defer b.abort()
 	b.meta.Kind, b.meta.Ref = KindImport, o.Path
 	if n >= 1082 && head[1080] == 0x53 && head[1081] == 0xEF {
+		if size, _ := fileSizes(o.Path); size > m.limits().MaxBytes {
+			return store.Image{}, fmt.Errorf("import %s: %w", o.Path, m.limits().tooBig("the ext4 image", size))
+		}
 		b.prog.report(Progress{Stage: "copying " + o.Path})
 		if _, err := system.CloneFile(ctx, o.Path, b.rootfs()); err != nil {
 			return store.Image{}, fmt.Errorf("import %s: %w", o.Path, err)
@@ -620,9 +630,17 @@ func Manifest(img store.Image) (PackageManifest, error) {
 	if p == "" {
 		p = filepath.Join(filepath.Dir(img.RootfsPath), PackagesFile)
 	}
-	data, err := os.ReadFile(p)
+	f, err := os.Open(p)
 	if err != nil {
 		return PackageManifest{}, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, system.DefaultMaxReadBytes+1))
+	if err != nil {
+		return PackageManifest{}, err
+	}
+	if len(data) > system.DefaultMaxReadBytes {
+		return PackageManifest{}, fmt.Errorf("package manifest %s is larger than %d bytes: refused", p, system.DefaultMaxReadBytes)
 	}
 	var man PackageManifest
 	return man, json.Unmarshal(data, &man)

@@ -33,13 +33,17 @@ const (
 	apkDB      = "/lib/apk/db/installed"
 )
 
+// maxPackageDB bounds a package database read from an image (a full Debian desktop's
+// dpkg status is ~10 MiB).
+const maxPackageDB = 64 << 20
+
 // readManifest reads the image's package database without mounting it.
 func readManifest(ctx context.Context, e *system.Ext4, rootfs string) (PackageManifest, error) {
 	for _, db := range []struct {
 		path, format string
 		parse        func([]byte) []Package
 	}{{dpkgStatus, "dpkg", parseDpkgStatus}, {xbpsPkgdb, "xbps", parseXbpsPkgdb}, {apkDB, "apk", parseApkDB}} {
-		data, err := e.ReadExt4File(ctx, rootfs, db.path)
+		data, err := e.ReadExt4FileMax(ctx, rootfs, db.path, maxPackageDB)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}

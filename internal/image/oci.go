@@ -71,12 +71,22 @@ func (m *Manager) fetchOCI(ctx context.Context, ref string, dir string, progress
 	if len(cfg.RootFS.DiffIDs) != len(layers) {
 		return nil, fmt.Errorf("the image config lists %d layers but the manifest %d: the image is corrupt", len(cfg.RootFS.DiffIDs), len(layers))
 	}
+	lim := m.limits()
+	if len(layers) > lim.MaxLayers {
+		return nil, fmt.Errorf("the image has %d layers, more than the %d banger accepts: refused (raise images.max_layers if it is meant to have that many)", len(layers), lim.MaxLayers)
+	}
 	var total int64
 	for _, l := range layers {
 		if s, err := l.Size(); err == nil {
 			total += s
 		}
 	}
+	if total > lim.MaxBytes {
+		return nil, lim.tooBig("the compressed layers", total)
+	}
+	// Decompressed bytes of all layers, shared by the downloads: a small layer can
+	// decompress to terabytes.
+	budget := &layerBudget{lim: lim}
 	res := &ociResult{Digest: digest.String(), Layers: make([]string, len(layers)), Config: cfg}
 	var done atomic.Int64
 	tick := func() {
@@ -100,7 +110,7 @@ func (m *Manager) fetchOCI(ctx context.Context, ref string, dir string, progress
 				return
 			}
 			defer func() { <-sem }()
-			if err := fetchLayer(ctx, l, cfg.RootFS.DiffIDs[i], res.Layers[i], &done, tick); err != nil {
+			if err := fetchLayer(ctx, l, cfg.RootFS.DiffIDs[i], res.Layers[i], &done, tick, budget); err != nil {
 				errs[i] = fmt.Errorf("layer %d of %d: %w", i+1, len(layers), explainRegistryError(r, err))
 				cancel()
 			}
@@ -127,7 +137,7 @@ func (m *Manager) fetchOCI(ctx context.Context, ref string, dir string, progress
 
 // fetchLayer downloads one layer blob, verifies its digest, and writes it uncompressed to
 // dst, verifying the uncompressed digest against the image config's diff ID.
-func fetchLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, dst string, done *atomic.Int64, tick func()) error {
+func fetchLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, dst string, done *atomic.Int64, tick func(), budget *layerBudget) error {
 	want, err := l.Digest()
 	if err != nil {
 		return err
@@ -138,7 +148,8 @@ func fetchLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, dst string, don
 	}
 	defer rc.Close()
 	blobHash := sha256.New()
-	src := io.TeeReader(countingReader(rc, done, tick), blobHash)
+	// The registry may send more than the manifest says; never read more than the cap.
+	src := io.TeeReader(countingReader(io.LimitReader(rc, budget.lim.MaxBytes+1), done, tick), blobHash)
 	plain, kind, closeDec, err := decompressed(src)
 	if err != nil {
 		return fmt.Errorf("blob %s is corrupt: %w", want, err)
@@ -149,7 +160,7 @@ func fetchLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, dst string, don
 		return err
 	}
 	diffHash := sha256.New()
-	_, err = io.CopyBuffer(io.MultiWriter(f, diffHash), plain, make([]byte, 1<<20))
+	_, err = io.CopyBuffer(io.MultiWriter(budget, f, diffHash), plain, make([]byte, 1<<20))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -157,7 +168,8 @@ func fetchLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, dst string, don
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if isRegistryError(err) {
+		var le *LimitError
+		if isRegistryError(err) || errors.As(err, &le) {
 			return err
 		}
 		return fmt.Errorf("blob %s is corrupt (%s): %w", want, kind, err)
@@ -173,6 +185,20 @@ func fetchLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, dst string, don
 		return fmt.Errorf("uncompressed layer is %s but the image config says %s: the layer is corrupt", got, diffID)
 	}
 	return nil
+}
+
+// layerBudget counts decompressed layer bytes against Limits.MaxBytes; as the first
+// writer of each layer's copy it stops a decompression bomb before the bytes hit the disk.
+type layerBudget struct {
+	lim  Limits
+	used atomic.Int64
+}
+
+func (b *layerBudget) Write(p []byte) (int, error) {
+	if n := b.used.Add(int64(len(p))); n > b.lim.MaxBytes {
+		return 0, b.lim.tooBig("the decompressed layers (so far)", n)
+	}
+	return len(p), nil
 }
 
 func isRegistryError(err error) bool {

@@ -202,7 +202,7 @@ func BenchmarkWorkDisk(b *testing.B) {
 		// The old way: a 512 MiB seed image, copied whole then grown.
 		seed512 := filepath.Join(dir, "seed512.ext4")
 		stage := b.TempDir()
-		if err := e.RdumpExt4Dir(ctx, seed, "/", stage); err != nil {
+		if _, err := e.RdumpExt4Dir(ctx, seed, "/", stage); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := os.Stat(seed512); err != nil {

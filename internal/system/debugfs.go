@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -21,43 +22,73 @@ import (
 // create a bogus name (we cd to the parent and use the base name), and write
 // refuses an existing name (we rm first when replacing).
 
-// dfScript accumulates a debugfs batch.
+// maxDebugfsLine bounds every line of a debugfs script. debugfs reads its -f script with
+// an 8 KiB fgets: a longer line is cut and its tail runs as a command of its own (and a
+// line starting with '!' runs a shell). Paths are at most MaxPathBytes and names at most
+// MaxNameBytes, so legitimate lines stay far below this.
+const maxDebugfsLine = 6 << 10
+
+// dfScript accumulates a debugfs batch. It refuses, as an error, any line that debugfs
+// could read as something other than the one command we meant: too long, holding a
+// control character, starting with '!', or with an argument that looks like an option.
 type dfScript struct {
 	b   strings.Builder
 	n   int
 	err error
 }
 
-// dq quotes an argument for debugfs's parser: double quotes, with an inner
-// quote doubled. Newlines cannot be expressed in a line-based script.
+// dq quotes an argument for debugfs's parser: double quotes, with an inner quote
+// doubled. Control characters cannot be expressed in a line-based script, and an
+// argument starting with '-' would be parsed as an option by commands using getopt (an
+// xattr name "-f/home/u/.ssh/id_ed25519" makes ea_set read that file).
 func dq(s string) (string, error) {
-	if strings.ContainsAny(s, "\n\r\x00") {
-		return "", fmt.Errorf("name %q contains a newline or NUL, which debugfs cannot handle", s)
+	if hasControl(s) {
+		return "", fmt.Errorf("name %s contains a control character (newline, NUL, ...), which a debugfs script cannot carry: refused", clip(s))
+	}
+	if strings.HasPrefix(s, "-") {
+		return "", fmt.Errorf("name %s starts with '-', which debugfs would read as an option: refused", clip(s))
 	}
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`, nil
 }
 
-// add appends a command; %q-style placeholders are not used: quoted args are
-// passed through qargs.
+// line appends one finished command line after the checks above.
+func (s *dfScript) line(l string) {
+	switch {
+	case s.err != nil:
+	case len(l) > maxDebugfsLine:
+		s.err = fmt.Errorf("debugfs command %s is %d bytes, longer than the %d a script line may hold: refused", clip(l), len(l), maxDebugfsLine)
+	case hasControl(l):
+		s.err = fmt.Errorf("debugfs command %s contains a control character: refused", clip(l))
+	case strings.HasPrefix(strings.TrimLeft(l, " \t"), "!"):
+		s.err = fmt.Errorf("debugfs command %s would run a shell: refused", clip(l))
+	default:
+		s.b.WriteString(l)
+		s.b.WriteByte('\n')
+		s.n++
+	}
+}
+
+// add appends a command with quoted arguments.
 func (s *dfScript) add(cmd string, qargs ...string) {
 	if s.err != nil {
 		return
 	}
-	s.b.WriteString(cmd)
+	var l strings.Builder
+	l.WriteString(cmd)
 	for _, a := range qargs {
 		q, err := dq(a)
 		if err != nil {
 			s.err = err
 			return
 		}
-		s.b.WriteByte(' ')
-		s.b.WriteString(q)
+		l.WriteByte(' ')
+		l.WriteString(q)
 	}
-	s.b.WriteByte('\n')
-	s.n++
+	s.line(l.String())
 }
 
-// raw appends unquoted trailing words (numbers, field names).
+// addf appends a command with one quoted argument and unquoted trailing words (numbers,
+// field names) that come from banger's code.
 func (s *dfScript) addf(cmd string, qarg string, rest string) {
 	if s.err != nil {
 		return
@@ -67,8 +98,7 @@ func (s *dfScript) addf(cmd string, qarg string, rest string) {
 		s.err = err
 		return
 	}
-	fmt.Fprintf(&s.b, "%s %s %s\n", cmd, q, rest)
-	s.n++
+	s.line(cmd + " " + q + " " + rest)
 }
 
 // debugfsResult is the per-command stdout of a batch (debugfs echoes each
@@ -333,7 +363,10 @@ func (e *Ext4) StatExt4(ctx context.Context, image, p string) (*Ext4Stat, error)
 	st := m[c]
 	if st.Mode&fs.ModeSymlink != 0 && st.LinkTarget == "" && st.Size > 0 {
 		// Slow symlinks (>= 60 bytes) keep the target in a data block.
-		data, err := e.dumpToMemory(ctx, image, c)
+		if st.Size > MaxLinkTargetBytes {
+			return nil, fmt.Errorf("stat %s in %s: symlink target of %d bytes: refused", c, image, st.Size)
+		}
+		data, err := e.dumpToMemory(ctx, image, c, MaxLinkTargetBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -424,8 +457,9 @@ func unixTypeMode(m uint32) fs.FileMode {
 	return fm
 }
 
-// dumpToMemory dumps an inode's data through a temp file.
-func (e *Ext4) dumpToMemory(ctx context.Context, image, p string) ([]byte, error) {
+// dumpToMemory dumps an inode's data through a temp file and reads at most max bytes
+// of it (the caller checked the inode's size; this holds even if it lied).
+func (e *Ext4) dumpToMemory(ctx context.Context, image, p string, max int64) ([]byte, error) {
 	tmp, err := os.CreateTemp("", "banger-dump-")
 	if err != nil {
 		return nil, err
@@ -438,11 +472,31 @@ func (e *Ext4) dumpToMemory(ctx context.Context, image, p string) ([]byte, error
 	if _, err := e.runDebugfs(ctx, image, false, s, nil); err != nil {
 		return nil, err
 	}
-	return os.ReadFile(name)
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(data)) > max {
+		err = fmt.Errorf("%w: more than %d bytes", ErrTooLarge, max)
+	}
+	return data, err
 }
 
-// ReadExt4File returns the contents of a regular file in image.
+// DefaultMaxReadBytes bounds ReadExt4File: files read from images (package databases,
+// authorized_keys) are small, and an image or a guest may plant a huge one.
+const DefaultMaxReadBytes = 64 << 20
+
+// ReadExt4File returns the contents of a regular file in image, refusing files over
+// DefaultMaxReadBytes.
 func (e *Ext4) ReadExt4File(ctx context.Context, image, p string) ([]byte, error) {
+	return e.ReadExt4FileMax(ctx, image, p, DefaultMaxReadBytes)
+}
+
+// ReadExt4FileMax returns the contents of a regular file in image, refusing (before
+// reading anything) a file larger than max bytes.
+func (e *Ext4) ReadExt4FileMax(ctx context.Context, image, p string, max int64) ([]byte, error) {
 	c, err := cleanImagePath(p)
 	if err != nil {
 		return nil, err
@@ -454,8 +508,18 @@ func (e *Ext4) ReadExt4File(ctx context.Context, image, p string) ([]byte, error
 	if !st.Mode.IsRegular() {
 		return nil, fmt.Errorf("read %s in %s: not a regular file (%v)", c, image, st.Mode.Type())
 	}
-	return e.dumpToMemory(ctx, image, c)
+	if st.Size > max {
+		return nil, fmt.Errorf("read %s in %s: %w: it is %d bytes, more than the %d banger reads", c, image, ErrTooLarge, st.Size, max)
+	}
+	data, err := e.dumpToMemory(ctx, image, c, max)
+	if err != nil {
+		return nil, fmt.Errorf("read %s in %s: %w", c, image, err)
+	}
+	return data, nil
 }
+
+// ErrTooLarge marks a file refused for its size.
+var ErrTooLarge = errors.New("file too large")
 
 // MkdirExt4 creates dir and any missing parents, owned uid:gid with mode.
 // Existing directories are left alone (debugfs mkdir on an existing
@@ -628,66 +692,35 @@ func (e *Ext4) WriteExt4Files(ctx context.Context, image string, entries []Ext4E
 	return nil
 }
 
-// rdumpTolerate ignores rdump's ownership errors as non-root: the caller
-// restores ownership from the image metadata instead.
-func rdumpTolerate(line string) bool {
-	return strings.Contains(line, "while changing ownership of")
-}
-
-// RdumpExt4Dir copies the contents of dir in image (recursively) into the
-// host directory hostDst, which is created if needed. Regular files,
-// directories and symlinks are copied with their modes; device nodes and
-// FIFOs are skipped; ownership is kept only when running as root.
-func (e *Ext4) RdumpExt4Dir(ctx context.Context, image, dir, hostDst string) error {
+// RdumpExt4Dir copies the contents of dir in image (recursively) into the host directory
+// hostDst, which is created if needed. Regular files, directories and symlinks are copied
+// with their modes; device nodes, FIFOs and entries whose names cannot be copied safely are
+// skipped (the warnings say which); ownership is not kept. It never uses debugfs rdump, so
+// a hostile image cannot write outside hostDst.
+func (e *Ext4) RdumpExt4Dir(ctx context.Context, image, dir, hostDst string) (warnings []string, err error) {
 	c, err := cleanImagePath(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	st, err := e.StatExt4(ctx, image, c)
+	tr, err := e.listTree(ctx, image, c)
 	if err != nil {
-		return fmt.Errorf("rdump %s from %s: %w", c, image, err)
-	}
-	if !st.Mode.IsDir() {
-		return fmt.Errorf("rdump %s from %s: not a directory", c, image)
+		return nil, err
 	}
 	if err := os.MkdirAll(hostDst, 0o755); err != nil {
-		return fmt.Errorf("rdump %s from %s: %w", c, image, err)
+		return tr.warnings, fmt.Errorf("copy %s out of %s: %w", c, image, err)
 	}
-	return e.rdumpInto(ctx, image, c, hostDst)
-}
-
-// rdumpInto dumps the contents of dir into an existing hostDst. debugfs
-// rdump of "/" writes the contents directly; of any other dir it creates
-// hostDst/<base>, so we dump into a scratch dir and move entries up.
-func (e *Ext4) rdumpInto(ctx context.Context, image, dir, hostDst string) error {
-	s := &dfScript{}
-	if dir == "/" {
-		s.add("rdump", "/", hostDst)
-		if _, err := e.runDebugfs(ctx, image, false, s, rdumpTolerate); err != nil {
-			return fmt.Errorf("rdump %s from %s: %w", dir, image, err)
-		}
-		return nil
-	}
-	scratch, err := os.MkdirTemp(hostDst, ".rdump-")
+	root, err := os.OpenRoot(hostDst)
 	if err != nil {
-		return err
+		return tr.warnings, err
 	}
-	defer removeAllForce(scratch)
-	s.add("rdump", dir, scratch)
-	if _, err := e.runDebugfs(ctx, image, false, s, rdumpTolerate); err != nil {
-		return fmt.Errorf("rdump %s from %s: %w", dir, image, err)
-	}
-	top := filepath.Join(scratch, path.Base(dir))
-	ents, err := os.ReadDir(top)
+	defer root.Close()
+	dump, err := os.MkdirTemp(hostDst, ".banger-dump-")
 	if err != nil {
-		return fmt.Errorf("rdump %s from %s: %w", dir, image, err)
+		return tr.warnings, err
 	}
-	for _, ent := range ents {
-		if err := os.Rename(filepath.Join(top, ent.Name()), filepath.Join(hostDst, ent.Name())); err != nil {
-			return fmt.Errorf("rdump %s from %s: %w", dir, image, err)
-		}
-	}
-	return nil
+	defer os.RemoveAll(dump)
+	err = e.copyOut(ctx, tr, root, ".", filepath.Base(dump), nil)
+	return tr.warnings, err
 }
 
 // sortedKeys returns map keys in lexical order (parents before children).

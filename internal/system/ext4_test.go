@@ -193,7 +193,7 @@ func TestGrowAndRdump(t *testing.T) {
 		t.Fatal("shrink accepted")
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	if err := e.RdumpExt4Dir(ctx, img, "/d", out); err != nil {
+	if _, err := e.RdumpExt4Dir(ctx, img, "/d", out); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(filepath.Join(out, "sub", "f"))

@@ -33,6 +33,41 @@ type TarStats struct {
 // one pass, and one debugfs batch sets what an unprivileged host cannot
 // (owners, device nodes, security xattrs). See the package benchmarks.
 func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, sizeBytes int64) (stats TarStats, err error) {
+	return e.BuildExt4FromTarOpts(ctx, image, r, TarOptions{SizeBytes: sizeBytes})
+}
+
+// Defaults for TarOptions' bounds.
+const (
+	DefaultMaxTarBytes   int64 = 32 << 30
+	DefaultMaxTarEntries       = 2 << 20
+)
+
+// TarOptions tune BuildExt4FromTarOpts.
+type TarOptions struct {
+	// SizeBytes is the image size; 0 sizes it from the contents.
+	SizeBytes int64
+	// MaxBytes caps the file data the tar may hold (0 = DefaultMaxTarBytes); MaxEntries
+	// caps its entries (0 = DefaultMaxTarEntries). Both are checked before anything of an
+	// entry is written.
+	MaxBytes   int64
+	MaxEntries int
+	// LimitHint names the setting that raises MaxBytes, for the error message.
+	LimitHint string
+	// ContentBytes, when known (> 0), is how much file data the tar holds: staging goes
+	// to tmpfs only when it fits there, and a tar holding more is refused. Unknown sizes
+	// stage on disk, so an archive cannot fill RAM-backed /dev/shm.
+	ContentBytes int64
+}
+
+// BuildExt4FromTarOpts is BuildExt4FromTar with bounds (see TarOptions).
+func (e *Ext4) BuildExt4FromTarOpts(ctx context.Context, image string, r io.Reader, o TarOptions) (stats TarStats, err error) {
+	sizeBytes := o.SizeBytes
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxTarBytes
+	}
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = DefaultMaxTarEntries
+	}
 	for _, t := range []string{toolMkfs, toolDebugfs} {
 		if _, err := e.tool(t); err != nil {
 			return stats, fmt.Errorf("build %s from tar: %w", image, err)
@@ -41,14 +76,18 @@ func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, 
 	if _, err := os.Lstat(image); err == nil {
 		return stats, fmt.Errorf("build %s from tar: %s already exists (remove it first)", image, image)
 	}
-	work, err := e.newStaging(image, "tar", max(sizeBytes, 4<<30))
+	need := int64(-1) // unknown: stage on disk
+	if o.ContentBytes > 0 {
+		need = max(sizeBytes, o.ContentBytes+o.ContentBytes/8+64<<20)
+	}
+	work, err := e.newStaging(image, "tar", need)
 	if err != nil {
 		return stats, fmt.Errorf("build %s from tar: %w", image, err)
 	}
 	defer work.remove()
 	stage, scratch := work.stage, work.scratch
 	t := newStagedTree(stage)
-	if err := e.extractTar(ctx, r, t, &stats); err != nil {
+	if err := e.extractTar(ctx, r, t, &stats, o); err != nil {
 		return stats, fmt.Errorf("build %s from tar: %w", image, err)
 	}
 	if err := e.buildImage(ctx, image, sizeBytes, t, scratch); err != nil {
@@ -57,25 +96,128 @@ func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, 
 	return stats, nil
 }
 
-// CleanTarName validates a tar entry name: relative, no "..", no newline or NUL, so
-// nothing built from a tar can escape its root. It returns "" for the root itself.
+// Bounds on names from tar archives and images. Linux's own limits (NAME_MAX, PATH_MAX,
+// XATTR_NAME_MAX, XATTR_SIZE_MAX): nothing legitimate exceeds them, and every name that
+// reaches a debugfs script is checked against them first (see dfScript).
+const (
+	MaxNameBytes       = 255
+	MaxPathBytes       = 4096
+	MaxLinkTargetBytes = 4095
+	MaxXattrNameBytes  = 255
+	MaxXattrValueBytes = 64 << 10
+)
+
+// clip renders an untrusted name for an error message: quoted, and cut short so an 8 KiB
+// name does not flood the log.
+func clip(s string) string {
+	if len(s) <= 80 {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", s[:60], len(s))
+}
+
+// hasControl reports a C0 control character or DEL.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// CleanTarName validates a tar entry name: relative, no "..", no control characters,
+// components of at most MaxNameBytes and a path of at most MaxPathBytes, so nothing built
+// from a tar can escape its root or overflow a debugfs command line. It returns "" for
+// the root itself.
 func CleanTarName(name string) (string, error) {
 	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("tar entry %q has an absolute path: refused (no path escape)", name)
+		return "", fmt.Errorf("tar entry %s has an absolute path: refused (no path escape)", clip(name))
 	}
-	if strings.ContainsAny(name, "\n\r\x00") {
-		return "", fmt.Errorf("tar entry %q contains a newline or NUL: refused", name)
+	if hasControl(name) {
+		return "", fmt.Errorf("tar entry %s contains a control character (newline, NUL, ...): refused", clip(name))
 	}
 	for _, part := range strings.Split(name, "/") {
 		if part == ".." {
-			return "", fmt.Errorf("tar entry %q contains '..': refused (no path escape)", name)
+			return "", fmt.Errorf("tar entry %s contains '..': refused (no path escape)", clip(name))
 		}
+		if len(part) > MaxNameBytes {
+			return "", fmt.Errorf("tar entry %s: a name component is %d bytes, longer than %d bytes: refused", clip(name), len(part), MaxNameBytes)
+		}
+	}
+	if len(name) > MaxPathBytes {
+		return "", fmt.Errorf("tar entry %s: path is %d bytes, longer than %d bytes: refused", clip(name), len(name), MaxPathBytes)
 	}
 	c := path.Clean(name)
 	if c == "." {
 		return "", nil
 	}
 	return c, nil
+}
+
+// CheckTarHeader validates everything of hdr that banger uses, and returns the clean
+// name. Every tar reader in banger (image import, OCI layers, rootfs tarballs, kernel
+// packages) calls it on each header before acting on it.
+func CheckTarHeader(hdr *tar.Header) (string, error) {
+	k, err := CleanTarName(hdr.Name)
+	if err != nil {
+		return "", err
+	}
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return "", sparseRefused(hdr.Name)
+	}
+	for key := range hdr.PAXRecords {
+		if strings.HasPrefix(key, "GNU.sparse.") {
+			return "", sparseRefused(hdr.Name)
+		}
+	}
+	if hdr.Size < 0 || hdr.Uid < 0 || hdr.Gid < 0 || hdr.Devmajor < 0 || hdr.Devminor < 0 {
+		return "", fmt.Errorf("tar entry %s: negative size, owner or device number: refused", clip(hdr.Name))
+	}
+	switch hdr.Typeflag {
+	case tar.TypeSymlink:
+		if len(hdr.Linkname) > MaxLinkTargetBytes || strings.ContainsRune(hdr.Linkname, 0) {
+			return "", fmt.Errorf("tar entry %s: symlink target %s is longer than %d bytes or holds a NUL: refused", clip(hdr.Name), clip(hdr.Linkname), MaxLinkTargetBytes)
+		}
+	case tar.TypeLink:
+		if _, err := CleanTarName(hdr.Linkname); err != nil {
+			return "", fmt.Errorf("hard link %s: %w", clip(hdr.Name), err)
+		}
+	}
+	for key, v := range hdr.PAXRecords {
+		name, ok := strings.CutPrefix(key, "SCHILY.xattr.")
+		if !ok {
+			continue
+		}
+		if err := checkXattrName(name); err != nil {
+			return "", fmt.Errorf("tar entry %s: %w", clip(hdr.Name), err)
+		}
+		if len(v) > MaxXattrValueBytes {
+			return "", fmt.Errorf("tar entry %s: xattr %s value is %d bytes, more than %d: refused", clip(hdr.Name), clip(name), len(v), MaxXattrValueBytes)
+		}
+	}
+	return k, nil
+}
+
+func sparseRefused(name string) error {
+	return fmt.Errorf("tar entry %s is a sparse file: refused (a sparse entry can claim far more data than the archive holds); re-create the archive without --sparse", clip(name))
+}
+
+// checkXattrName accepts "namespace.name" in the namespaces Linux knows, bounded and
+// free of control characters (the name goes into an ea_set command).
+func checkXattrName(name string) error {
+	if len(name) > MaxXattrNameBytes {
+		return fmt.Errorf("xattr name %s is %d bytes, longer than %d bytes: refused", clip(name), len(name), MaxXattrNameBytes)
+	}
+	if hasControl(name) {
+		return fmt.Errorf("xattr name %s contains a control character: refused", clip(name))
+	}
+	for _, ns := range []string{"security.", "trusted.", "user.", "system."} {
+		if strings.HasPrefix(name, ns) && len(name) > len(ns) {
+			return nil
+		}
+	}
+	return fmt.Errorf("xattr name %s is not in the security, trusted, user or system namespace: refused", clip(name))
 }
 
 type extractState struct {
@@ -86,15 +228,16 @@ type extractState struct {
 	dirs    []string // staged dirs, to chmod/chtime after their children
 	mtimes  map[string]time.Time
 	hostDir map[string]bool
+	opts    TarOptions
 }
 
-func (e *Ext4) extractTar(ctx context.Context, r io.Reader, t *stagedTree, stats *TarStats) error {
+func (e *Ext4) extractTar(ctx context.Context, r io.Reader, t *stagedTree, stats *TarStats, o TarOptions) error {
 	root, err := os.OpenRoot(t.dir)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	x := &extractState{root: root, t: t, asRoot: e.isRoot, buf: make([]byte, 1<<20), mtimes: map[string]time.Time{}}
+	x := &extractState{root: root, t: t, asRoot: e.isRoot, buf: make([]byte, 1<<20), mtimes: map[string]time.Time{}, opts: o}
 	tr := tar.NewReader(r)
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
@@ -106,6 +249,9 @@ func (e *Ext4) extractTar(ctx context.Context, r io.Reader, t *stagedTree, stats
 		}
 		if err != nil {
 			return fmt.Errorf("read tar: %w (is the input a complete, uncompressed tar?)", err)
+		}
+		if n >= o.MaxEntries {
+			return fmt.Errorf("the archive has more than %d entries: refused", o.MaxEntries)
 		}
 		if err := x.entry(hdr, tr, stats); err != nil {
 			return err
@@ -214,15 +360,25 @@ func xattrsOf(hdr *tar.Header) map[string][]byte {
 }
 
 func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) error {
-	k, err := CleanTarName(hdr.Name)
+	k, err := CheckTarHeader(hdr)
 	if err != nil {
 		return err
 	}
+	o := x.opts
+	if hdr.Size > 0 && (hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA) {
+		switch total := stats.Bytes + hdr.Size; {
+		case total > o.MaxBytes:
+			hint := ""
+			if o.LimitHint != "" {
+				hint = " (raise " + o.LimitHint + " if the image is meant to be this big)"
+			}
+			return fmt.Errorf("tar entry %s: the archive holds more than %d MiB of file data, the limit: refused%s", clip(hdr.Name), o.MaxBytes>>20, hint)
+		case o.ContentBytes > 0 && total > o.ContentBytes:
+			return fmt.Errorf("tar entry %s: the archive holds more file data than the %d bytes announced: refused", clip(hdr.Name), o.ContentBytes)
+		}
+	}
 	perm := uint32(hdr.Mode) & 0o7777
 	m := &nodeMeta{uid: uint32(hdr.Uid), gid: uint32(hdr.Gid), xattrs: xattrsOf(hdr)}
-	if hdr.Uid < 0 || hdr.Gid < 0 {
-		return fmt.Errorf("tar entry %q: negative owner", hdr.Name)
-	}
 	if k == "" {
 		if hdr.Typeflag == tar.TypeDir {
 			m.mode = 0o040000 | perm
@@ -254,7 +410,7 @@ func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) e
 		}
 		x.t.meta[k] = m
 		x.mtimes[k] = hdr.ModTime
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeRegA:
 		if err := x.replace(k); err != nil {
 			return err
 		}

@@ -58,7 +58,24 @@ func (e *Ext4) BuildWorkDisk(ctx context.Context, spec WorkDiskSpec) (warnings [
 	if _, err := os.Lstat(spec.Path); err == nil {
 		return nil, fmt.Errorf("build work disk %s: already exists (delete the old disk first)", spec.Path)
 	}
-	work, err := e.newStaging(spec.Path, "disk", 1<<30)
+	// The seed is listed before staging, so staging goes to tmpfs only when it fits.
+	var tree *imageTree
+	need := int64(1 << 20)
+	if spec.SeedPath != "" {
+		if _, err := os.Stat(spec.SeedPath); errors.Is(err, fs.ErrNotExist) {
+			warnings = append(warnings, fmt.Sprintf("work seed %s not found: the work disk starts empty (rebuild the image to regenerate its seed)", spec.SeedPath))
+		} else if err := checkExt4Image(spec.SeedPath); err != nil {
+			return warnings, fmt.Errorf("build work disk %s: work seed: %w", spec.Path, err)
+		} else if tree, err = e.listTree(ctx, spec.SeedPath, "/"); err != nil {
+			return warnings, fmt.Errorf("build work disk %s: work seed: %w", spec.Path, err)
+		} else {
+			need += tree.stageNeed()
+		}
+	}
+	for _, f := range spec.Inject {
+		need += int64(len(f.Data)) + 4096
+	}
+	work, err := e.newStaging(spec.Path, "disk", need)
 	if err != nil {
 		return nil, fmt.Errorf("build work disk %s: %w", spec.Path, err)
 	}
@@ -66,18 +83,8 @@ func (e *Ext4) BuildWorkDisk(ctx context.Context, spec WorkDiskSpec) (warnings [
 	stage, scratch := work.stage, work.scratch
 	t := newStagedTree(stage)
 	t.meta[""] = &nodeMeta{mode: 0o040700}
-	seedOK := false
-	if spec.SeedPath != "" {
-		if _, err := os.Stat(spec.SeedPath); errors.Is(err, fs.ErrNotExist) {
-			warnings = append(warnings, fmt.Sprintf("work seed %s not found: the work disk starts empty (rebuild the image to regenerate its seed)", spec.SeedPath))
-		} else if err := checkExt4Image(spec.SeedPath); err != nil {
-			return warnings, fmt.Errorf("build work disk %s: work seed: %w", spec.Path, err)
-		} else {
-			seedOK = true
-		}
-	}
-	if seedOK {
-		w, err := e.stageFromImage(ctx, spec.SeedPath, "/", t)
+	if tree != nil {
+		w, err := e.stageFromImage(ctx, tree, work, t)
 		warnings = append(warnings, w...)
 		if err != nil {
 			return warnings, fmt.Errorf("build work disk %s: %w", spec.Path, err)

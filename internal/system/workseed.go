@@ -24,14 +24,8 @@ func (e *Ext4) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath string) 
 	if err := checkExt4Image(rootfsImage); err != nil {
 		return nil, fmt.Errorf("build work seed: %w", err)
 	}
-	work, err := e.newStaging(seedPath, "seed", 1<<30)
-	if err != nil {
-		return nil, fmt.Errorf("build work seed: %w", err)
-	}
-	defer work.remove()
-	stage, scratch := work.stage, work.scratch
-	t := newStagedTree(stage)
-	t.meta[""] = &nodeMeta{mode: 0o040700}
+	// List first: staging goes to tmpfs only when what is listed fits there.
+	var tree *imageTree
 	st, err := e.StatExt4(ctx, rootfsImage, "/root")
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -41,7 +35,24 @@ func (e *Ext4) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath string) 
 	case !st.Mode.IsDir():
 		warnings = append(warnings, fmt.Sprintf("/root in %s is not a directory (%v): the work seed is empty", rootfsImage, st.Mode.Type()))
 	default:
-		w, err := e.stageFromImage(ctx, rootfsImage, "/root", t)
+		if tree, err = e.listTree(ctx, rootfsImage, "/root"); err != nil {
+			return nil, fmt.Errorf("build work seed: %w", err)
+		}
+	}
+	need := int64(1 << 20)
+	if tree != nil {
+		need += tree.stageNeed()
+	}
+	work, err := e.newStaging(seedPath, "seed", need)
+	if err != nil {
+		return nil, fmt.Errorf("build work seed: %w", err)
+	}
+	defer work.remove()
+	stage, scratch := work.stage, work.scratch
+	t := newStagedTree(stage)
+	t.meta[""] = &nodeMeta{mode: 0o040700}
+	if tree != nil {
+		w, err := e.stageFromImage(ctx, tree, work, t)
 		warnings = append(warnings, w...)
 		if err != nil {
 			return warnings, fmt.Errorf("build work seed: %w", err)
