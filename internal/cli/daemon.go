@@ -17,7 +17,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/daemon"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/proc"
 	"github.com/banger-vm/banger/internal/vmm/drivers"
 )
 
@@ -167,7 +167,7 @@ func (a *app) ensureDaemon(ctx context.Context, explicit bool) (*api.Client, err
 		args = append(args, "--config", a.configFlag)
 	}
 	logOffset := fileSize(layout.DaemonLog)
-	proc, err := system.StartDetached(a.env.Executable, args, layout.DaemonLog, nil)
+	proc, err := proc.StartDetached(a.env.Executable, args, layout.DaemonLog, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/buildinfo"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/hosttools"
 	"github.com/banger-vm/banger/internal/update"
 )
 
@@ -184,8 +184,8 @@ func (a *app) restartForUpdate(ctx context.Context, want string) ([]string, erro
 	c := api.NewClient(layout.Socket, a.version)
 	daemonRuns := true
 	switch {
-	case system.ServiceActive(ctx, system.UserService, "banger.service"):
-		if err := system.RestartService(ctx, system.UserService, "banger.service"); err != nil {
+	case hosttools.ServiceActive(ctx, hosttools.UserService, "banger.service"):
+		if err := hosttools.RestartService(ctx, hosttools.UserService, "banger.service"); err != nil {
 			return notes, err
 		}
 	default:
@@ -213,12 +213,12 @@ func (a *app) restartForUpdate(ctx context.Context, want string) ([]string, erro
 
 	const helperUnit = "banger-helper.service"
 	switch {
-	case system.ServiceActive(ctx, system.SystemService, helperUnit):
+	case hosttools.ServiceActive(ctx, hosttools.SystemService, helperUnit):
 		if os.Geteuid() != 0 {
 			notes = append(notes, "the root helper ("+helperUnit+") still runs the previous binary: run `sudo systemctl restart banger-helper`")
 			break
 		}
-		if err := system.RestartService(ctx, system.SystemService, helperUnit); err != nil {
+		if err := hosttools.RestartService(ctx, hosttools.SystemService, helperUnit); err != nil {
 			notes = append(notes, fmt.Sprintf("restarting %s failed (%v): run `systemctl restart banger-helper`", helperUnit, err))
 			break
 		}

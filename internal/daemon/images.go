@@ -16,7 +16,7 @@ import (
 	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/lifecycle"
 	"github.com/banger-vm/banger/internal/store"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 )
 
 // initImages sets up the image manager, removes what interrupted pulls left behind (no pull
@@ -33,7 +33,7 @@ func (d *Daemon) initImages(ctx context.Context) error {
 	}
 	d.images = &image.Manager{
 		Store:      d.store,
-		Ext4:       system.NewExt4(),
+		Ext4:       ext4.New(),
 		ImagesDir:  d.opts.Layout.ImagesDir,
 		KernelsDir: filepath.Join(d.opts.Layout.DataDir, "kernels"),
 		Catalog:    image.NewCatalog(extras...),

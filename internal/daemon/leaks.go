@@ -258,7 +258,7 @@ func pidKnownFor(refs leakRefs, vm string) bool {
 }
 
 // isDiskStaging matches the names the ext4 toolkit gives its staging trees and scratch files
-// (see system.Ext4's stagingDir, WriteExt4Files, dump).
+// (see ext4.Toolkit's stagingDir, WriteExt4Files, dump).
 func isDiskStaging(name string) bool {
 	for _, p := range []string{"." + image.RootfsFile + ".", "." + image.WorkSeedFile + ".", ".work.ext4.", ".layer.ext4.", "banger-write-", "banger-dump-"} {
 		if strings.HasPrefix(name, p) {

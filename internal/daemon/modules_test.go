@@ -7,16 +7,17 @@ import (
 	"testing"
 
 	"github.com/banger-vm/banger/internal/image"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
+	"github.com/banger-vm/banger/internal/system/hosttools"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
 func TestModulesDrives(t *testing.T) {
-	if system.LookPathIn("mkfs.ext4", "/usr/sbin:/sbin:/usr/bin:/bin") == "" || system.LookPathIn("debugfs", "/usr/sbin:/sbin:/usr/bin:/bin") == "" {
+	if hosttools.LookPathIn("mkfs.ext4", "/usr/sbin:/sbin:/usr/bin:/bin") == "" || hosttools.LookPathIn("debugfs", "/usr/sbin:/sbin:/usr/bin:/bin") == "" {
 		t.Skip("mkfs.ext4/debugfs not installed (apt-get install e2fsprogs)")
 	}
 	dir := t.TempDir()
-	d := &Daemon{images: &image.Manager{Ext4: system.NewExt4(), KernelsDir: dir}}
+	d := &Daemon{images: &image.Manager{Ext4: ext4.New(), KernelsDir: dir}}
 	k := image.Kernel{ID: "k1", Dir: filepath.Join(dir, "k1"), ModulesDir: filepath.Join(dir, "k1/lib/modules/6.1.0-1-cloud-amd64")}
 	if err := os.MkdirAll(filepath.Join(k.ModulesDir, "kernel"), 0o755); err != nil {
 		t.Fatal(err)

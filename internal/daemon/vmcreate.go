@@ -17,7 +17,7 @@ import (
 	"github.com/banger-vm/banger/internal/revert"
 	"github.com/banger-vm/banger/internal/sshkeys"
 	"github.com/banger-vm/banger/internal/store"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 	"github.com/banger-vm/banger/internal/units"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -33,7 +33,7 @@ type createParams struct {
 }
 
 func (d *Daemon) validateCreate(ctx context.Context, req api.VMCreateRequest) (createParams, error) {
-	p := createParams{name: req.Name, cpus: req.CPUs, memoryMiB: defaultMemoryMiB, diskBytes: system.DefaultWorkDiskSize}
+	p := createParams{name: req.Name, cpus: req.CPUs, memoryMiB: defaultMemoryMiB, diskBytes: ext4.DefaultWorkDiskSize}
 	if p.name == "" {
 		p.name = generateName()
 	}
@@ -208,13 +208,13 @@ func (d *Daemon) buildDisks(ctx context.Context, spec vmSpec, p createParams) ([
 	e := d.images.Ext4
 	work := make(chan error, 1)
 	go func() {
-		_, err := e.BuildWorkDisk(ctx, system.WorkDiskSpec{Path: spec.workDisk(), SizeBytes: p.diskBytes, SeedPath: p.img.WorkSeedPath})
+		_, err := e.BuildWorkDisk(ctx, ext4.WorkDiskSpec{Path: spec.workDisk(), SizeBytes: p.diskBytes, SeedPath: p.img.WorkSeedPath})
 		if err == nil {
 			err = authorizeKey(ctx, e, spec.workDisk(), userKey)
 		}
 		work <- err
 	}()
-	err = e.CreateExt4(ctx, spec.layerDisk(), layerDiskBytes, system.CreateOptions{Label: "banger-layer"})
+	err = e.CreateExt4(ctx, spec.layerDisk(), layerDiskBytes, ext4.CreateOptions{Label: "banger-layer"})
 	if err == nil {
 		err = e.WriteExt4Files(ctx, spec.layerDisk(), hostKeyEntries("/upper", hostPriv, hostPub))
 	}
@@ -226,7 +226,7 @@ func (d *Daemon) buildDisks(ctx context.Context, spec vmSpec, p createParams) ([
 
 // authorizeKey adds key to /root/.ssh/authorized_keys on the work disk (the disk's root is
 // /root), keeping what the image's seed put there.
-func authorizeKey(ctx context.Context, e *system.Ext4, work string, key []byte) error {
+func authorizeKey(ctx context.Context, e *ext4.Toolkit, work string, key []byte) error {
 	existing, err := e.ReadExt4File(ctx, work, "/.ssh/authorized_keys")
 	if err != nil {
 		existing = nil // none yet (the usual case)
@@ -239,12 +239,12 @@ func authorizeKey(ctx context.Context, e *system.Ext4, work string, key []byte) 
 
 // authorizedKeysEntries are root's .ssh directory and authorized_keys (existing plus key)
 // under home, an image path.
-func authorizedKeysEntries(home string, existing, key []byte) []system.Ext4Entry {
+func authorizedKeysEntries(home string, existing, key []byte) []ext4.Ext4Entry {
 	keys := append([]byte{}, existing...)
 	if len(keys) > 0 && !bytes.HasSuffix(keys, []byte("\n")) {
 		keys = append(keys, '\n')
 	}
-	return []system.Ext4Entry{
+	return []ext4.Ext4Entry{
 		{Path: home + "/.ssh", Dir: true, Mode: 0o700},
 		{Path: home + "/.ssh/authorized_keys", Data: append(keys, key...), Mode: 0o600},
 	}
@@ -252,8 +252,8 @@ func authorizedKeysEntries(home string, existing, key []byte) []system.Ext4Entry
 
 // hostKeyEntries are a VM's own SSH host key and the drop-in that makes sshd serve only
 // it, under root (an image path: the layer's upper dir, or an image build's root).
-func hostKeyEntries(root string, priv, pub []byte) []system.Ext4Entry {
-	return []system.Ext4Entry{
+func hostKeyEntries(root string, priv, pub []byte) []ext4.Ext4Entry {
+	return []ext4.Ext4Entry{
 		{Path: root + "/etc/ssh/ssh_host_ed25519_key", Data: priv, Mode: 0o600},
 		{Path: root + "/etc/ssh/ssh_host_ed25519_key.pub", Data: pub, Mode: 0o644},
 		{Path: root + "/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644},

@@ -9,7 +9,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/kvm"
 	"github.com/banger-vm/banger/internal/sshkeys"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/hosttools"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -55,12 +55,12 @@ func (d *Daemon) initVMs(ctx context.Context) {
 // detectHost is what the choice of VMM depends on here, probed once per daemon.
 func detectHost(ctx context.Context, firecrackerPath, qemuPath string) vmm.Host {
 	k := kvm.Probe(ctx, "")
-	fc, fcErr := system.LookupTool(ctx, "firecracker", firecrackerPath, "", "--version")
-	q, qErr := system.LookupTool(ctx, "qemu-system-x86_64", qemuPath, "", "--version")
+	fc, fcErr := hosttools.LookupTool(ctx, "firecracker", firecrackerPath, "", "--version")
+	q, qErr := hosttools.LookupTool(ctx, "qemu-system-x86_64", qemuPath, "", "--version")
 	return vmm.Host{
 		KVMUsable:     k.Status == kvm.StatusUsable,
 		KVMStatus:     string(k.Status),
-		FirecrackerOK: fcErr == nil && fc.Path != "" && system.VersionAtLeast(fc.Version, "1.8"),
+		FirecrackerOK: fcErr == nil && fc.Path != "" && hosttools.VersionAtLeast(fc.Version, "1.8"),
 		QEMUOK:        qErr == nil && q.Path != "",
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/config"
 	"github.com/banger-vm/banger/internal/kvm"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/hosttools"
 )
 
 func TestRegistryOrderTimeoutAndPanic(t *testing.T) {
@@ -70,7 +70,7 @@ func TestFirecrackerCheckVersions(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
 	look := func(explicit string) toolFact {
-		tool, err := system.LookupTool(ctx, "firecracker", explicit, dir, "--version")
+		tool, err := hosttools.LookupTool(ctx, "firecracker", explicit, dir, "--version")
 		return toolFact{tool, err}
 	}
 	if r := firecrackerCheck("auto", look("")); r.Status != api.Warn || !strings.Contains(r.Detail, "not found") || !strings.Contains(r.Hint, ">= 1.8") {
@@ -99,10 +99,10 @@ func TestFirecrackerCheckVersions(t *testing.T) {
 func TestVMMChoice(t *testing.T) {
 	usable := kvm.ProbeResult{Status: kvm.StatusUsable}
 	unusable := kvm.ProbeResult{Status: kvm.StatusUnusable}
-	fc := toolFact{tool: system.HostTool{Path: "/fc", Version: "1.10.0"}}
-	oldFC := toolFact{tool: system.HostTool{Path: "/fc", Version: "1.4.0"}}
+	fc := toolFact{tool: hosttools.HostTool{Path: "/fc", Version: "1.10.0"}}
+	oldFC := toolFact{tool: hosttools.HostTool{Path: "/fc", Version: "1.4.0"}}
 	none := toolFact{}
-	q := toolFact{tool: system.HostTool{Path: "/q", Version: "7.2.0"}}
+	q := toolFact{tool: hosttools.HostTool{Path: "/q", Version: "7.2.0"}}
 	cases := []struct {
 		driver string
 		k      kvm.ProbeResult
@@ -145,7 +145,7 @@ func TestE2fsprogsMissing(t *testing.T) {
 
 func TestE2fsprogsHere(t *testing.T) {
 	r := e2fsprogsCheck(context.Background(), "")
-	if system.LookPathIn("debugfs", "") == "" {
+	if hosttools.LookPathIn("debugfs", "") == "" {
 		t.Skip("e2fsprogs not installed here (apt-get install e2fsprogs)")
 	}
 	if r.Status != api.Pass || !strings.Contains(r.Detail, "version 1.") {

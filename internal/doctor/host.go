@@ -14,7 +14,7 @@ import (
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/config"
 	"github.com/banger-vm/banger/internal/kvm"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/hosttools"
 	"github.com/banger-vm/banger/internal/units"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -46,7 +46,7 @@ type hostFacts struct {
 }
 
 type toolFact struct {
-	tool system.HostTool
+	tool hosttools.HostTool
 	err  error
 }
 
@@ -56,7 +56,7 @@ func RegisterHostChecks(r *Registry, o HostOptions) {
 		return sync.OnceValue(func() toolFact {
 			// A background context: the result is shared between checks and must not be cut
 			// short by whichever check asked first.
-			t, err := system.LookupTool(context.Background(), name, explicit, o.SearchPath, args...)
+			t, err := hosttools.LookupTool(context.Background(), name, explicit, o.SearchPath, args...)
 			return toolFact{t, err}
 		})
 	}
@@ -107,7 +107,7 @@ func firecrackerCheck(driver string, f toolFact) api.CheckResult {
 		return sev(firecrackerHint, "%s", detail)
 	case f.tool.Version == "":
 		return sev(firecrackerHint, "%s: cannot tell its version from %q", f.tool.Path, f.tool.Output)
-	case !system.VersionAtLeast(f.tool.Version, MinFirecrackerVersion):
+	case !hosttools.VersionAtLeast(f.tool.Version, MinFirecrackerVersion):
 		return sev(firecrackerHint, "%s is version %s; banger needs >= %s", f.tool.Path, f.tool.Version, MinFirecrackerVersion)
 	}
 	return Pass("%s version %s", f.tool.Path, f.tool.Version)
@@ -135,7 +135,7 @@ func vmmCheck(driver string, k kvm.ProbeResult, fc, q toolFact) api.CheckResult 
 	c, err := vmm.Choose(driver, vmm.Host{
 		KVMUsable:     k.Status == kvm.StatusUsable,
 		KVMStatus:     string(k.Status),
-		FirecrackerOK: fc.err == nil && fc.tool.Path != "" && system.VersionAtLeast(fc.tool.Version, MinFirecrackerVersion),
+		FirecrackerOK: fc.err == nil && fc.tool.Path != "" && hosttools.VersionAtLeast(fc.tool.Version, MinFirecrackerVersion),
 		QEMUOK:        q.err == nil && q.tool.Path != "",
 	})
 	switch {
@@ -154,7 +154,7 @@ func e2fsprogsCheck(ctx context.Context, searchPath string) api.CheckResult {
 	var found, missing []string
 	var version string
 	for _, tool := range []string{"mkfs.ext4", "debugfs", "e2fsck"} {
-		t, err := system.LookupTool(ctx, tool, "", searchPath, "-V")
+		t, err := hosttools.LookupTool(ctx, tool, "", searchPath, "-V")
 		if err != nil || t.Path == "" {
 			missing = append(missing, tool)
 			continue

@@ -8,7 +8,7 @@ import (
 	"path"
 	"strings"
 
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 )
 
 // OCI whiteout conventions (image-spec layer.md, "Whiteouts").
@@ -84,7 +84,7 @@ func planFlatten(layers []string) (*flattenPlan, error) {
 				f.Close()
 				return nil, fmt.Errorf("layer %d: read tar: %w (the layer is corrupt)", i+1, err)
 			}
-			k, err := system.CheckTarHeader(hdr)
+			k, err := ext4.CheckTarHeader(hdr)
 			if err != nil {
 				f.Close()
 				return nil, fmt.Errorf("layer %d: %w", i+1, err)
@@ -157,9 +157,9 @@ func writeFlattened(layers []string, p *flattenPlan, w io.Writer) error {
 			if n >= len(p.keep[i]) || !p.keep[i][n] {
 				continue
 			}
-			k, _ := system.CleanTarName(hdr.Name)
+			k, _ := ext4.CleanTarName(hdr.Name)
 			if hdr.Typeflag == tar.TypeLink {
-				t, err := system.CleanTarName(hdr.Linkname)
+				t, err := ext4.CleanTarName(hdr.Linkname)
 				if err != nil {
 					f.Close()
 					return fmt.Errorf("layer %d: hard link %q: %w", i+1, hdr.Name, err)

@@ -24,7 +24,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/banger-vm/banger/internal/store"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
+	"github.com/banger-vm/banger/internal/system/hosttools"
 )
 
 type ent struct {
@@ -129,7 +130,7 @@ func mustConfig(t testing.TB, img v1.Image) *v1.ConfigFile {
 func newTestManager(t testing.TB) *Manager {
 	t.Helper()
 	for _, tool := range []string{"mkfs.ext4", "debugfs", "e2fsck"} {
-		if system.LookPathIn(tool, "/usr/sbin:/sbin:/usr/bin:/bin") == "" {
+		if hosttools.LookPathIn(tool, "/usr/sbin:/sbin:/usr/bin:/bin") == "" {
 			t.Skipf("%s not installed (apt-get install e2fsprogs)", tool)
 		}
 	}
@@ -139,7 +140,7 @@ func newTestManager(t testing.TB) *Manager {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return &Manager{Store: st, Ext4: system.NewExt4(), ImagesDir: filepath.Join(dir, "images"),
+	return &Manager{Store: st, Ext4: ext4.New(), ImagesDir: filepath.Join(dir, "images"),
 		KernelsDir: filepath.Join(dir, "kernels"), Catalog: NewCatalog()}
 }
 

@@ -22,7 +22,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/initramfs"
 	"github.com/banger-vm/banger/internal/kernelimage"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 )
 
 // KernelPackage is the Debian package kernels come from.
@@ -352,7 +352,7 @@ func unpackDeb(ctx context.Context, deb, dst string, keep func(string) bool) err
 			if err != nil {
 				return fmt.Errorf("read data.tar: %w", err)
 			}
-			k, err := system.CheckTarHeader(th)
+			k, err := ext4.CheckTarHeader(th)
 			if err != nil {
 				return err
 			}

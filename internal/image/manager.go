@@ -20,6 +20,8 @@ import (
 
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
+	"github.com/banger-vm/banger/internal/system/hosttools"
 )
 
 // Files of an image directory.
@@ -42,7 +44,7 @@ var BaselinePackages = []string{"git", "curl", "wget", "build-essential", "vim",
 // Manager pulls, imports, lists and removes images and kernels.
 type Manager struct {
 	Store      *store.Store
-	Ext4       *system.Ext4
+	Ext4       *ext4.Toolkit
 	ImagesDir  string
 	KernelsDir string
 	Catalog    Catalog
@@ -188,7 +190,7 @@ func (b *build) fromTar(ctx context.Context, r io.Reader, what string, contentBy
 			}
 		}
 	}()
-	st, err := b.m.Ext4.BuildExt4FromTarOpts(ctx, b.rootfs(), countingReader(r, &n, nil), system.TarOptions{
+	st, err := b.m.Ext4.BuildExt4FromTarOpts(ctx, b.rootfs(), countingReader(r, &n, nil), ext4.TarOptions{
 		MaxBytes: b.m.limits().MaxBytes, LimitHint: "images.max_size", ContentBytes: contentBytes})
 	if err != nil {
 		return err
@@ -424,7 +426,7 @@ func (m *Manager) pullDebian(ctx context.Context, b *build, e Entry, baseline bo
 	}
 	a := m.archive()
 	b.prog.report(Progress{Stage: "bootstrapping Debian " + e.Suite + " from " + a.mirror + " (mmdebstrap)"})
-	return system.Debootstrap(ctx, system.DebootstrapSpec{Suite: e.Suite, Mirror: a.mirror, Variant: "apt",
+	return hosttools.Debootstrap(ctx, hosttools.DebootstrapSpec{Suite: e.Suite, Mirror: a.mirror, Variant: "apt",
 		Include: include, Keyring: a.keyring,
 		// openssh-server generated host keys while installing; every VM from the image would
 		// share them. banger gives each VM its own key instead (in the VM's layer).
@@ -635,12 +637,12 @@ func Manifest(img store.Image) (PackageManifest, error) {
 		return PackageManifest{}, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, system.DefaultMaxReadBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, ext4.DefaultMaxReadBytes+1))
 	if err != nil {
 		return PackageManifest{}, err
 	}
-	if len(data) > system.DefaultMaxReadBytes {
-		return PackageManifest{}, fmt.Errorf("package manifest %s is larger than %d bytes: refused", p, system.DefaultMaxReadBytes)
+	if len(data) > ext4.DefaultMaxReadBytes {
+		return PackageManifest{}, fmt.Errorf("package manifest %s is larger than %d bytes: refused", p, ext4.DefaultMaxReadBytes)
 	}
 	var man PackageManifest
 	return man, json.Unmarshal(data, &man)

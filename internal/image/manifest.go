@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 )
 
 // Package is one installed package.
@@ -38,7 +38,7 @@ const (
 const maxPackageDB = 64 << 20
 
 // readManifest reads the image's package database without mounting it.
-func readManifest(ctx context.Context, e *system.Ext4, rootfs string) (PackageManifest, error) {
+func readManifest(ctx context.Context, e *ext4.Toolkit, rootfs string) (PackageManifest, error) {
 	for _, db := range []struct {
 		path, format string
 		parse        func([]byte) []Package

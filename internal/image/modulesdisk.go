@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/internal/initramfs"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 )
 
 // ModulesDiskName is the kernel's modules disk inside its directory: a read-only ext4 image
@@ -69,7 +69,7 @@ func (m *Manager) EnsureModulesDisk(ctx context.Context, k Kernel) (string, erro
 // the tree as it is, owned by root whoever builds it, plus the module indexes modprobe needs
 // (computed by initramfs.Depmod unless the tree already has a depmod-written
 // modules.dep.bin). On error nothing is left at image.
-func BuildModulesDisk(ctx context.Context, e *system.Ext4, modulesDir, image string) (ModulesDiskStats, error) {
+func BuildModulesDisk(ctx context.Context, e *ext4.Toolkit, modulesDir, image string) (ModulesDiskStats, error) {
 	start := time.Now()
 	var st ModulesDiskStats
 	if e == nil {

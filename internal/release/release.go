@@ -33,7 +33,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/proc"
 	"github.com/banger-vm/banger/internal/update"
 )
 
@@ -118,8 +118,8 @@ func checkGuestVersion(ctx context.Context, bin, arg, version string) error {
 	if arg != "" {
 		args = []string{arg}
 	}
-	out, stderr, err := system.RunBinary(ctx, bin, args, nil)
-	if err != nil && (arg != "" || system.ExitCode(err) < 0) {
+	out, stderr, err := proc.RunBinary(ctx, bin, args, nil)
+	if err != nil && (arg != "" || proc.ExitCode(err) < 0) {
 		return fmt.Errorf("%s %s: %v: %s", bin, arg, err, strings.TrimSpace(string(stderr)))
 	}
 	text := strings.TrimSpace(string(out) + " " + string(stderr))

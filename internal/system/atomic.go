@@ -46,7 +46,7 @@ func atomicReplace(newSrc, dst, suffixPrevious string, finalRename func(string, 
 				_ = os.Remove(backup) // dst is still the previous file; the extra name is noise
 				return fmt.Errorf("atomic replace %s: install %s: %w (previous file kept)", dst, newSrc, err)
 			}
-			return syncDir(dir)
+			return SyncDir(dir)
 		}
 		// No hard links on this filesystem: move dst aside, leaving a short window without it.
 		if err := os.Rename(dst, backup); err != nil {
@@ -60,11 +60,11 @@ func atomicReplace(newSrc, dst, suffixPrevious string, finalRename func(string, 
 			if rerr := os.Rename(backup, dst); rerr != nil {
 				return fmt.Errorf("atomic replace %s: install failed (%v) and restoring the previous file failed too (%v): it is at %s, move it back by hand", dst, err, rerr, backup)
 			}
-			_ = syncDir(dir)
+			_ = SyncDir(dir)
 		}
 		return fmt.Errorf("atomic replace %s: install %s: %w (previous file kept)", dst, newSrc, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := SyncDir(dir); err != nil {
 		return fmt.Errorf("atomic replace %s: installed but could not sync %s: %w", dst, dir, err)
 	}
 	return nil
@@ -83,7 +83,7 @@ func AtomicReplaceRollback(dst, suffixPrevious string) error {
 		if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("rollback %s (no backup, fresh install): remove: %w", dst, err)
 		}
-		return syncDir(dir)
+		return SyncDir(dir)
 	} else if err != nil {
 		return fmt.Errorf("rollback %s: %w", dst, err)
 	}
@@ -91,7 +91,7 @@ func AtomicReplaceRollback(dst, suffixPrevious string) error {
 	if err := os.Rename(backup, dst); err != nil {
 		return fmt.Errorf("rollback %s: restore %s: %w", dst, backup, err)
 	}
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
 // linkBackup makes backup a second name of dst, replacing a stale backup atomically (link to
@@ -109,8 +109,8 @@ func linkBackup(dst, backup string) error {
 	return nil
 }
 
-// syncDir makes renames in dir durable.
-func syncDir(dir string) error {
+// SyncDir makes renames in dir durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -99,7 +99,7 @@ func copyRange(ctx context.Context, in, out *os.File, off, n int64) error {
 			if _, err := out.Seek(off, io.SeekStart); err != nil {
 				return err
 			}
-			w, err := io.CopyBuffer(onlyWriter{out}, io.LimitReader(in, want), buf)
+			w, err := io.CopyBuffer(OnlyWriter{W: out}, io.LimitReader(in, want), buf)
 			if err != nil {
 				return err
 			}
@@ -113,3 +113,9 @@ func copyRange(ctx context.Context, in, out *os.File, off, n int64) error {
 	}
 	return nil
 }
+
+// OnlyWriter hides a writer's ReadFrom, so io.CopyBuffer uses the caller's buffer instead
+// of os.File's copy_file_range probing on a non-file source.
+type OnlyWriter struct{ W io.Writer }
+
+func (o OnlyWriter) Write(p []byte) (int, error) { return o.W.Write(p) }

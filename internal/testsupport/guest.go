@@ -18,7 +18,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/hostinfo"
 	"github.com/banger-vm/banger/internal/initramfs"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 )
 
 // Assets are the unpacked Debian packages under $BANGER_TEST_ASSETS.
@@ -221,7 +221,7 @@ func BuildBootFixture(dir string, assets Assets) (BootFixture, error) {
 		return f, err
 	}
 	f.Rootfs = filepath.Join(dir, "rootfs.ext4")
-	if _, err := system.NewExt4().BuildExt4FromTar(ctx, f.Rootfs, bytes.NewReader(tarData), 64<<20); err != nil {
+	if _, err := ext4.New().BuildExt4FromTar(ctx, f.Rootfs, bytes.NewReader(tarData), 64<<20); err != nil {
 		return f, fmt.Errorf("build rootfs: %w", err)
 	}
 	if f.TSCKHz, err = hostinfo.TSCKHz(); err != nil {

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/internal/api"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/proc"
 )
 
 // Options configure Check and Run.
@@ -404,7 +404,7 @@ func checkStagedVersion(ctx context.Context, bin, want string) error {
 func BinaryVersion(ctx context.Context, bin string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	out, stderr, err := system.RunBinary(ctx, bin, []string{"version", "--json"}, []string{"XDG_RUNTIME_DIR=/nonexistent-banger-update"})
+	out, stderr, err := proc.RunBinary(ctx, bin, []string{"version", "--json"}, []string{"XDG_RUNTIME_DIR=/nonexistent-banger-update"})
 	if err != nil {
 		return "", fmt.Errorf("does not run here (%v: %s)", err, strings.TrimSpace(string(stderr)))
 	}
@@ -420,8 +420,8 @@ func BinaryVersion(ctx context.Context, bin string) (string, error) {
 // RunDoctor runs `bin doctor --json` and returns its checks. Doctor exits 1 when a check
 // FAILs; that is a result, not an error.
 func RunDoctor(ctx context.Context, bin string, args []string) ([]api.CheckResult, error) {
-	out, stderr, err := system.RunBinary(ctx, bin, append([]string{"doctor", "--json"}, args...), nil)
-	if err != nil && system.ExitCode(err) != 1 {
+	out, stderr, err := proc.RunBinary(ctx, bin, append([]string{"doctor", "--json"}, args...), nil)
+	if err != nil && proc.ExitCode(err) != 1 {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}

@@ -31,7 +31,7 @@ import (
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/agent/agentclient"
 	"github.com/banger-vm/banger/internal/guestinit"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 	"github.com/banger-vm/banger/internal/testsupport"
 )
 
@@ -39,7 +39,7 @@ import (
 type fixture struct {
 	testsupport.BootFixture
 	qemu string
-	ext4 *system.Ext4
+	ext4 *ext4.Toolkit
 }
 
 var (
@@ -66,7 +66,7 @@ func getFixture(t testing.TB) fixture {
 		if fixtureErr != nil {
 			return
 		}
-		shared = fixture{qemu: qemu, ext4: system.NewExt4()}
+		shared = fixture{qemu: qemu, ext4: ext4.New()}
 		shared.BootFixture, fixtureErr = testsupport.BuildBootFixture(fixtureDir, assets)
 	})
 	if fixtureErr != nil {
@@ -94,8 +94,8 @@ type bootOptions struct {
 	rootSpec   string // banger.root; default serial:rootfs
 	deviceWait int
 	noAgent    bool
-	modules    string                // a kernel modules disk, attached read-only as banger.modules
-	workFiles  []system.InjectedFile // more files on the work disk
+	modules    string              // a kernel modules disk, attached read-only as banger.modules
+	workFiles  []ext4.InjectedFile // more files on the work disk
 }
 
 // boot starts QEMU with per-VM writable layer and work disks over the shared image.
@@ -115,11 +115,11 @@ func boot(t testing.TB, f fixture, o bootOptions) *vm {
 		}
 		os.RemoveAll(dir)
 	})
-	if err := f.ext4.CreateExt4(ctx, v.layer, 256<<20, system.CreateOptions{}); err != nil {
+	if err := f.ext4.CreateExt4(ctx, v.layer, 256<<20, ext4.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.ext4.BuildWorkDisk(ctx, system.WorkDiskSpec{Path: v.work, SizeBytes: 256 << 20,
-		Inject: append([]system.InjectedFile{{Path: "on-work-disk", Data: []byte("work\n"), Mode: 0o644}}, o.workFiles...)}); err != nil {
+	if _, err := f.ext4.BuildWorkDisk(ctx, ext4.WorkDiskSpec{Path: v.work, SizeBytes: 256 << 20,
+		Inject: append([]ext4.InjectedFile{{Path: "on-work-disk", Data: []byte("work\n"), Mode: 0o644}}, o.workFiles...)}); err != nil {
 		t.Fatal(err)
 	}
 	root := o.rootSpec

@@ -15,7 +15,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/store"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 )
 
 var (
@@ -80,7 +80,7 @@ func TestModprobeInSystemdGuest(t *testing.T) {
 	mods := getModulesDisk(t, f)
 	img := tarImage(t, f, "debian-kmod.tar")
 	v := boot(t, f, bootOptions{rootfs: img, modules: mods,
-		workFiles: []system.InjectedFile{{Path: ".profile", Data: []byte("# my own profile\n"), Mode: 0o600}}})
+		workFiles: []ext4.InjectedFile{{Path: ".profile", Data: []byte("# my own profile\n"), Mode: 0o600}}})
 	took := v.waitReady(4 * time.Minute)
 	t.Logf("agent ready under systemd with the modules disk %s after qemu start", took.Round(time.Millisecond))
 

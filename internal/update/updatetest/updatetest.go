@@ -25,7 +25,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/release"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/proc"
 	"github.com/banger-vm/banger/internal/update"
 )
 
@@ -75,7 +75,7 @@ func BuildRelease(dir, version, hooks string, keys ...ed25519.PublicKey) (Build,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, stderr, err := system.RunBinary(context.Background(), "go",
+			_, stderr, err := proc.RunBinary(context.Background(), "go",
 				[]string{"build", "-C", root, "-trimpath", "-ldflags", ldflags, "-o", filepath.Join(dir, b), "./cmd/" + b},
 				[]string{"CGO_ENABLED=0"})
 			if err != nil {
@@ -290,10 +290,10 @@ func (s *Sandbox) Run(env []string, args ...string) Result {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, errb, err := system.RunBinary(ctx, s.Path("banger"), args, append(append([]string{}, s.Vars...), env...))
+	out, errb, err := proc.RunBinary(ctx, s.Path("banger"), args, append(append([]string{}, s.Vars...), env...))
 	r := Result{Stdout: string(out), Stderr: string(errb)}
 	if err != nil {
-		r.Code = system.ExitCode(err)
+		r.Code = proc.ExitCode(err)
 		if r.Code == 0 {
 			s.t.Fatalf("banger %s: %v", strings.Join(args, " "), err)
 		}

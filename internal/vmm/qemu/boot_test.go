@@ -23,7 +23,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/agent/agentclient"
-	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/system/ext4"
 	"github.com/banger-vm/banger/internal/testsupport"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -81,12 +81,12 @@ func newVM(t testing.TB, f testsupport.BootFixture) (vmFiles, vmm.MachineSpec) {
 	t.Cleanup(func() { os.RemoveAll(run) })
 	v := vmFiles{run: run, layer: filepath.Join(run, "layer.ext4"), work: filepath.Join(run, "work.ext4")}
 	ctx := context.Background()
-	e := system.NewExt4()
-	if err := e.CreateExt4(ctx, v.layer, 256<<20, system.CreateOptions{}); err != nil {
+	e := ext4.New()
+	if err := e.CreateExt4(ctx, v.layer, 256<<20, ext4.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.BuildWorkDisk(ctx, system.WorkDiskSpec{Path: v.work, SizeBytes: 256 << 20,
-		Inject: []system.InjectedFile{{Path: "on-work-disk", Data: []byte("work\n"), Mode: 0o644}}}); err != nil {
+	if _, err := e.BuildWorkDisk(ctx, ext4.WorkDiskSpec{Path: v.work, SizeBytes: 256 << 20,
+		Inject: []ext4.InjectedFile{{Path: "on-work-disk", Data: []byte("work\n"), Mode: 0o644}}}); err != nil {
 		t.Fatal(err)
 	}
 	spec := vmm.MachineSpec{
@@ -259,7 +259,7 @@ func TestBootExecStop(t *testing.T) {
 	if !isClosed(m.Done()) || !reflectEqualExit(m.Exit(), ei) {
 		t.Errorf("Done/Exit after Stop: %+v", m.Exit())
 	}
-	e := system.NewExt4()
+	e := ext4.New()
 	if err := e.FsckExt4(context.Background(), v.work); err != nil {
 		t.Errorf("work disk not clean after Stop: %v", err)
 	}

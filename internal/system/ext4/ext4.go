@@ -1,8 +1,7 @@
-// Package system is the only place in banger that shells out to host tools.
-// It holds the sudoless disk toolkit (ext4 images built with e2fsprogs,
-// never mounted), work seeds and work disks, atomic binary replacement and
-// file cloning.
-package system
+// Package ext4 is banger's sudoless disk toolkit: ext4 images built and read with
+// e2fsprogs (mkfs.ext4 -d, debugfs, e2fsck), never mounted, and the work seeds and work
+// disks made from them. Everything it reads from an image is treated as hostile.
+package ext4
 
 import (
 	"bytes"
@@ -17,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/banger-vm/banger/internal/system/hosttools"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,56 +33,56 @@ const (
 	toolResize2fs = "resize2fs"
 )
 
-// Ext4 builds and edits ext4 images with e2fsprogs, without mounting and
-// without root. The zero value is not usable; use NewExt4 or NewExt4WithPath.
-type Ext4 struct {
+// Toolkit builds and edits ext4 images with e2fsprogs, without mounting and
+// without root. The zero value is not usable; use New or NewWithPath.
+type Toolkit struct {
 	tools   map[string]string // tool name -> absolute path ("" = not found)
 	search  string            // where we looked, for error messages
 	isRoot  bool              // rdump/chown behave differently as root
 	tmpRoot string            // "" = next to the target image
 }
 
-// NewExt4 looks the e2fsprogs tools up on $PATH plus the sbin directories.
+// New looks the e2fsprogs tools up on $PATH plus the sbin directories.
 // A missing tool is reported when an operation needs it, so callers that only
 // read images do not need resize2fs.
-func NewExt4() *Ext4 {
-	return newExt4(defaultSearchPath())
+func New() *Toolkit {
+	return newExt4(hosttools.DefaultSearchPath())
 }
 
-// NewExt4WithPath looks the tools up only in searchPath (a PATH-style list).
+// NewWithPath looks the tools up only in searchPath (a PATH-style list).
 // An empty searchPath finds nothing; tests use that to check the
 // missing-tool errors.
-func NewExt4WithPath(searchPath string) *Ext4 {
+func NewWithPath(searchPath string) *Toolkit {
 	return newExt4(searchPath)
 }
 
-// NewExt4WithTools uses explicit tool paths (keys: "mkfs.ext4", "debugfs",
+// NewWithTools uses explicit tool paths (keys: "mkfs.ext4", "debugfs",
 // "e2fsck", "resize2fs").
-func NewExt4WithTools(paths map[string]string) *Ext4 {
-	e := &Ext4{tools: map[string]string{}, search: "explicit tool paths", isRoot: os.Geteuid() == 0}
+func NewWithTools(paths map[string]string) *Toolkit {
+	e := &Toolkit{tools: map[string]string{}, search: "explicit tool paths", isRoot: os.Geteuid() == 0}
 	for k, v := range paths {
 		e.tools[k] = v
 	}
 	return e
 }
 
-func newExt4(searchPath string) *Ext4 {
-	e := &Ext4{tools: map[string]string{}, search: searchPath, isRoot: os.Geteuid() == 0}
+func newExt4(searchPath string) *Toolkit {
+	e := &Toolkit{tools: map[string]string{}, search: searchPath, isRoot: os.Geteuid() == 0}
 	if searchPath == "" {
 		return e
 	}
 	for _, name := range []string{toolMkfs, toolDebugfs, toolE2fsck, toolResize2fs} {
-		e.tools[name] = LookPathIn(name, searchPath)
+		e.tools[name] = hosttools.LookPathIn(name, searchPath)
 	}
 	return e
 }
 
 // SetTempDir makes staging directories go under dir instead of next to the
 // target image (staging holds a full copy of the image contents).
-func (e *Ext4) SetTempDir(dir string) { e.tmpRoot = dir }
+func (e *Toolkit) SetTempDir(dir string) { e.tmpRoot = dir }
 
 // Check reports every missing e2fsprogs tool at once.
-func (e *Ext4) Check() error {
+func (e *Toolkit) Check() error {
 	var errs []error
 	for _, name := range []string{toolMkfs, toolDebugfs, toolE2fsck, toolResize2fs} {
 		if _, err := e.tool(name); err != nil {
@@ -92,7 +92,7 @@ func (e *Ext4) Check() error {
 	return errors.Join(errs...)
 }
 
-func (e *Ext4) tool(name string) (string, error) {
+func (e *Toolkit) tool(name string) (string, error) {
 	if p := e.tools[name]; p != "" {
 		return p, nil
 	}
@@ -104,7 +104,7 @@ func (e *Ext4) tool(name string) (string, error) {
 }
 
 // run executes a tool with LC_ALL=C so its messages are parseable.
-func (e *Ext4) run(ctx context.Context, name string, stdin io.Reader, args ...string) (stdout, stderr []byte, err error) {
+func (e *Toolkit) run(ctx context.Context, name string, stdin io.Reader, args ...string) (stdout, stderr []byte, err error) {
 	p, err := e.tool(name)
 	if err != nil {
 		return nil, nil, err
@@ -135,7 +135,7 @@ type CreateOptions struct {
 
 // CreateExt4 creates a new sparse ext4 image of sizeBytes at path. path must
 // not exist; on failure nothing is left behind.
-func (e *Ext4) CreateExt4(ctx context.Context, path string, sizeBytes int64, opts CreateOptions) (err error) {
+func (e *Toolkit) CreateExt4(ctx context.Context, path string, sizeBytes int64, opts CreateOptions) (err error) {
 	if sizeBytes < 1<<20 {
 		return fmt.Errorf("create ext4 %s: size %d bytes is too small (minimum 1 MiB)", path, sizeBytes)
 	}
@@ -183,7 +183,7 @@ func (e *Ext4) CreateExt4(ctx context.Context, path string, sizeBytes int64, opt
 // BuildExt4FromDir creates image from the contents of dir with mkfs.ext4 -d.
 // sizeBytes 0 sizes the image from the tree. Ownership is what the host
 // reports (use BuildExt4FromTar to control owners without root).
-func (e *Ext4) BuildExt4FromDir(ctx context.Context, image, dir string, sizeBytes int64) error {
+func (e *Toolkit) BuildExt4FromDir(ctx context.Context, image, dir string, sizeBytes int64) error {
 	st, err := os.Stat(dir)
 	if err != nil || !st.IsDir() {
 		return fmt.Errorf("build ext4 %s from %s: not a readable directory: %v", image, dir, err)
@@ -234,7 +234,7 @@ func autoInodes(entries int64) int64 { return entries + entries/4 + 1024 }
 
 // GrowExt4 grows image to newSize bytes (e2fsck -fp then resize2fs; not a
 // hot path). Shrinking is refused.
-func (e *Ext4) GrowExt4(ctx context.Context, image string, newSize int64) error {
+func (e *Toolkit) GrowExt4(ctx context.Context, image string, newSize int64) error {
 	if err := checkExt4Image(image); err != nil {
 		return err
 	}
@@ -274,7 +274,7 @@ func (e *Ext4) GrowExt4(ctx context.Context, image string, newSize int64) error 
 
 // FsckExt4 runs a read-only full check (e2fsck -fn) and returns its output as
 // the error when the image is not clean.
-func (e *Ext4) FsckExt4(ctx context.Context, image string) error {
+func (e *Toolkit) FsckExt4(ctx context.Context, image string) error {
 	out, errb, err := e.run(ctx, toolE2fsck, nil, "-fn", image)
 	if err != nil {
 		return fmt.Errorf("e2fsck -fn %s: %v: %s", image, err, strings.TrimSpace(string(out)+string(errb)))
@@ -325,7 +325,7 @@ func checkExt4Image(path string) error {
 // there is ~10x faster than on a disk filesystem (measured: rdump of 200
 // files 16 ms vs 157 ms), and it is the hot path of every work disk.
 // Otherwise it goes next to the image.
-func (e *Ext4) stagingDir(image, pattern string, need int64) (string, error) {
+func (e *Toolkit) stagingDir(image, pattern string, need int64) (string, error) {
 	root := e.tmpRoot
 	if root == "" {
 		root = filepath.Dir(image)
@@ -347,7 +347,7 @@ func (e *Ext4) stagingDir(image, pattern string, need int64) (string, error) {
 type staging struct{ dir, stage, scratch string }
 
 // newStaging makes a staging area for building target (see stagingDir).
-func (e *Ext4) newStaging(target, pattern string, need int64) (staging, error) {
+func (e *Toolkit) newStaging(target, pattern string, need int64) (staging, error) {
 	dir, err := e.stagingDir(target, pattern, need)
 	if err != nil {
 		return staging{}, err

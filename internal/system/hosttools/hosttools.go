@@ -1,4 +1,6 @@
-package system
+// Package hosttools finds the host programs banger uses (and their versions), and drives
+// mmdebstrap and systemctl.
+package hosttools
 
 import (
 	"bufio"
@@ -87,9 +89,9 @@ func VersionAtLeast(have, want string) bool {
 	return true
 }
 
-// defaultSearchPath is $PATH plus the sbin directories: e2fsprogs lives in /usr/sbin on
+// DefaultSearchPath is $PATH plus the sbin directories: e2fsprogs lives in /usr/sbin on
 // Debian, which is not on an unprivileged user's PATH.
-func defaultSearchPath() string {
+func DefaultSearchPath() string {
 	return os.Getenv("PATH") + ":/usr/sbin:/sbin:/usr/local/sbin"
 }
 
@@ -97,7 +99,7 @@ func defaultSearchPath() string {
 // defaultSearchPath when searchPath is empty; it returns "" when there is none.
 func LookPathIn(name, searchPath string) string {
 	if searchPath == "" {
-		searchPath = defaultSearchPath()
+		searchPath = DefaultSearchPath()
 	}
 	for _, dir := range filepath.SplitList(searchPath) {
 		if dir == "" {

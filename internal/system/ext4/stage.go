@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"context"
@@ -62,7 +62,7 @@ func badName(name string) string {
 // listTree lists dir of image recursively (one debugfs run per tree level). Entries whose
 // names could not be staged safely, special files and directory loops are skipped with a
 // warning; a listing that does not parse (names with newlines can fake lines) is refused.
-func (e *Ext4) listTree(ctx context.Context, image, dir string) (*imageTree, error) {
+func (e *Toolkit) listTree(ctx context.Context, image, dir string) (*imageTree, error) {
 	tr := &imageTree{image: image, dir: dir}
 	imgPath := func(k string) string {
 		if k == "" {
@@ -188,7 +188,7 @@ func rdumpTolerate(line string) bool {
 // dumpRel (an existing, empty directory under root that only banger writes) for debugfs's
 // output files. Modes, owners and hard links are recorded in t (when not nil); on the host
 // files get their image permissions (readable by the owner) and mtimes.
-func (e *Ext4) copyOut(ctx context.Context, tr *imageTree, root *os.Root, destRel, dumpRel string, t *stagedTree) error {
+func (e *Toolkit) copyOut(ctx context.Context, tr *imageTree, root *os.Root, destRel, dumpRel string, t *stagedTree) error {
 	fail := func(err error) error { return fmt.Errorf("copy %s out of %s: %w", tr.dir, tr.image, err) }
 	dumpAbs := filepath.Join(root.Name(), dumpRel)
 	host := func(k string) string { return filepath.Join(destRel, filepath.FromSlash(k)) }
@@ -307,7 +307,7 @@ func readCapped(root *os.Root, name string, max int64) ([]byte, error) {
 // stageFromImage copies the listed tree into work's stage directory and records its
 // metadata in t (keys relative to the listed directory). Device nodes, FIFOs and sockets
 // are skipped with a warning. xattrs are not carried over.
-func (e *Ext4) stageFromImage(ctx context.Context, tr *imageTree, work staging, t *stagedTree) (warnings []string, err error) {
+func (e *Toolkit) stageFromImage(ctx context.Context, tr *imageTree, work staging, t *stagedTree) (warnings []string, err error) {
 	root, err := os.OpenRoot(work.dir)
 	if err != nil {
 		return nil, err

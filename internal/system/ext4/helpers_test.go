@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"archive/tar"
@@ -12,23 +12,23 @@ import (
 	"time"
 )
 
-func testExt4(t testing.TB) *Ext4 {
+func testExt4(t testing.TB) *Toolkit {
 	t.Helper()
-	e := NewExt4()
+	e := New()
 	if err := e.Check(); err != nil {
 		t.Skipf("e2fsprogs tools missing (%v): install e2fsprogs", err)
 	}
 	return e
 }
 
-func mustFsck(t testing.TB, e *Ext4, image string) {
+func mustFsck(t testing.TB, e *Toolkit, image string) {
 	t.Helper()
 	if err := e.FsckExt4(context.Background(), image); err != nil {
 		t.Fatalf("image %s is not clean: %v", image, err)
 	}
 }
 
-func mustStat(t testing.TB, e *Ext4, image, p string) *Ext4Stat {
+func mustStat(t testing.TB, e *Toolkit, image, p string) *Ext4Stat {
 	t.Helper()
 	st, err := e.StatExt4(context.Background(), image, p)
 	if err != nil {
@@ -38,7 +38,7 @@ func mustStat(t testing.TB, e *Ext4, image, p string) *Ext4Stat {
 }
 
 // wantMeta checks owner and mode (type + permission bits) of p.
-func wantMeta(t testing.TB, e *Ext4, image, p string, uid, gid uint32, mode fs.FileMode) *Ext4Stat {
+func wantMeta(t testing.TB, e *Toolkit, image, p string, uid, gid uint32, mode fs.FileMode) *Ext4Stat {
 	t.Helper()
 	st := mustStat(t, e, image, p)
 	if st.UID != uid || st.GID != gid || st.Mode != mode {

@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"context"
@@ -42,7 +42,7 @@ type WorkDiskSpec struct {
 // resize2fs runs: mkfs.ext4 -d builds the disk at its final size in one pass.
 // A missing seed gives an empty, valid disk and a warning. On error nothing
 // is left behind.
-func (e *Ext4) BuildWorkDisk(ctx context.Context, spec WorkDiskSpec) (warnings []string, err error) {
+func (e *Toolkit) BuildWorkDisk(ctx context.Context, spec WorkDiskSpec) (warnings []string, err error) {
 	if spec.Path == "" {
 		return nil, errors.New("build work disk: no path given")
 	}

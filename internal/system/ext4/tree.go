@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"context"
@@ -34,7 +34,7 @@ func newStagedTree(dir string) *stagedTree {
 }
 
 // buildImage creates image from t. size 0 sizes it from the tree.
-func (e *Ext4) buildImage(ctx context.Context, image string, size int64, t *stagedTree, scratch string) (err error) {
+func (e *Toolkit) buildImage(ctx context.Context, image string, size int64, t *stagedTree, scratch string) (err error) {
 	inodes := int64(0)
 	if size == 0 {
 		data, entries, err := measureTree(t.dir)

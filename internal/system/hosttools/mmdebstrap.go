@@ -1,4 +1,4 @@
-package system
+package hosttools
 
 import (
 	"bufio"
@@ -37,7 +37,7 @@ type DebootstrapSpec struct {
 func Debootstrap(ctx context.Context, spec DebootstrapSpec, consume func(io.Reader) error) error {
 	bin := spec.Path
 	if bin == "" {
-		bin = LookPathIn("mmdebstrap", defaultSearchPath())
+		bin = LookPathIn("mmdebstrap", DefaultSearchPath())
 	}
 	if bin == "" {
 		return errors.New("mmdebstrap not found: install it (apt-get install mmdebstrap debian-archive-keyring) to build Debian images")

@@ -1,4 +1,6 @@
-package system
+// Package proc holds banger's process helpers: running a host binary and reading its exit
+// code, and starting the daemon detached from the CLI.
+package proc
 
 import (
 	"fmt"

@@ -1,36 +1,14 @@
-package system
+package hosttools
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
+
+	"github.com/banger-vm/banger/internal/system/proc"
 )
-
-// RunBinary runs path with args and returns its stdout and stderr. A non-zero exit is an
-// *exec.ExitError (callers that parse stdout anyway, like doctor --json which exits 1 on a
-// FAIL, check ExitCode). extraEnv is appended to this process's environment.
-func RunBinary(ctx context.Context, path string, args []string, extraEnv []string) (stdout, stderr []byte, err error) {
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Env = append(os.Environ(), extraEnv...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
-	return out.Bytes(), errb.Bytes(), err
-}
-
-// ExitCode returns the exit status carried by err from RunBinary, or -1 when the process
-// did not run to an exit (not found, killed, context cancelled).
-func ExitCode(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.Exited() {
-		return ee.ExitCode()
-	}
-	return -1
-}
 
 // ServiceScope picks the systemd instance: the user's (systemctl --user) or the system's.
 type ServiceScope bool
@@ -55,7 +33,7 @@ func ServiceActive(ctx context.Context, scope ServiceScope, unit string) bool {
 	if err != nil {
 		return false
 	}
-	out, _, err := RunBinary(ctx, path, systemctlArgs(scope, "is-active", unit), nil)
+	out, _, err := proc.RunBinary(ctx, path, systemctlArgs(scope, "is-active", unit), nil)
 	return err == nil && strings.TrimSpace(string(out)) == "active"
 }
 
@@ -66,7 +44,7 @@ func RestartService(ctx context.Context, scope ServiceScope, unit string) error 
 	if err != nil {
 		return errors.New("systemctl not found")
 	}
-	_, stderr, err := RunBinary(ctx, path, systemctlArgs(scope, "--no-ask-password", "restart", unit), nil)
+	_, stderr, err := proc.RunBinary(ctx, path, systemctlArgs(scope, "--no-ask-password", "restart", unit), nil)
 	if err != nil {
 		return fmt.Errorf("systemctl restart %s: %v: %s", unit, err, strings.TrimSpace(string(stderr)))
 	}

@@ -1,4 +1,4 @@
-package system
+package ext4
 
 // Hostile ext4 images and debugfs scripts (issue 14 items 1 and 2).
 
@@ -17,7 +17,7 @@ import (
 // outside/escaped-link), plus an ordinary /root/ok. mkfs.ext4 -d makes it with
 // same-length placeholder names, patched afterwards in the image bytes (metadata_csum off,
 // so the directory block stays readable).
-func hostileExt4(t *testing.T, e *Ext4, outside string) string {
+func hostileExt4(t *testing.T, e *Toolkit, outside string) string {
 	t.Helper()
 	climb := strings.Repeat("../", 24) + strings.TrimPrefix(outside, "/") + "/"
 	names := map[string]string{"Q": climb + "escaped", "L": climb + "escaped-link"}

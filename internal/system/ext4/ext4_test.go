@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"archive/tar"
@@ -35,7 +35,7 @@ func TestCreateExt4SparseRootOwned(t *testing.T) {
 }
 
 func TestMissingToolsClearError(t *testing.T) {
-	e := NewExt4WithPath("")
+	e := NewWithPath("")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "x.ext4")
 	err := e.CreateExt4(context.Background(), img, 64<<20, CreateOptions{})
@@ -55,8 +55,8 @@ func TestMissingToolsClearError(t *testing.T) {
 	}
 	noLeftovers(t, dir)
 	// Explicit tool paths work too.
-	good := NewExt4()
-	e2 := NewExt4WithTools(map[string]string{"mkfs.ext4": good.tools[toolMkfs]})
+	good := New()
+	e2 := NewWithTools(map[string]string{"mkfs.ext4": good.tools[toolMkfs]})
 	if err := e2.CreateExt4(context.Background(), img, 64<<20, CreateOptions{}); err != nil {
 		t.Skipf("mkfs.ext4 unavailable: %v", err)
 	}

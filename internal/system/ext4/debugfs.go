@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"context"
@@ -110,7 +110,7 @@ type debugfsResult struct {
 
 // runDebugfs runs script against image. tolerate reports stderr lines that
 // are not errors for this call (e.g. rdump's chown failures as non-root).
-func (e *Ext4) runDebugfs(ctx context.Context, image string, write bool, s *dfScript, tolerate func(string) bool) (*debugfsResult, error) {
+func (e *Toolkit) runDebugfs(ctx context.Context, image string, write bool, s *dfScript, tolerate func(string) bool) (*debugfsResult, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
@@ -322,7 +322,7 @@ func cleanImagePath(p string) (string, error) {
 }
 
 // statMany stats several paths in one debugfs run; missing paths map to nil.
-func (e *Ext4) statMany(ctx context.Context, image string, paths []string) (map[string]*Ext4Stat, error) {
+func (e *Toolkit) statMany(ctx context.Context, image string, paths []string) (map[string]*Ext4Stat, error) {
 	s := &dfScript{}
 	for _, p := range paths {
 		s.add("stat", p)
@@ -348,7 +348,7 @@ func (e *Ext4) statMany(ctx context.Context, image string, paths []string) (map[
 
 // StatExt4 reads an inode's metadata (owner, mode, link target, xattrs)
 // without following a final symlink.
-func (e *Ext4) StatExt4(ctx context.Context, image, p string) (*Ext4Stat, error) {
+func (e *Toolkit) StatExt4(ctx context.Context, image, p string) (*Ext4Stat, error) {
 	c, err := cleanImagePath(p)
 	if err != nil {
 		return nil, err
@@ -385,7 +385,7 @@ type Ext4DirEntry struct {
 }
 
 // ListExt4Dir lists a directory (without "." and "..").
-func (e *Ext4) ListExt4Dir(ctx context.Context, image, dir string) ([]Ext4DirEntry, error) {
+func (e *Toolkit) ListExt4Dir(ctx context.Context, image, dir string) ([]Ext4DirEntry, error) {
 	c, err := cleanImagePath(dir)
 	if err != nil {
 		return nil, err
@@ -402,7 +402,7 @@ func (e *Ext4) ListExt4Dir(ctx context.Context, image, dir string) ([]Ext4DirEnt
 }
 
 // listMany runs `ls -p` on several directories in one batch.
-func (e *Ext4) listMany(ctx context.Context, image string, dirs []string) (map[string][]Ext4DirEntry, error) {
+func (e *Toolkit) listMany(ctx context.Context, image string, dirs []string) (map[string][]Ext4DirEntry, error) {
 	s := &dfScript{}
 	for _, d := range dirs {
 		s.add("ls -p", d)
@@ -459,7 +459,7 @@ func unixTypeMode(m uint32) fs.FileMode {
 
 // dumpToMemory dumps an inode's data through a temp file and reads at most max bytes
 // of it (the caller checked the inode's size; this holds even if it lied).
-func (e *Ext4) dumpToMemory(ctx context.Context, image, p string, max int64) ([]byte, error) {
+func (e *Toolkit) dumpToMemory(ctx context.Context, image, p string, max int64) ([]byte, error) {
 	tmp, err := os.CreateTemp("", "banger-dump-")
 	if err != nil {
 		return nil, err
@@ -490,13 +490,13 @@ const DefaultMaxReadBytes = 64 << 20
 
 // ReadExt4File returns the contents of a regular file in image, refusing files over
 // DefaultMaxReadBytes.
-func (e *Ext4) ReadExt4File(ctx context.Context, image, p string) ([]byte, error) {
+func (e *Toolkit) ReadExt4File(ctx context.Context, image, p string) ([]byte, error) {
 	return e.ReadExt4FileMax(ctx, image, p, DefaultMaxReadBytes)
 }
 
 // ReadExt4FileMax returns the contents of a regular file in image, refusing (before
 // reading anything) a file larger than max bytes.
-func (e *Ext4) ReadExt4FileMax(ctx context.Context, image, p string, max int64) ([]byte, error) {
+func (e *Toolkit) ReadExt4FileMax(ctx context.Context, image, p string, max int64) ([]byte, error) {
 	c, err := cleanImagePath(p)
 	if err != nil {
 		return nil, err
@@ -524,7 +524,7 @@ var ErrTooLarge = errors.New("file too large")
 // MkdirExt4 creates dir and any missing parents, owned uid:gid with mode.
 // Existing directories are left alone (debugfs mkdir on an existing
 // directory corrupts the image, so we check first).
-func (e *Ext4) MkdirExt4(ctx context.Context, image, dir string, uid, gid uint32, mode fs.FileMode) error {
+func (e *Toolkit) MkdirExt4(ctx context.Context, image, dir string, uid, gid uint32, mode fs.FileMode) error {
 	c, err := cleanImagePath(dir)
 	if err != nil {
 		return err
@@ -545,7 +545,7 @@ func (e *Ext4) MkdirExt4(ctx context.Context, image, dir string, uid, gid uint32
 // planParents stats every prefix of p (including p itself when inclusive)
 // and appends mkdir+chown commands for missing ones. It returns the stat of
 // p (nil if missing).
-func (e *Ext4) planParents(ctx context.Context, image, p string, uid, gid uint32, mode fs.FileMode, inclusive bool, s *dfScript) (*Ext4Stat, error) {
+func (e *Toolkit) planParents(ctx context.Context, image, p string, uid, gid uint32, mode fs.FileMode, inclusive bool, s *dfScript) (*Ext4Stat, error) {
 	var prefixes []string
 	for q := p; q != "/"; q = path.Dir(q) {
 		prefixes = append([]string{q}, prefixes...)
@@ -580,7 +580,7 @@ func (e *Ext4) planParents(ctx context.Context, image, p string, uid, gid uint32
 // WriteExt4FileOwned writes data to p in image, owned uid:gid with mode,
 // replacing an existing regular file. Missing parents are created root:root
 // 0755.
-func (e *Ext4) WriteExt4FileOwned(ctx context.Context, image, p string, data []byte, uid, gid uint32, mode fs.FileMode) error {
+func (e *Toolkit) WriteExt4FileOwned(ctx context.Context, image, p string, data []byte, uid, gid uint32, mode fs.FileMode) error {
 	return e.WriteExt4Files(ctx, image, []Ext4Entry{{Path: p, Data: data, UID: uid, GID: gid, Mode: mode}})
 }
 
@@ -596,7 +596,7 @@ type Ext4Entry struct {
 // WriteExt4Files puts directories and files into image in one debugfs pass (plus one to
 // look): entries apply in order; a missing parent is created root:root 0755; an existing
 // directory entry is left as it is; an existing regular file is replaced.
-func (e *Ext4) WriteExt4Files(ctx context.Context, image string, entries []Ext4Entry) error {
+func (e *Toolkit) WriteExt4Files(ctx context.Context, image string, entries []Ext4Entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
@@ -697,7 +697,7 @@ func (e *Ext4) WriteExt4Files(ctx context.Context, image string, entries []Ext4E
 // with their modes; device nodes, FIFOs and entries whose names cannot be copied safely are
 // skipped (the warnings say which); ownership is not kept. It never uses debugfs rdump, so
 // a hostile image cannot write outside hostDst.
-func (e *Ext4) RdumpExt4Dir(ctx context.Context, image, dir, hostDst string) (warnings []string, err error) {
+func (e *Toolkit) RdumpExt4Dir(ctx context.Context, image, dir, hostDst string) (warnings []string, err error) {
 	c, err := cleanImagePath(dir)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"archive/tar"
@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/banger-vm/banger/internal/system"
 )
 
 // TarStats summarises a BuildExt4FromTar run.
@@ -32,7 +34,7 @@ type TarStats struct {
 // (inside an os.Root, so nothing can escape it), mkfs.ext4 -d copies it in
 // one pass, and one debugfs batch sets what an unprivileged host cannot
 // (owners, device nodes, security xattrs). See the package benchmarks.
-func (e *Ext4) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, sizeBytes int64) (stats TarStats, err error) {
+func (e *Toolkit) BuildExt4FromTar(ctx context.Context, image string, r io.Reader, sizeBytes int64) (stats TarStats, err error) {
 	return e.BuildExt4FromTarOpts(ctx, image, r, TarOptions{SizeBytes: sizeBytes})
 }
 
@@ -60,7 +62,7 @@ type TarOptions struct {
 }
 
 // BuildExt4FromTarOpts is BuildExt4FromTar with bounds (see TarOptions).
-func (e *Ext4) BuildExt4FromTarOpts(ctx context.Context, image string, r io.Reader, o TarOptions) (stats TarStats, err error) {
+func (e *Toolkit) BuildExt4FromTarOpts(ctx context.Context, image string, r io.Reader, o TarOptions) (stats TarStats, err error) {
 	sizeBytes := o.SizeBytes
 	if o.MaxBytes <= 0 {
 		o.MaxBytes = DefaultMaxTarBytes
@@ -231,7 +233,7 @@ type extractState struct {
 	opts    TarOptions
 }
 
-func (e *Ext4) extractTar(ctx context.Context, r io.Reader, t *stagedTree, stats *TarStats, o TarOptions) error {
+func (e *Toolkit) extractTar(ctx context.Context, r io.Reader, t *stagedTree, stats *TarStats, o TarOptions) error {
 	root, err := os.OpenRoot(t.dir)
 	if err != nil {
 		return err
@@ -419,7 +421,7 @@ func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) e
 		if err != nil {
 			return fmt.Errorf("stage %s: %w", k, err)
 		}
-		n, cerr := io.CopyBuffer(onlyWriter{f}, tr, x.buf)
+		n, cerr := io.CopyBuffer(system.OnlyWriter{W: f}, tr, x.buf)
 		if err := f.Close(); cerr == nil {
 			cerr = err
 		}
@@ -505,9 +507,3 @@ func (x *extractState) entry(hdr *tar.Header, tr *tar.Reader, stats *TarStats) e
 	}
 	return nil
 }
-
-// onlyWriter hides ReadFrom so io.CopyBuffer uses our large buffer instead
-// of os.File's copy_file_range probing on a non-file source.
-type onlyWriter struct{ w io.Writer }
-
-func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }

@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"archive/tar"

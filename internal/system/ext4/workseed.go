@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/banger-vm/banger/internal/system"
 )
 
 // BuildWorkSeed builds seedPath (conventionally work-seed.ext4) from the
@@ -15,7 +17,7 @@ import (
 // skipped with a warning. A rootfs without /root gives an empty seed and a
 // warning. seedPath is replaced atomically, so a failed build keeps the old
 // seed.
-func (e *Ext4) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath string) (warnings []string, err error) {
+func (e *Toolkit) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath string) (warnings []string, err error) {
 	for _, t := range []string{toolMkfs, toolDebugfs} {
 		if _, err := e.tool(t); err != nil {
 			return nil, fmt.Errorf("build work seed: %w", err)
@@ -73,5 +75,5 @@ func (e *Ext4) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath string) 
 	if err := os.Rename(tmpImage, seedPath); err != nil {
 		return warnings, fmt.Errorf("build work seed: install %s: %w", seedPath, err)
 	}
-	return warnings, syncDir(filepath.Dir(seedPath))
+	return warnings, system.SyncDir(filepath.Dir(seedPath))
 }

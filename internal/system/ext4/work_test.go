@@ -1,4 +1,4 @@
-package system
+package ext4
 
 import (
 	"archive/tar"
@@ -14,7 +14,7 @@ import (
 
 // rootfsWithRoot builds a small rootfs image whose /root has everything a
 // seed must keep or skip.
-func rootfsWithRoot(t testing.TB, e *Ext4, dir string) string {
+func rootfsWithRoot(t testing.TB, e *Toolkit, dir string) string {
 	t.Helper()
 	ents := []tarEnt{
 		dirEnt("./", 0o755, 0, 0),
