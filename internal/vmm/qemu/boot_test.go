@@ -26,6 +26,7 @@ import (
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/testsupport"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
 var (
@@ -36,6 +37,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if modes, ok := os.LookupEnv(fakeQEMUEnv); ok {
+		os.Exit(fakeQEMU(os.Args[1:], modes))
+	}
 	code := m.Run()
 	if fixtureDir != "" {
 		os.RemoveAll(fixtureDir)
@@ -283,7 +287,7 @@ func TestKill(t *testing.T) {
 	m := start(t, testDriver(qemu, f), spec)
 	// Let the kernel print something first.
 	deadline := time.Now().Add(time.Minute)
-	for len(tailLines(filepath.Join(v.run, consoleLogName), 1)) == 0 && time.Now().Before(deadline) {
+	for len(proc.ConsoleTail(filepath.Join(v.run, consoleLogName), 1)) == 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if err := m.Kill(); err != nil {
