@@ -89,7 +89,7 @@ func newFixture(t *testing.T, modes string) *fixture {
 		NICs:  []vmm.NIC{{TAP: "bgtap0", MAC: mac}},
 		VCPUs: 2, MemoryMiB: 256, RunDir: run,
 	}
-	f.drv = New(Config{Binary: os.Args[0], KernelCacheDir: filepath.Join(dir, "cache"), StartTimeout: 5 * time.Second})
+	f.drv = New(Config{Binary: os.Args[0], KernelCacheDir: filepath.Join(dir, "cache"), StartTimeout: 5 * time.Second, ConsoleCap: fakeConsoleCap})
 	return f
 }
 

@@ -28,6 +28,9 @@ import (
 
 const fakeEnv = "BANGER_FAKE_FIRECRACKER" // its value: comma-separated modes
 
+// fakeConsoleCap is the console cap the driver tests run with.
+const fakeConsoleCap = 256 << 10
+
 func TestMain(m *testing.M) {
 	if modes, ok := os.LookupEnv(fakeEnv); ok {
 		os.Exit(fakeFirecracker(os.Args[1:], modes))
@@ -185,7 +188,8 @@ func (l chanListener) Addr() net.Addr            { return &net.UnixAddr{Net: "un
 // TestSupervisor runs the table every driver passes (internal/vmm/vmmtest) on the fake.
 func TestSupervisor(t *testing.T) {
 	vmmtest.Run(t, vmmtest.Harness{
-		Driver: New(Config{Binary: os.Args[0]}),
+		Driver:     New(Config{Binary: os.Args[0], ConsoleCap: fakeConsoleCap}),
+		ConsoleCap: fakeConsoleCap,
 		Start: func(t *testing.T, b vmmtest.Behaviour) vmm.Machine {
 			f := newFixture(t, b.Modes())
 			m, err := f.drv.Start(ctxT(t), f.spec)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -483,6 +484,17 @@ func bootRaw(b *testing.B, d *Driver, f testsupport.BootFixture) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The console FIFO QEMU opens, drained as a script would (cat console.fifo > log).
+	fifo := filepath.Join(spec.RunDir, consoleFIFOName)
+	if err := proc.MakeFIFO(fifo); err != nil {
+		b.Fatal(err)
+	}
+	con, err := os.OpenFile(fifo, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer con.Close()
+	go io.Copy(io.Discard, con)
 	began := time.Now()
 	cmd := exec.Command(bin, args...)
 	if err := cmd.Start(); err != nil {

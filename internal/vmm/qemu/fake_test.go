@@ -29,6 +29,9 @@ import (
 
 const fakeQEMUEnv = "BANGER_FAKE_QEMU" // its value: vmmtest.Behaviour.Modes()
 
+// fakeConsoleCap is the console cap the supervisor table runs with.
+const fakeConsoleCap = 256 << 10
+
 // optValue returns key's value in a QEMU option string ("a,key=v,,w,b" -> "v,w").
 func optValue(s, key string) string {
 	s = strings.ReplaceAll(s, ",,", "\x00")
@@ -61,7 +64,7 @@ func fakeQEMU(args []string, modes string) int {
 		}
 	}
 	// Like QEMU's pipe chardev: the FIFO opened read-write.
-	con, err := os.OpenFile(consolePath, os.O_RDWR, 0)
+	con, err := os.OpenFile(consolePath, os.O_RDWR|os.O_CREATE, 0o600) // a FIFO here; QEMU would also create a file
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake qemu: console:", err)
 		return 1
@@ -168,10 +171,11 @@ func TestSupervisor(t *testing.T) {
 		}
 	}
 	drv := func() *Driver {
-		return New(Config{Binary: os.Args[0], AgentTransport: TransportSerial, TSCKHz: 1000000, Sandbox: SandboxOff})
+		return New(Config{Binary: os.Args[0], AgentTransport: TransportSerial, TSCKHz: 1000000, Sandbox: SandboxOff, ConsoleCap: fakeConsoleCap})
 	}
 	vmmtest.Run(t, vmmtest.Harness{
-		Driver: drv(),
+		Driver:     drv(),
+		ConsoleCap: fakeConsoleCap,
 		Start: func(t *testing.T, b vmmtest.Behaviour) vmm.Machine {
 			t.Setenv(fakeQEMUEnv, b.Modes())
 			// Under -race the runtime sleeps 1s at exit by default; the fake must exit

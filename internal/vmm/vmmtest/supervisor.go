@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -71,6 +72,8 @@ type Harness struct {
 	Driver vmm.Driver
 	// Start boots a fake VM acting as b, and makes sure it is gone when the test ends.
 	Start func(t *testing.T, b Behaviour) vmm.Machine
+	// ConsoleCap is the driver's Config.ConsoleCap in Start (small, so a test floods it).
+	ConsoleCap int64
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -237,6 +240,30 @@ func Run(t *testing.T, h Harness) {
 		}
 		if isDone(m) {
 			t.Error("a refused reattach stopped the VM")
+		}
+	})
+
+	t.Run("ConsoleCapped", func(t *testing.T) {
+		// Four times the cap through the driver's console path: console.log and its
+		// rotated half stay within the cap, and the tail is still the newest output.
+		lines := int(4*h.ConsoleCap) / len(ConsoleLinePref+"00000\n")
+		m := h.Start(t, Behaviour{ConsoleLines: lines})
+		ready(t, m)
+		if err := m.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		log := m.State().ConsoleLog
+		total := int64(0)
+		for _, p := range []string{log, log + ".1"} {
+			if fi, err := os.Stat(p); err == nil {
+				total += fi.Size()
+			}
+		}
+		if total > h.ConsoleCap || total < h.ConsoleCap/4 {
+			t.Errorf("console log %d bytes after %d lines; cap %d", total, lines, h.ConsoleCap)
+		}
+		if tail := m.Exit().ConsoleTail; len(tail) == 0 || tail[len(tail)-1] != MarkBoot {
+			t.Errorf("console tail %q", tail)
 		}
 	})
 
