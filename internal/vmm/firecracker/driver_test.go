@@ -474,3 +474,23 @@ func TestVersionOK(t *testing.T) {
 		}
 	}
 }
+
+// TestBootArgsDefaults: the driver adds Firecracker's own console, reboot, panic and pci
+// keys, and never a second one of a key the caller set (the daemon may or may not pass
+// them), so a caller's reboot=t or panic=-1 is kept but not doubled.
+func TestBootArgsDefaults(t *testing.T) {
+	spec := vmm.MachineSpec{Drives: []vmm.Drive{{ID: "root", Role: vmm.RoleRoot}}}
+	tail := " banger.root=/dev/vda banger.agent=vsock banger.agent_port=1024"
+	for in, want := range map[string]string{
+		"":                                    "console=ttyS0 reboot=k panic=1 pci=off",
+		"banger.hostname=a":                   "banger.hostname=a console=ttyS0 reboot=k panic=1 pci=off",
+		"console=ttyS0 reboot=t panic=-1 x=1": "console=ttyS0 reboot=t panic=-1 x=1 pci=off",
+		"console=hvc0 pci=on":                 "console=hvc0 pci=on reboot=k panic=1",
+	} {
+		spec.Cmdline = in
+		got, err := bootArgs(spec, 1024)
+		if err != nil || got != want+tail {
+			t.Errorf("bootArgs(%q) = %q, %v; want %q", in, got, err, want+tail)
+		}
+	}
+}

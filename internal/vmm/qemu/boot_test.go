@@ -427,7 +427,9 @@ func TestFailedStartsLeaveNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			d := d
 			if c.name == "QMP never answers" {
-				d = New(Config{Binary: wedged, TSCKHz: f.TSCKHz, AgentTransport: TransportSerial})
+				// Sandbox off: the probe would meet the same wedged binary (TestSandboxProbe
+				// covers the probe).
+				d = New(Config{Binary: wedged, TSCKHz: f.TSCKHz, AgentTransport: TransportSerial, Sandbox: SandboxOff})
 			}
 			v, spec := newVM(t, f)
 			if c.mutate != nil {

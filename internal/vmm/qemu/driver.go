@@ -66,9 +66,10 @@ type Driver struct {
 	tscOnce sync.Once
 	tsc     int
 
-	sandboxOnce sync.Once
-	sandboxOK   bool
-	sandboxErr  error
+	sandboxMu     sync.Mutex
+	sandboxProbed bool
+	sandboxOK     bool
+	sandboxDetail string
 }
 
 // New returns a driver for cfg, with defaults filled in.

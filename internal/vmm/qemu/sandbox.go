@@ -48,20 +48,29 @@ func SandboxSupported(ctx context.Context, binary string) (ok bool, detail strin
 	return true, "", nil
 }
 
-// useSandbox says whether Start runs QEMU under the sandbox: probed once per driver.
+// useSandbox says whether Start runs QEMU under the sandbox. The probe runs once per
+// driver; a probe cut short by ctx is not remembered (the next Start probes again), so a
+// hurried caller never turns the sandbox off for later VMs.
 func (d *Driver) useSandbox(ctx context.Context, bin string) (bool, error) {
 	if d.cfg.Sandbox == SandboxOff {
 		return false, nil
 	}
-	d.sandboxOnce.Do(func() {
-		var detail string
-		d.sandboxOK, detail, d.sandboxErr = SandboxSupported(context.WithoutCancel(ctx), bin)
-		if d.sandboxErr == nil && !d.sandboxOK && d.cfg.Sandbox == SandboxOn {
-			d.sandboxErr = fmt.Errorf("qemu: sandbox = on, but this QEMU cannot run sandboxed (%s): install a QEMU built with seccomp, or set it to auto", detail)
+	d.sandboxMu.Lock()
+	defer d.sandboxMu.Unlock()
+	if !d.sandboxProbed {
+		ok, detail, err := SandboxSupported(ctx, bin)
+		if ctx.Err() != nil {
+			return false, fmt.Errorf("qemu sandbox probe: %w", context.Cause(ctx))
 		}
-	})
-	if d.sandboxErr != nil && d.cfg.Sandbox == SandboxAuto {
-		return false, nil // the probe could not run; Start reports QEMU's own problems
+		if err != nil {
+			detail = err.Error()
+		}
+		// A probe that cannot run (a broken binary) counts as unsupported: Start then
+		// reports QEMU's own words about it.
+		d.sandboxProbed, d.sandboxOK, d.sandboxDetail = true, ok && err == nil, detail
 	}
-	return d.sandboxOK, d.sandboxErr
+	if !d.sandboxOK && d.cfg.Sandbox == SandboxOn {
+		return false, fmt.Errorf("qemu: sandbox = on, but this QEMU cannot run sandboxed (%s): install a QEMU built with seccomp, or set it to auto", d.sandboxDetail)
+	}
+	return d.sandboxOK, nil
 }

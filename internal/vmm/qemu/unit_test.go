@@ -368,3 +368,40 @@ func TestQMPSilentServerTimesOut(t *testing.T) {
 		t.Fatalf("dial of a missing socket: %v", err)
 	}
 }
+
+// TestSandboxProbe: the real QEMU here supports the sandbox; a binary that is not a
+// sandbox-capable QEMU does not, and sandbox = on then refuses to start; a probe cut short
+// by ctx is reported, not remembered.
+func TestSandboxProbe(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	noSeccomp := filepath.Join(dir, "qemu-without-seccomp")
+	os.WriteFile(noSeccomp, []byte("#!/bin/sh\necho 'qemu-system-x86_64: -sandbox on: There is no option group sandbox' >&2\nexit 1\n"), 0o700)
+	ok, detail, err := SandboxSupported(ctx, noSeccomp)
+	if ok || err != nil || !strings.Contains(detail, "no option group sandbox") {
+		t.Errorf("no seccomp: %v %q %v", ok, detail, err)
+	}
+	if _, _, err := SandboxSupported(ctx, filepath.Join(dir, "missing")); err == nil {
+		t.Error("missing binary: no error")
+	}
+	d := New(Config{Binary: noSeccomp, Sandbox: SandboxOn})
+	if _, err := d.useSandbox(ctx, noSeccomp); err == nil || !strings.Contains(err.Error(), "cannot run sandboxed") {
+		t.Errorf("sandbox = on without support: %v", err)
+	}
+	if on, err := New(Config{Sandbox: SandboxAuto}).useSandbox(ctx, noSeccomp); on || err != nil {
+		t.Errorf("auto without support: %v %v", on, err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	d = New(Config{})
+	if _, err := d.useSandbox(cctx, noSeccomp); err == nil || d.sandboxProbed {
+		t.Errorf("cancelled probe: %v, remembered %v", err, d.sandboxProbed)
+	}
+	q, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("no qemu-system-x86_64 here (apt-get install qemu-system-x86)")
+	}
+	if ok, detail, err := SandboxSupported(ctx, q); !ok || err != nil {
+		t.Errorf("real qemu: %v %q %v", ok, detail, err)
+	}
+}
