@@ -158,6 +158,13 @@ func Attach(pid int, startTime uint64, console *Console) (_ *Process, err error)
 		return nil, err
 	}
 	if console != nil {
+		if _, err := os.Lstat(console.FIFO); errors.Is(err, os.ErrNotExist) {
+			// Started by a banger that had the VMM write its console file itself: it still
+			// does, so there is nothing to copy.
+			console = nil
+		}
+	}
+	if console != nil {
 		if p.console, err = startCopier(*console, false); err != nil {
 			unix.Close(pidfd)
 			p.wakeR.Close()
@@ -261,6 +268,15 @@ func (p *Process) closePidfd() {
 	p.mu.Unlock()
 }
 
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 // signalKill sends SIGKILL to exactly this process: os.Process and the pidfd both pin it,
 // so a reaped and reused PID is never hit.
 func (p *Process) signalKill() error {
@@ -284,6 +300,9 @@ func (p *Process) signalKill() error {
 func (p *Process) Kill() error {
 	if p.Exited() {
 		return nil
+	}
+	if p.cmd == nil && isClosed(p.release) {
+		return fmt.Errorf("kill pid %d: released: reattach it first", p.pid)
 	}
 	if err := p.signalKill(); err != nil && !p.Exited() {
 		return fmt.Errorf("kill pid %d: %w", p.pid, err)

@@ -158,6 +158,18 @@ func TestAttachRefusesOthers(t *testing.T) {
 	if err := syscall.Kill(other2.Process.Pid, 0); err != nil || p2.Exited() {
 		t.Errorf("Release stopped the process: %v", err)
 	}
+	// Nothing watches it any more: Kill says so rather than waiting for nothing.
+	if err := p2.Kill(); err == nil || !strings.Contains(err.Error(), "released") {
+		t.Errorf("Kill after Release: %v", err)
+	}
+	// A VMM whose console has no FIFO (an older banger let it write its file itself) is
+	// attached without copying.
+	dir := shortDir(t)
+	p3, err := Attach(other2.Process.Pid, st2.StartTime, &Console{FIFO: filepath.Join(dir, "console.fifo"), Log: filepath.Join(dir, "console.log")})
+	if err != nil {
+		t.Fatalf("attach without a FIFO: %v", err)
+	}
+	p3.Release()
 }
 
 func TestCappedLogRotates(t *testing.T) {
