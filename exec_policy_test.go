@@ -24,6 +24,8 @@ var execAllowed = map[string]string{
 	"internal/system/proc":       "runs a host binary; the daemon's detached start",
 	"internal/vmm/firecracker":   "spawns firecracker / jailer",
 	"internal/vmm/qemu":          "spawns qemu-system-x86_64",
+	"internal/vmm/proc":          "the VMM process supervisor: spawns the VMM the driver built the argv of",
+	"internal/vmm/vmmtest":       "the drivers' shared supervisor tests: start a bystander process",
 	"internal/cli/sshhandoff":    "hands the terminal to the system ssh",
 	"internal/guestinit":         "guest PID 1: starts the agent and sshd inside the guest",
 	"internal/agent/agentserver": "guest agent: runs the commands the host asks it to run",

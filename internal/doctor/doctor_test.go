@@ -2,6 +2,7 @@ package doctor
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/banger-vm/banger/internal/config"
 	"github.com/banger-vm/banger/internal/kvm"
 	"github.com/banger-vm/banger/internal/system/hosttools"
+	"github.com/banger-vm/banger/internal/vmm/qemu"
 )
 
 func TestRegistryOrderTimeoutAndPanic(t *testing.T) {
@@ -166,11 +168,44 @@ func TestDiskSpace(t *testing.T) {
 func TestHostChecksRegistered(t *testing.T) {
 	r := NewRegistry(time.Minute)
 	RegisterHostChecks(r, HostOptions{Config: config.Defaults(), DataDir: t.TempDir(), KVMDevice: "/nonexistent/kvm"})
-	if got := strings.Join(r.Names(), ","); got != "kvm,firecracker,qemu,vmm,e2fsprogs,disk-space,update" {
+	if got := strings.Join(r.Names(), ","); got != "kvm,firecracker,qemu,vmm,qemu-sandbox,e2fsprogs,disk-space,update" {
 		t.Fatalf("checks = %s", got)
 	}
 	res := r.Run(context.Background())
 	if res[0].Status != api.Warn || !strings.Contains(res[0].Hint+res[0].Detail, "emulation") {
 		t.Errorf("absent KVM: %+v", res[0])
+	}
+}
+
+func TestQEMUSandboxCheck(t *testing.T) {
+	ctx := context.Background()
+	q := toolFact{tool: hosttools.HostTool{Path: "/q", Version: "7.2.0"}}
+	yes := func(context.Context, string) (bool, string, error) { return true, "", nil }
+	no := func(context.Context, string) (bool, string, error) { return false, "seccomp support is disabled", nil }
+	broken := func(context.Context, string) (bool, string, error) { return false, "", errors.New("hung") }
+	for _, c := range []struct {
+		q      toolFact
+		probe  sandboxProbe
+		status api.CheckStatus
+		detail string
+	}{
+		{q, yes, api.Pass, "QEMU sandbox: on"},
+		{q, no, api.Warn, "QEMU sandbox: unsupported (seccomp support is disabled)"},
+		{q, broken, api.Warn, "probe failed: hung"},
+		{toolFact{}, yes, api.Warn, "no usable qemu"},
+	} {
+		if r := qemuSandboxCheck(ctx, c.q, c.probe); r.Status != c.status || !strings.Contains(r.Detail, c.detail) {
+			t.Errorf("got %s %q, want %s with %q", r.Status, r.Detail, c.status, c.detail)
+		}
+	}
+	// The real probe on the real QEMU, where there is one.
+	qp := hosttools.LookPathIn("qemu-system-x86_64", "")
+	if qp == "" {
+		t.Skip("no qemu-system-x86_64 here (apt-get install qemu-system-x86)")
+	}
+	r := qemuSandboxCheck(ctx, toolFact{tool: hosttools.HostTool{Path: qp}}, qemu.SandboxSupported)
+	t.Logf("%s: %s", r.Status, r.Detail)
+	if r.Status == api.Fail {
+		t.Errorf("real probe: %+v", r)
 	}
 }

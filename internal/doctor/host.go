@@ -17,11 +17,12 @@ import (
 	"github.com/banger-vm/banger/internal/system/hosttools"
 	"github.com/banger-vm/banger/internal/units"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/qemu"
 )
 
-// MinFirecrackerVersion is the oldest Firecracker with ACPI device discovery, which the
-// guest kernels banger boots rely on.
-const MinFirecrackerVersion = "1.8"
+// MinFirecrackerVersion is vmm.FirecrackerMinVersion: the oldest Firecracker with ACPI
+// device discovery, which the guest kernels banger boots rely on.
+const MinFirecrackerVersion = vmm.FirecrackerMinVersion
 
 // hardMinFreeSpace is the floor below which nothing banger does can succeed (an image pull
 // alone needs more).
@@ -72,6 +73,9 @@ func RegisterHostChecks(r *Registry, o HostOptions) {
 	r.Register("qemu", func(context.Context) api.CheckResult { return qemuCheck(o.Config.VMM.Driver, f.qemu()) })
 	r.Register("vmm", func(context.Context) api.CheckResult {
 		return vmmCheck(o.Config.VMM.Driver, f.kvm(), f.firecracker(), f.qemu())
+	})
+	r.Register("qemu-sandbox", func(ctx context.Context) api.CheckResult {
+		return qemuSandboxCheck(ctx, f.qemu(), qemu.SandboxSupported)
 	})
 	r.Register("e2fsprogs", func(ctx context.Context) api.CheckResult { return e2fsprogsCheck(ctx, o.SearchPath) })
 	r.Register("disk-space", func(context.Context) api.CheckResult {
@@ -132,12 +136,11 @@ func qemuCheck(driver string, f toolFact) api.CheckResult {
 // vmmCheck says which VMM vmm.driver resolves to on this host and why: the same choice the
 // VM lifecycle makes, through vmm.Choose.
 func vmmCheck(driver string, k kvm.ProbeResult, fc, q toolFact) api.CheckResult {
-	c, err := vmm.Choose(driver, vmm.Host{
-		KVMUsable:     k.Status == kvm.StatusUsable,
-		KVMStatus:     string(k.Status),
-		FirecrackerOK: fc.err == nil && fc.tool.Path != "" && hosttools.VersionAtLeast(fc.tool.Version, MinFirecrackerVersion),
-		QEMUOK:        q.err == nil && q.tool.Path != "",
-	})
+	// The same facts-to-Host rule as the daemon's (vmm.DetectHost), on the facts the other
+	// checks already gathered.
+	c, err := vmm.Choose(driver, vmm.HostFacts{
+		KVM: k, Firecracker: fc.tool, FirecrackerErr: fc.err, QEMU: q.tool, QEMUErr: q.err,
+	}.Host())
 	switch {
 	case err != nil && strings.Contains(err.Error(), "qemu-system-x86_64 is missing"):
 		return Failf(qemuHint, "%v", err)
@@ -148,6 +151,26 @@ func vmmCheck(driver string, k kvm.ProbeResult, fc, q toolFact) api.CheckResult 
 			"qemu with software emulation (TCG) (%s)", c.Reason)
 	}
 	return Pass("%s with %s (%s)", c.Driver, strings.ToUpper(c.Accel), c.Reason)
+}
+
+// sandboxProbe is qemu.SandboxSupported (a variable for tests).
+type sandboxProbe func(ctx context.Context, binary string) (bool, string, error)
+
+// qemuSandboxCheck says whether QEMU VMs run under QEMU's seccomp sandbox (the qemu driver
+// uses it whenever this probe passes).
+func qemuSandboxCheck(ctx context.Context, q toolFact, probe sandboxProbe) api.CheckResult {
+	if q.err != nil || q.tool.Path == "" {
+		return Warnf(qemuHint, "QEMU sandbox: unknown, no usable qemu-system-x86_64")
+	}
+	ok, detail, err := probe(ctx, q.tool.Path)
+	switch {
+	case err != nil:
+		return Warnf("check that qemu-system-x86_64 runs", "QEMU sandbox: probe failed: %v", err)
+	case !ok:
+		return Warnf("use a QEMU built with seccomp support (Debian's qemu-system-x86 is); VMs run unconfined until then",
+			"QEMU sandbox: unsupported (%s)", detail)
+	}
+	return Pass("QEMU sandbox: on (seccomp: obsolete, elevateprivileges, spawn and resourcecontrol denied)")
 }
 
 func e2fsprogsCheck(ctx context.Context, searchPath string) api.CheckResult {

@@ -45,8 +45,9 @@ type MachineSpec struct {
 	Name      string
 	Kernel    string // bzImage (qemu) or ELF vmlinux (firecracker prepares it itself)
 	Initramfs string
-	// Cmdline is the base kernel command line (console, banger.ip, ...); the driver appends
-	// the device, agent and clock keys that depend on how it attaches things.
+	// Cmdline is the base kernel command line (banger.ip, banger.hostname, ...). The driver
+	// adds its VMM's own console=, reboot= and panic= defaults for each key not set here,
+	// and the device, agent and clock keys that depend on how it attaches things.
 	Cmdline   string
 	Drives    []Drive
 	NICs      []NIC

@@ -8,24 +8,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/kernelimage"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
-
-// BareBoot is one boot by the bare VMM command.
-type BareBoot struct {
-	// Argv is what ran, binary first.
-	Argv []string
-	// AgentReady is from starting the process to the guest agent answering /v1/healthz.
-	AgentReady time.Duration
-}
 
 // bareConfigName is the --config-file BootBare writes into the run directory.
 const bareConfigName = "bare-config.json"
@@ -47,35 +38,35 @@ type bareConfig struct {
 // Untested where no firecracker binary and usable KVM exist (the hosts banger is developed
 // on): the config document uses the same types the contract tests check against
 // Firecracker's API description.
-func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ BareBoot, err error) {
+func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ vmm.BareBoot, err error) {
 	if err := spec.Validate(); err != nil {
-		return BareBoot{}, err
+		return vmm.BareBoot{}, err
 	}
 	if spec.AgentPort == 0 {
 		spec.AgentPort = agent.DefaultVsockPort
 	}
 	bin, err := d.binary()
 	if err != nil {
-		return BareBoot{}, err
+		return vmm.BareBoot{}, err
 	}
 	cacheDir, err := d.kernelCacheDir()
 	if err != nil {
-		return BareBoot{}, err
+		return vmm.BareBoot{}, err
 	}
 	vmlinux, err := kernelimage.Ensure(cacheDir, spec.Kernel)
 	if err != nil {
-		return BareBoot{}, fmt.Errorf("prepare the kernel for firecracker: %w", err)
+		return vmm.BareBoot{}, fmt.Errorf("prepare the kernel for firecracker: %w", err)
 	}
 	cmdline, err := bootArgs(spec, spec.AgentPort)
 	if err != nil {
-		return BareBoot{}, err
+		return vmm.BareBoot{}, err
 	}
 	vsockHost := filepath.Join(spec.RunDir, vsockSocketName)
-	if len(vsockHost) >= unixPathMax {
-		return BareBoot{}, fmt.Errorf("socket path %s is %d bytes, longer than Unix sockets allow (%d): use a shorter run directory", vsockHost, len(vsockHost), unixPathMax-1)
+	if err := proc.CheckSocketPath(vsockHost); err != nil {
+		return vmm.BareBoot{}, err
 	}
 	if err := clearStaleSockets(vsockHost); err != nil {
-		return BareBoot{}, err
+		return vmm.BareBoot{}, err
 	}
 	cfg := bareConfig{
 		BootSource:    BootSource{KernelImagePath: vmlinux, InitrdPath: spec.Initramfs, BootArgs: cmdline},
@@ -97,37 +88,24 @@ func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ BareBoot
 	}
 	doc, err := json.Marshal(cfg)
 	if err != nil {
-		return BareBoot{}, err
+		return vmm.BareBoot{}, err
 	}
 	cfgPath := filepath.Join(spec.RunDir, bareConfigName)
 	if err := os.WriteFile(cfgPath, doc, 0o600); err != nil {
-		return BareBoot{}, fmt.Errorf("bare boot %s: %w", spec.Name, err)
+		return vmm.BareBoot{}, fmt.Errorf("bare boot %s: %w", spec.Name, err)
 	}
 	argv := []string{bin, "--no-api", "--config-file", cfgPath}
-	out := BareBoot{Argv: argv}
+	out := vmm.BareBoot{Argv: argv}
 
 	consolePath := filepath.Join(spec.RunDir, consoleLogName)
-	console, err := os.OpenFile(consolePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
-	if err != nil {
-		return out, fmt.Errorf("console log: %w", err)
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = console, console
-	cmd.Dir = spec.RunDir
 	// A bare boot must not outlive the daemon that measures it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	start := time.Now()
-	err = cmd.Start()
-	console.Close()
+	p, err := proc.Spawn(proc.Options{Argv: argv, Dir: spec.RunDir, Console: d.console(spec.RunDir), DieWithParent: true})
 	if err != nil {
 		return out, fmt.Errorf("start %s: %w", argv[0], err)
 	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
 	defer func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		_ = p.Kill()
 		_ = os.Remove(vsockHost)
 	}()
 
@@ -137,8 +115,8 @@ func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ BareBoot
 	defer cancel(nil)
 	go func() {
 		select {
-		case <-exited:
-			cancel(fmt.Errorf("firecracker exited: %v", waitErr))
+		case <-p.Done():
+			cancel(fmt.Errorf("firecracker exited: %v", p.ProcessState()))
 		case <-actx.Done():
 		}
 	}()
@@ -146,7 +124,7 @@ func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ BareBoot
 		if c := context.Cause(actx); c != nil && ctx.Err() == nil {
 			err = c
 		}
-		return out, fmt.Errorf("bare boot %s: %w\nlast console lines:\n  %s", spec.Name, err, strings.Join(consoleTail(consolePath, 10), "\n  "))
+		return out, fmt.Errorf("bare boot %s: %w\nlast console lines:\n  %s", spec.Name, err, strings.Join(proc.ConsoleTail(consolePath, 10), "\n  "))
 	}
 	out.AgentReady = time.Since(start)
 	return out, nil

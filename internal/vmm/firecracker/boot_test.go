@@ -11,6 +11,7 @@ import (
 	"github.com/banger-vm/banger/internal/kvm"
 	"github.com/banger-vm/banger/internal/testsupport"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
 // TestRealBoot boots the shared fixture (Debian's cloud kernel, banger's initramfs, a busybox
@@ -58,7 +59,7 @@ func TestRealBoot(t *testing.T) {
 	defer acancel()
 	h, err := m.Agent().WaitReady(actx)
 	if err != nil {
-		tail := consoleTail(m.State().ConsoleLog, 40)
+		tail := proc.ConsoleTail(m.State().ConsoleLog, 40)
 		t.Fatalf("agent: %v\nconsole:\n%s", err, fmt.Sprint(tail))
 	}
 	t.Logf("agent %s answered %v after start (kernel %+v)", h.AgentVersion, time.Since(start), h.Kernel)

@@ -5,7 +5,6 @@
 package firecracker
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 	"github.com/banger-vm/banger/internal/agent/agentclient"
 	"github.com/banger-vm/banger/internal/kernelimage"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
 // Name is the driver's name in vmm.State.Driver.
@@ -32,15 +32,26 @@ const Name = "firecracker"
 // has its own vsock device, so every guest can use it.
 const GuestCID = 3
 
-// MinVersion is the oldest Firecracker banger drives: 1.8 added ACPI device discovery,
-// which Debian kernels need (they lack VIRTIO_MMIO_CMDLINE_DEVICES).
-var MinVersion = [3]int{1, 8, 0}
+// MinVersion is vmm.FirecrackerMinVersion as numbers (major, minor, patch).
+var MinVersion = parseVersion(vmm.FirecrackerMinVersion)
+
+// parseVersion reads "1.8" or "v1.10.1"; missing parts are 0.
+func parseVersion(s string) [3]int {
+	var v [3]int
+	for i, part := range strings.SplitN(strings.TrimPrefix(s, "v"), ".", 3) {
+		v[i], _ = strconv.Atoi(part)
+	}
+	return v
+}
 
 // File names inside the VM's RunDir (or the jail's root).
 const (
 	apiSocketName   = "fc.sock"
 	vsockSocketName = "vsock.sock"
 	consoleLogName  = "console.log"
+	// consoleFIFOName is Firecracker's stdout and stderr (the serial console); the daemon
+	// copies it into the capped console.log.
+	consoleFIFOName = "console.fifo"
 )
 
 // Config configures the driver.
@@ -55,8 +66,9 @@ type Config struct {
 	// StartTimeout bounds how long Firecracker may take to open its API socket
 	// (default 10s).
 	StartTimeout time.Duration
-	// PollInterval is how often a reattached VM's process is checked (default 250ms).
-	PollInterval time.Duration
+	// ConsoleCap bounds the console log (console.log plus console.log.1) in bytes; 0 means
+	// proc.DefaultConsoleCap.
+	ConsoleCap int64
 }
 
 // Driver starts Firecracker VMs. It holds no state besides its configuration.
@@ -69,13 +81,13 @@ func New(cfg Config) *Driver {
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = 10 * time.Second
 	}
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 250 * time.Millisecond
-	}
 	return &Driver{cfg: cfg}
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver     = (*Driver)(nil)
+	_ vmm.BareBooter = (*Driver)(nil)
+)
 
 // Name implements vmm.Driver.
 func (d *Driver) Name() string { return Name }
@@ -113,9 +125,6 @@ type layout struct {
 	kernelGuest, initGuest string
 	driveGuest             []string
 }
-
-// unixPathMax is sun_path's size on Linux, including the terminating NUL.
-const unixPathMax = 108
 
 // Start implements vmm.Driver: spawn, wait for the API, configure, boot. On any failure
 // after the spawn the process is killed and its sockets (and jail) removed.
@@ -167,8 +176,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		argv = []string{bin, "--api-sock", lay.apiHost}
 	}
 	for _, p := range []string{lay.apiHost, lay.vsockHost} {
-		if len(p) >= unixPathMax {
-			return nil, fmt.Errorf("socket path %s is %d bytes, longer than Unix sockets allow (%d): use a shorter run directory", p, len(p), unixPathMax-1)
+		if err := proc.CheckSocketPath(p); err != nil {
+			return nil, err
 		}
 	}
 	if err := clearStaleSockets(lay.apiHost, lay.vsockHost); err != nil {
@@ -196,31 +205,17 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		}
 	}
 
-	// Firecracker writes the guest's serial console to its stdout. The file is handed to
-	// the child directly (no pipe through the daemon), so the console keeps being logged
-	// when the daemon restarts.
-	console, err := os.OpenFile(lay.console, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("console log: %w", err)
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = console, console
-	cmd.Dir = spec.RunDir
-	// Own session: a signal to the daemon's process group (Ctrl-C on its terminal) must not
-	// take the VMs down; they outlive a daemon restart and are reattached.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	console.Close()
+	// Firecracker writes the guest's serial console (and its own messages) to its stdout:
+	// a FIFO the supervisor copies into the capped console log.
+	p, err := proc.Spawn(proc.Options{Argv: argv, Dir: spec.RunDir, Console: d.console(spec.RunDir)})
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
-	m := newMachine(d, cmd.Process.Pid, lay, spec.RunDir, spec.AgentPort)
-	m.proc = cmd.Process
-	undo = append(undo, func() { m.Kill(); <-m.done })
-	if m.st.StartTime, err = processStartTime(m.pid); err != nil {
-		return nil, fmt.Errorf("firecracker (pid %d): read its start time: %w", m.pid, err)
+	m := newMachine(d, p, lay, spec.RunDir, spec.AgentPort)
+	undo = append(undo, func() { m.Kill() })
+	if m.st.StartTime == 0 {
+		return nil, m.withConsole(fmt.Errorf("firecracker (pid %d) exited at once", m.pid))
 	}
-	go m.waitChild(cmd)
 
 	if err := m.waitAPI(ctx, d.cfg.StartTimeout); err != nil {
 		return nil, err
@@ -232,6 +227,14 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		return nil, m.withConsole(fmt.Errorf("boot: %w", err))
 	}
 	return m, nil
+}
+
+// console is where Firecracker's stdout goes.
+func (d *Driver) console(runDir string) *proc.Console {
+	return &proc.Console{
+		FIFO: filepath.Join(runDir, consoleFIFOName), Log: filepath.Join(runDir, consoleLogName),
+		Cap: d.cfg.ConsoleCap, Stdout: true,
+	}
 }
 
 // clearStaleSockets removes sockets left by an earlier Firecracker of this run directory,
@@ -290,24 +293,12 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (vmm.Machine, error
 	if st.Driver != Name {
 		return nil, fmt.Errorf("reattach: state of driver %q, not %s", st.Driver, Name)
 	}
-	if st.PID <= 0 || st.ControlSocket == "" || st.AgentSocket == "" {
+	if st.ControlSocket == "" || st.AgentSocket == "" {
 		return nil, fmt.Errorf("reattach: incomplete state (pid %d, sockets %q %q)", st.PID, st.ControlSocket, st.AgentSocket)
 	}
-	// Pin the process first (a pidfd keeps meaning this process even if the PID is reused
-	// later), then check it is still the one we started.
-	pidfd, perr := vmm.PidfdOpen(st.PID)
-	if perr != nil && !errors.Is(perr, syscall.ENOSYS) {
-		return nil, fmt.Errorf("%w: pid %d: %v", vmm.ErrGone, st.PID, perr)
-	}
-	started, err := processStartTime(st.PID)
-	if err != nil || started != st.StartTime {
-		if pidfd >= 0 {
-			syscall.Close(pidfd)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: pid %d: %v", vmm.ErrGone, st.PID, err)
-		}
-		return nil, fmt.Errorf("%w: pid %d now belongs to another process (started at tick %d, the VM at %d)", vmm.ErrGone, st.PID, started, st.StartTime)
+	p, err := proc.Attach(st.PID, st.StartTime, d.console(st.RunDir))
+	if err != nil {
+		return nil, fmt.Errorf("reattach firecracker: %w", err)
 	}
 	lay := layout{apiHost: st.ControlSocket, vsockHost: st.AgentSocket, console: st.ConsoleLog}
 	if j := d.cfg.Jailer; j != nil {
@@ -320,11 +311,7 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (vmm.Machine, error
 	if port == 0 {
 		port = agent.DefaultVsockPort
 	}
-	m := newMachine(d, st.PID, lay, st.RunDir, port)
-	m.st.StartTime = st.StartTime
-	m.pidfd = pidfd
-	go m.pollGone()
-	return m, nil
+	return newMachine(d, p, lay, st.RunDir, port), nil
 }
 
 // --- version ---------------------------------------------------------------------------
@@ -362,34 +349,8 @@ func VersionOK(v [3]int) bool {
 	return true
 }
 
-// --- console ---------------------------------------------------------------------------
-
 // consoleTailLines is how many console lines an ExitInfo or error carries.
 const consoleTailLines = 20
-
-// consoleTail returns the last n lines of the console log.
-func consoleTail(path string, n int) []string {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	const window = 64 << 10
-	if fi, err := f.Stat(); err == nil && fi.Size() > window {
-		f.Seek(fi.Size()-window, 0)
-	}
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), window)
-	for sc.Scan() {
-		l := strings.TrimRight(sc.Text(), "\r")
-		lines = append(lines, l)
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return lines
-}
 
 // agentClient is the agent client for a VM's vsock socket.
 func agentClient(vsockHost string, port uint32) *agentclient.Client {

@@ -89,7 +89,7 @@ func newFixture(t *testing.T, modes string) *fixture {
 		NICs:  []vmm.NIC{{TAP: "bgtap0", MAC: mac}},
 		VCPUs: 2, MemoryMiB: 256, RunDir: run,
 	}
-	f.drv = New(Config{Binary: os.Args[0], KernelCacheDir: filepath.Join(dir, "cache"), StartTimeout: 5 * time.Second, PollInterval: 20 * time.Millisecond})
+	f.drv = New(Config{Binary: os.Args[0], KernelCacheDir: filepath.Join(dir, "cache"), StartTimeout: 5 * time.Second, ConsoleCap: fakeConsoleCap})
 	return f
 }
 
@@ -232,7 +232,7 @@ func TestStopFallsBackToCtrlAltDel(t *testing.T) {
 }
 
 func TestStopKillsWhenTimeoutRunsOut(t *testing.T) {
-	f := newFixture(t, "ignore-power,ignore-cad")
+	f := newFixture(t, "ignore-power,ignore-button")
 	ctx := ctxT(t)
 	m, err := f.drv.Start(ctx, f.spec)
 	if err != nil {
@@ -345,7 +345,7 @@ func TestReattach(t *testing.T) {
 	b, _ := json.Marshal(st)
 	var st2 vmm.State
 	json.Unmarshal(b, &st2)
-	d2 := New(Config{Binary: os.Args[0], PollInterval: 20 * time.Millisecond})
+	d2 := New(Config{Binary: os.Args[0]})
 	m2, err := d2.Reattach(ctx, st2)
 	if err != nil {
 		t.Fatal(err)
@@ -390,7 +390,7 @@ func TestReattachedKillIsDetectedByPolling(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m2, err := New(Config{PollInterval: 20 * time.Millisecond}).Reattach(ctx, m.State())
+	m2, err := New(Config{}).Reattach(ctx, m.State())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,15 +410,6 @@ func TestReattachedKillIsDetectedByPolling(t *testing.T) {
 		t.Errorf("child exit %+v", i)
 	}
 	assertNoLeftovers(t, f, m.PID())
-}
-
-func TestProcessStartTime(t *testing.T) {
-	if st, err := processStartTime(os.Getpid()); err != nil || st == 0 {
-		t.Errorf("self: %d %v", st, err)
-	}
-	if _, err := processStartTime(1 << 30); !errors.Is(err, errNoProcess) {
-		t.Errorf("missing pid: %v", err)
-	}
 }
 
 func TestGuestDisk(t *testing.T) {
@@ -480,6 +471,26 @@ func TestVersionOK(t *testing.T) {
 	for v, ok := range map[[3]int]bool{{1, 8, 0}: true, {1, 10, 1}: true, {2, 0, 0}: true, {1, 7, 9}: false, {0, 25, 0}: false} {
 		if VersionOK(v) != ok {
 			t.Errorf("VersionOK(%v) != %v", v, ok)
+		}
+	}
+}
+
+// TestBootArgsDefaults: the driver adds Firecracker's own console, reboot, panic and pci
+// keys, and never a second one of a key the caller set (the daemon may or may not pass
+// them), so a caller's reboot=t or panic=-1 is kept but not doubled.
+func TestBootArgsDefaults(t *testing.T) {
+	spec := vmm.MachineSpec{Drives: []vmm.Drive{{ID: "root", Role: vmm.RoleRoot}}}
+	tail := " banger.root=/dev/vda banger.agent=vsock banger.agent_port=1024"
+	for in, want := range map[string]string{
+		"":                                    "console=ttyS0 reboot=k panic=1 pci=off",
+		"banger.hostname=a":                   "banger.hostname=a console=ttyS0 reboot=k panic=1 pci=off",
+		"console=ttyS0 reboot=t panic=-1 x=1": "console=ttyS0 reboot=t panic=-1 x=1 pci=off",
+		"console=hvc0 pci=on":                 "console=hvc0 pci=on reboot=k panic=1",
+	} {
+		spec.Cmdline = in
+		got, err := bootArgs(spec, 1024)
+		if err != nil || got != want+tail {
+			t.Errorf("bootArgs(%q) = %q, %v; want %q", in, got, err, want+tail)
 		}
 	}
 }

@@ -22,9 +22,14 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/internal/agent"
+	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/vmmtest"
 )
 
 const fakeEnv = "BANGER_FAKE_FIRECRACKER" // its value: comma-separated modes
+
+// fakeConsoleCap is the console cap the driver tests run with.
+const fakeConsoleCap = 256 << 10
 
 func TestMain(m *testing.M) {
 	if modes, ok := os.LookupEnv(fakeEnv); ok {
@@ -45,6 +50,7 @@ func fakeFirecracker(args []string, modes string) int {
 		k, v, _ := strings.Cut(m, "=")
 		mode[k] = v
 	}
+	behaviour := vmmtest.ParseModes(modes)
 	var sock string
 	for i := 0; i+1 < len(args); i++ {
 		if args[i] == "--api-sock" {
@@ -106,11 +112,14 @@ func fakeFirecracker(args []string, modes string) int {
 				booted.Do(func() {
 					fmt.Println("[    0.000000] Linux version 6.1.0-fake")
 					fmt.Println("[    0.100000] banger-init: root on /dev/vda")
+					vmmtest.PrintBoot(os.Stdout, behaviour)
 					go fakeAgent(vsockPath, mode, exit)
 				})
 			case ActionSendCtrlAltDel:
-				if _, ok := mode["ignore-cad"]; !ok {
+				fmt.Println(vmmtest.MarkButton)
+				if !behaviour.IgnoreButton {
 					fmt.Println("[   10.000000] reboot: Restarting system")
+					fmt.Println(vmmtest.MarkPoweredOff)
 					go func() { time.Sleep(20 * time.Millisecond); exit <- 0 }()
 				}
 			}
@@ -159,8 +168,10 @@ func fakeAgent(udsPath string, mode map[string]string, exit chan<- int) {
 		json.NewDecoder(r.Body).Decode(&req)
 		w.WriteHeader(http.StatusAccepted)
 		json.NewEncoder(w).Encode(agent.PowerResponse{Action: req.Action, Method: "fake"})
+		fmt.Println(vmmtest.MarkAgentPower)
 		if _, ok := mode["ignore-power"]; !ok {
 			fmt.Println("[   10.000000] reboot: Power down")
+			fmt.Println(vmmtest.MarkPoweredOff)
 			go func() { time.Sleep(20 * time.Millisecond); exit <- 0 }()
 		}
 	})
@@ -173,3 +184,24 @@ type chanListener chan net.Conn
 func (l chanListener) Accept() (net.Conn, error) { return <-l, nil }
 func (l chanListener) Close() error              { return nil }
 func (l chanListener) Addr() net.Addr            { return &net.UnixAddr{Net: "unix", Name: "vsock"} }
+
+// TestSupervisor runs the table every driver passes (internal/vmm/vmmtest) on the fake.
+func TestSupervisor(t *testing.T) {
+	vmmtest.Run(t, vmmtest.Harness{
+		Driver:     New(Config{Binary: os.Args[0], ConsoleCap: fakeConsoleCap}),
+		ConsoleCap: fakeConsoleCap,
+		Start: func(t *testing.T, b vmmtest.Behaviour) vmm.Machine {
+			f := newFixture(t, b.Modes())
+			m, err := f.drv.Start(ctxT(t), f.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				m.Kill()
+				m.Close()
+				assertNoLeftovers(t, f, m.PID())
+			})
+			return m
+		},
+	})
+}

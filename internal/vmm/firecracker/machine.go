@@ -2,11 +2,9 @@ package firecracker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,19 +13,10 @@ import (
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/agent/agentclient"
 	"github.com/banger-vm/banger/internal/vmm"
-	"golang.org/x/sys/unix"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
-// stop phases, to tell why the process ended.
-const (
-	phaseNone = iota
-	phaseAgent
-	phaseCtrlAltDel
-	phaseKill  // the graceful stop timed out
-	phaseAbort // Stop's context ended
-)
-
-// machine is a running Firecracker VM.
+// machine is a running Firecracker VM, supervised by proc.
 type machine struct {
 	d     *Driver
 	pid   int
@@ -35,31 +24,27 @@ type machine struct {
 	lay   layout
 	api   *Client
 	agent *agentclient.Client
+	p     *proc.Process
 
-	proc  *os.Process // set when this daemon started the process
-	pidfd int         // set (>= 0) for a reattached process, when pidfds are supported
-
-	done      chan struct{}
-	closed    chan struct{} // Close: stop polling a reattached process
+	done      chan struct{} // closed after exit is set
 	closeOnce sync.Once
 
-	mu    sync.Mutex
-	phase int
-	exit  vmm.ExitInfo
+	mu   sync.Mutex
+	exit vmm.ExitInfo
 }
 
 var _ vmm.Machine = (*machine)(nil)
 
-func newMachine(d *Driver, pid int, lay layout, runDir string, port uint32) *machine {
-	return &machine{
-		d: d, pid: pid, lay: lay, pidfd: -1,
-		api:    NewClient(lay.apiHost),
-		agent:  agentClient(lay.vsockHost, port),
-		done:   make(chan struct{}),
-		closed: make(chan struct{}),
+func newMachine(d *Driver, p *proc.Process, lay layout, runDir string, port uint32) *machine {
+	m := &machine{
+		d: d, pid: p.PID(), lay: lay, p: p,
+		api:   NewClient(lay.apiHost),
+		agent: agentClient(lay.vsockHost, port),
+		done:  make(chan struct{}),
 		st: vmm.State{
 			Driver:         Name,
-			PID:            pid,
+			PID:            p.PID(),
+			StartTime:      p.StartTime(),
 			RunDir:         runDir,
 			ConsoleLog:     lay.console,
 			ControlSocket:  lay.apiHost,
@@ -69,6 +54,11 @@ func newMachine(d *Driver, pid int, lay layout, runDir string, port uint32) *mac
 			AgentPort:      port,
 		},
 	}
+	go func() {
+		<-p.Done()
+		m.finish()
+	}()
+	return m
 }
 
 func (m *machine) State() vmm.State           { return m.st }
@@ -84,154 +74,77 @@ func (m *machine) Exit() vmm.ExitInfo {
 
 // Close releases the connections without stopping the VM.
 func (m *machine) Close() error {
-	m.closeOnce.Do(func() { close(m.closed) })
+	m.closeOnce.Do(m.p.Release)
 	m.api.Close()
 	return m.agent.Close()
 }
 
-// Kill sends SIGKILL. It is not an error when the process is already gone.
+// Kill ends Firecracker at once and waits for it to be gone. It is not an error when the
+// process is already gone.
 func (m *machine) Kill() error {
-	select {
-	case <-m.done:
-		return nil
-	default:
+	if err := m.p.Kill(); err != nil {
+		return fmt.Errorf("firecracker: %w", err)
 	}
-	var err error
-	switch {
-	case m.proc != nil:
-		err = m.proc.Signal(syscall.SIGKILL)
-		if errors.Is(err, os.ErrProcessDone) {
-			err = nil
-		}
-	case m.pidfd >= 0:
-		// The pidfd targets exactly our process, even if its PID were reused.
-		err = unix.PidfdSendSignal(m.pidfd, unix.SIGKILL, nil, 0)
-		if errors.Is(err, unix.ESRCH) {
-			err = nil
-		}
-	default:
-		// No pidfd (old kernel): check the start time right before signalling.
-		if st, serr := processStartTime(m.pid); serr == nil && st == m.st.StartTime {
-			err = syscall.Kill(m.pid, syscall.SIGKILL)
-			if errors.Is(err, syscall.ESRCH) {
-				err = nil
-			}
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("kill firecracker (pid %d): %w", m.pid, err)
-	}
+	<-m.done
 	return nil
 }
 
-// finish records why the process ended, removes its sockets, and closes done.
-func (m *machine) finish(reason string, exited0, signaled bool) {
-	m.mu.Lock()
-	phase := m.phase
-	info := vmm.ExitInfo{Reason: reason, At: time.Now()}
-	switch {
-	case exited0 && phase == phaseAgent:
-		info.Reason, info.Clean = "guest powered off", true
-	case exited0 && phase == phaseCtrlAltDel:
-		info.Reason, info.Clean = "guest shut down after Ctrl-Alt-Del", true
-	case exited0:
-		// Firecracker exits 0 when the guest powers off or reboots (reboot=k).
-		info.Reason, info.Clean = "guest shut down", true
-	case signaled && phase == phaseKill:
-		info.Reason += " after the graceful stop timed out"
-	case signaled && phase == phaseAbort:
-		info.Reason += " (stop canceled)"
+// exitReason says why Firecracker ended: ps is its status (nil when an earlier daemon
+// started it), rung how far a Stop got, killed whether we sent SIGKILL.
+func exitReason(ps *os.ProcessState, rung proc.Rung, killed bool) (string, bool) {
+	if ps == nil {
+		switch {
+		case killed:
+			return "killed by signal 9 (killed)" + killSuffix(rung), false
+		case rung == proc.RungAgent:
+			// It went away while being asked to: the guest shut down (its exit status is
+			// not ours to read, the process is not our child).
+			return "guest powered off", true
+		case rung == proc.RungButton:
+			return "guest shut down after Ctrl-Alt-Del", true
+		}
+		return "firecracker exited (exit status unknown: the VM was started by an earlier daemon)", false
 	}
-	m.mu.Unlock()
-	info.ConsoleTail = consoleTail(m.lay.console, consoleTailLines)
+	ws, _ := ps.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Signaled():
+		return fmt.Sprintf("killed by signal %d (%v)", int(ws.Signal()), ws.Signal()) + killSuffix(rung), false
+	case ws.ExitStatus() != 0:
+		return fmt.Sprintf("firecracker exit status %d", ws.ExitStatus()), false
+	case rung == proc.RungAgent:
+		return "guest powered off", true
+	case rung == proc.RungButton:
+		return "guest shut down after Ctrl-Alt-Del", true
+	}
+	// Firecracker exits 0 when the guest powers off or reboots (reboot=k).
+	return "guest shut down", true
+}
+
+func killSuffix(r proc.Rung) string {
+	switch r {
+	case proc.RungKill:
+		return " after the graceful stop timed out"
+	case proc.RungCancel:
+		return " (stop canceled)"
+	}
+	return ""
+}
+
+// finish records why the process ended, removes its sockets, and closes done.
+func (m *machine) finish() {
+	reason, clean := exitReason(m.p.ProcessState(), m.p.Rung(), m.p.Killed())
+	info := vmm.ExitInfo{Reason: reason, Clean: clean, At: time.Now()}
+	info.ConsoleTail = proc.ConsoleTail(m.lay.console, consoleTailLines)
 	// Firecracker leaves its sockets behind; nothing may be left once the VM is gone.
 	os.Remove(m.lay.apiHost)
 	os.Remove(m.lay.vsockHost)
 	if m.lay.chrootDir != "" {
 		os.RemoveAll(m.lay.chrootDir)
 	}
-	if m.pidfd >= 0 {
-		syscall.Close(m.pidfd)
-	}
 	m.mu.Lock()
 	m.exit = info
 	m.mu.Unlock()
 	close(m.done)
-}
-
-// waitChild reaps a process this daemon started.
-func (m *machine) waitChild(cmd *exec.Cmd) {
-	err := cmd.Wait()
-	ps := cmd.ProcessState
-	if ps == nil {
-		m.finish(fmt.Sprintf("firecracker: %v", err), false, false)
-		return
-	}
-	ws := ps.Sys().(syscall.WaitStatus)
-	switch {
-	case ws.Signaled():
-		m.finish(fmt.Sprintf("killed by signal %d (%v)", int(ws.Signal()), ws.Signal()), false, true)
-	case ws.ExitStatus() == 0:
-		m.finish("exit status 0", true, false)
-	default:
-		m.finish(fmt.Sprintf("firecracker exit status %d", ws.ExitStatus()), false, false)
-	}
-}
-
-// pollGone watches a reattached process, which is not our child: wait(2) cannot be used,
-// so poll its pidfd (readable once it exits) or, without pidfds, its /proc entry.
-func (m *machine) pollGone() {
-	interval := m.d.cfg.PollInterval
-	usePidfd := m.pidfd >= 0
-	for {
-		select {
-		case <-m.closed:
-			return
-		default:
-		}
-		if usePidfd {
-			fds := []unix.PollFd{{Fd: int32(m.pidfd), Events: unix.POLLIN}}
-			n, err := unix.Poll(fds, int(interval/time.Millisecond))
-			switch {
-			case n > 0:
-				m.finishReattached()
-				return
-			case err != nil && !errors.Is(err, unix.EINTR):
-				usePidfd = false // fall back to /proc
-			}
-			continue
-		}
-		st, err := processStartTime(m.pid)
-		if err != nil || st != m.st.StartTime {
-			m.finishReattached()
-			return
-		}
-		if s, _ := processState(m.pid); s == "Z" {
-			m.finishReattached()
-			return
-		}
-		select {
-		case <-m.closed:
-			return
-		case <-time.After(interval):
-		}
-	}
-}
-
-func (m *machine) finishReattached() {
-	m.mu.Lock()
-	phase := m.phase
-	m.mu.Unlock()
-	switch phase {
-	case phaseAgent, phaseCtrlAltDel:
-		// It went away while being asked to: the guest shut down (its exit status is
-		// not ours to read, the process is not our child).
-		m.finish("", true, false)
-	case phaseKill, phaseAbort:
-		m.finish("killed by signal 9 (killed)", false, true)
-	default:
-		m.finish("firecracker exited (exit status unknown: the VM was started by an earlier daemon)", false, false)
-	}
 }
 
 // waitAPI waits for the API socket to accept connections, failing early if the process
@@ -289,100 +202,29 @@ func (m *machine) configure(ctx context.Context, spec vmm.MachineSpec, lay layou
 // withConsole adds the console's last lines to a start error: Firecracker and the early
 // guest say there what went wrong.
 func (m *machine) withConsole(err error) error {
-	tail := consoleTail(m.lay.console, consoleTailLines)
+	tail := proc.ConsoleTail(m.lay.console, consoleTailLines)
 	if len(tail) == 0 {
 		return err
 	}
 	return fmt.Errorf("%w\nconsole (%s), last lines:\n  %s", err, m.lay.console, strings.Join(tail, "\n  "))
 }
 
-func (m *machine) setPhase(p int) {
-	m.mu.Lock()
-	m.phase = p
-	m.mu.Unlock()
-}
-
-// Stop shuts the guest down: ask the agent to power off (two thirds of timeout), then press
-// Ctrl-Alt-Del (the rest), then SIGKILL. If ctx ends first, it kills at once and returns
-// ctx's error once the process is gone.
+// Stop shuts the guest down along proc's ladder: the agent's power off, then Ctrl-Alt-Del
+// through the API, then SIGKILL. If ctx ends first, it kills at once and returns ctx's
+// error once the process is gone.
 func (m *machine) Stop(ctx context.Context, timeout time.Duration) (vmm.ExitInfo, error) {
-	select {
-	case <-m.done:
-		return m.Exit(), nil
-	default:
+	err := m.p.Stop(ctx, timeout, proc.Ladder{
+		Agent: func(ctx context.Context) error {
+			_, err := m.agent.Power(ctx, agent.PowerOff)
+			return err
+		},
+		Button: func(ctx context.Context) error { return m.api.Action(ctx, ActionSendCtrlAltDel) },
+	})
+	if m.p.Exited() {
+		<-m.done
 	}
-	start := time.Now()
-	deadline := start.Add(timeout)
-	agentDeadline := start.Add(timeout * 2 / 3)
-
-	// wait returns true when the process is gone by t, false at t; err when ctx ended.
-	wait := func(t time.Time) (bool, error) {
-		timer := time.NewTimer(time.Until(t))
-		defer timer.Stop()
-		select {
-		case <-m.done:
-			return true, nil
-		case <-timer.C:
-			return false, nil
-		case <-ctx.Done():
-			return false, context.Cause(ctx)
-		}
+	if err != nil {
+		return m.Exit(), fmt.Errorf("firecracker: %w", err)
 	}
-	kill := func(cause error) (vmm.ExitInfo, error) {
-		if cause != nil {
-			m.setPhase(phaseAbort)
-		} else {
-			m.setPhase(phaseKill)
-		}
-		if err := m.Kill(); err != nil {
-			return m.Exit(), err
-		}
-		// SIGKILL cannot be ignored; the wait is for the kernel to tear the VM down.
-		select {
-		case <-m.done:
-			return m.Exit(), cause
-		case <-time.After(30 * time.Second):
-			return m.Exit(), fmt.Errorf("firecracker (pid %d) still running 30s after SIGKILL", m.pid)
-		}
-	}
-
-	m.setPhase(phaseAgent)
-	actx, cancel := context.WithDeadline(ctx, agentDeadline)
-	_, perr := m.agent.Power(actx, agent.PowerOff)
-	cancel()
-	if perr == nil {
-		if gone, err := wait(agentDeadline); gone || err != nil {
-			if err != nil {
-				return kill(err)
-			}
-			return m.Exit(), nil
-		}
-	} else if ctx.Err() != nil {
-		return kill(context.Cause(ctx))
-	}
-
-	m.setPhase(phaseCtrlAltDel)
-	cctx, cancel := context.WithDeadline(ctx, deadline)
-	cerr := m.api.Action(cctx, ActionSendCtrlAltDel)
-	cancel()
-	if cerr == nil {
-		if gone, err := wait(deadline); gone || err != nil {
-			if err != nil {
-				return kill(err)
-			}
-			return m.Exit(), nil
-		}
-	} else if ctx.Err() != nil {
-		return kill(context.Cause(ctx))
-	} else {
-		// The API may be gone with the process; else give the guest the rest of the time
-		// it had.
-		if gone, err := wait(deadline); gone || err != nil {
-			if err != nil {
-				return kill(err)
-			}
-			return m.Exit(), nil
-		}
-	}
-	return kill(nil)
+	return m.Exit(), nil
 }

@@ -21,6 +21,9 @@ const (
 	qmpSocketName   = "qmp.sock"
 	agentSocketName = "agent.sock"
 	consoleLogName  = "console.log"
+	// consoleFIFOName is where QEMU writes the serial console (-chardev pipe); the daemon
+	// copies it into the capped console.log.
+	consoleFIFOName = "console.fifo"
 	// qemuLogName gets QEMU's own stdout and stderr. A file, not a pipe to the daemon: the
 	// VM outlives a daemon restart and must not get EPIPE (or SIGPIPE) when it writes then.
 	qemuLogName = "qemu.log"
@@ -31,6 +34,7 @@ type layout struct {
 	QMPSocket   string
 	AgentSocket string // serial transport only
 	ConsoleLog  string
+	ConsoleFIFO string
 	QEMULog     string
 	Transport   string
 	CID         uint32 // vsock transport only
@@ -39,11 +43,12 @@ type layout struct {
 
 func newLayout(runDir, transport string, cid, port uint32) layout {
 	l := layout{
-		QMPSocket:  filepath.Join(runDir, qmpSocketName),
-		ConsoleLog: filepath.Join(runDir, consoleLogName),
-		QEMULog:    filepath.Join(runDir, qemuLogName),
-		Transport:  transport,
-		AgentPort:  port,
+		QMPSocket:   filepath.Join(runDir, qmpSocketName),
+		ConsoleLog:  filepath.Join(runDir, consoleLogName),
+		ConsoleFIFO: filepath.Join(runDir, consoleFIFOName),
+		QEMULog:     filepath.Join(runDir, qemuLogName),
+		Transport:   transport,
+		AgentPort:   port,
 	}
 	if l.AgentPort == 0 {
 		l.AgentPort = agent.DefaultVsockPort
@@ -67,14 +72,34 @@ var roleKeys = map[vmm.DriveRole]string{
 	vmm.RoleModules: "banger.modules",
 }
 
-// kernelCmdline is the spec's base command line plus the keys that depend on how this
-// driver attaches things: virtio-blk serials name the drives, the agent's channel, and for
-// TCG the host's TSC frequency (the guest's clock calibration hangs under load without it).
-func kernelCmdline(spec vmm.MachineSpec, l layout, accel string, tscKHz int) string {
-	parts := []string{}
-	if base := strings.TrimSpace(spec.Cmdline); base != "" {
-		parts = append(parts, base)
+// defaultBootArgs are what QEMU microvm guests need unless the caller set the key: the
+// console on the first serial port (the console FIFO), reboot by triple fault and reboot at
+// once on panic (QEMU runs with -no-reboot, so both end the VM instead of leaving a dead
+// guest running).
+var defaultBootArgs = []string{"console=ttyS0", "reboot=t", "panic=-1"}
+
+// withDefaults appends each default whose key the command line does not set yet.
+func withDefaults(cmdline string, defaults []string) []string {
+	args := strings.Fields(cmdline)
+	keys := map[string]bool{}
+	for _, a := range args {
+		k, _, _ := strings.Cut(a, "=")
+		keys[k] = true
 	}
+	for _, d := range defaults {
+		if k, _, _ := strings.Cut(d, "="); !keys[k] {
+			args = append(args, d)
+		}
+	}
+	return args
+}
+
+// kernelCmdline is the spec's base command line plus the keys that depend on how this
+// driver attaches things: QEMU's console/reboot/panic defaults, virtio-blk serials naming
+// the drives, the agent's channel, and for TCG the host's TSC frequency (the guest's clock
+// calibration hangs under load without it).
+func kernelCmdline(spec vmm.MachineSpec, l layout, accel string, tscKHz int) string {
+	parts := withDefaults(spec.Cmdline, defaultBootArgs)
 	for _, d := range spec.Drives {
 		if key, ok := roleKeys[d.Role]; ok {
 			parts = append(parts, key+"=serial:"+d.ID)
@@ -90,21 +115,35 @@ func kernelCmdline(spec vmm.MachineSpec, l layout, accel string, tscKHz int) str
 	return strings.Join(parts, " ")
 }
 
+// argOptions are the driver settings that shape QEMU's command line.
+type argOptions struct {
+	Accel, CPU string
+	TSCKHz     int
+	Sandbox    bool // run under QEMU's seccomp sandbox (sandboxArg)
+}
+
 // qemuArgs is QEMU's argument list (without argv[0]) for spec.
-func qemuArgs(spec vmm.MachineSpec, l layout, accel, cpu string, tscKHz int) []string {
+func qemuArgs(spec vmm.MachineSpec, l layout, o argOptions) []string {
 	a := []string{
 		"-M", "microvm,acpi=on",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-accel", accel, "-cpu", cpu,
+	}
+	if o.Sandbox {
+		a = append(a, "-sandbox", sandboxArg)
+	}
+	a = append(a,
+		"-accel", o.Accel, "-cpu", o.CPU,
 		"-smp", strconv.Itoa(spec.VCPUs), "-m", strconv.Itoa(spec.MemoryMiB),
 		"-kernel", spec.Kernel,
-	}
+	)
 	if spec.Initramfs != "" {
 		a = append(a, "-initrd", spec.Initramfs)
 	}
-	a = append(a, "-append", kernelCmdline(spec, l, accel, tscKHz))
+	a = append(a, "-append", kernelCmdline(spec, l, o.Accel, o.TSCKHz))
 	a = append(a,
-		"-chardev", "file,id=con,path="+opt(l.ConsoleLog),
+		// A FIFO QEMU opens read-write (the pipe chardev): it never gets EPIPE while no
+		// daemon reads, and QEMU holds the guest's UART back when the FIFO is full.
+		"-chardev", "pipe,id=con,path="+opt(l.ConsoleFIFO),
 		"-serial", "chardev:con",
 		"-qmp", "unix:"+opt(l.QMPSocket)+",server=on,wait=off",
 	)

@@ -6,68 +6,51 @@ package qemu
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
-
-// BareBoot is one boot by the bare VMM command.
-type BareBoot struct {
-	// Argv is what ran, binary first.
-	Argv []string
-	// AgentReady is from starting the process to the guest agent answering /v1/healthz.
-	AgentReady time.Duration
-}
 
 // BootBare boots spec with exactly the argv Start would build for it (same kernel, initramfs,
 // drives and agent channel: qemuArgs), started directly and timed to the guest agent
 // answering /v1/healthz. There is no QMP handshake, no persisted state and no reattach.
 // QEMU is killed and its sockets removed before BootBare returns, whatever happens; the
 // run directory and its logs stay for the caller to remove.
-func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ BareBoot, err error) {
+func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ vmm.BareBoot, err error) {
 	if err := d.check(spec); err != nil {
-		return BareBoot{}, err
+		return vmm.BareBoot{}, err
 	}
 	bin, err := exec.LookPath(d.cfg.Binary)
 	if err != nil {
-		return BareBoot{}, fmt.Errorf("qemu: %w (apt-get install qemu-system-x86)", err)
+		return vmm.BareBoot{}, fmt.Errorf("qemu: %w (apt-get install qemu-system-x86)", err)
 	}
 	transport, cid, err := d.agentChannel()
 	if err != nil {
-		return BareBoot{}, err
+		return vmm.BareBoot{}, err
+	}
+	sandbox, err := d.useSandbox(ctx, bin)
+	if err != nil {
+		return vmm.BareBoot{}, err
 	}
 	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
-	args := qemuArgs(spec, l, d.cfg.Accel, d.cfg.CPUModel, d.tscKHz())
-	out := BareBoot{Argv: append([]string{bin}, args...)}
+	args := qemuArgs(spec, l, d.argOpts(sandbox))
+	out := vmm.BareBoot{Argv: append([]string{bin}, args...)}
 
 	removeSockets(spec.RunDir)
-	logf, err := os.OpenFile(l.QEMULog, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return out, fmt.Errorf("bare boot %s: %w", spec.Name, err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = spec.RunDir
-	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own session like Start; unlike a VM, a bare boot must not outlive the daemon that
-	// measures it, so it dies with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	// measures it, so it dies with it. The console is copied (and capped) as for a VM: an
+	// unread FIFO would stall the guest.
 	start := time.Now()
-	err = cmd.Start()
-	logf.Close()
+	p, err := proc.Spawn(proc.Options{Argv: out.Argv, Dir: spec.RunDir, Log: l.QEMULog, Console: d.console(l), DieWithParent: true})
 	if err != nil {
 		removeSockets(spec.RunDir)
-		return out, fmt.Errorf("bare boot %s: run %s: %w", spec.Name, bin, err)
+		return out, fmt.Errorf("bare boot %s: %w", spec.Name, err)
 	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
 	defer func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		_ = p.Kill()
 		removeSockets(spec.RunDir)
 	}()
 
@@ -77,8 +60,8 @@ func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ BareBoot
 	defer cancel(nil)
 	go func() {
 		select {
-		case <-exited:
-			cancel(fmt.Errorf("qemu exited: %v: %s", waitErr, strings.Join(tailLines(l.QEMULog, 3), "; ")))
+		case <-p.Done():
+			cancel(fmt.Errorf("qemu exited: %v: %s", p.ProcessState(), strings.Join(proc.TailLines(l.QEMULog, 3), "; ")))
 		case <-actx.Done():
 		}
 	}()
@@ -86,7 +69,7 @@ func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ BareBoot
 		if c := context.Cause(actx); c != nil && ctx.Err() == nil {
 			err = c
 		}
-		return out, fmt.Errorf("bare boot %s: %w\nlast console lines:\n  %s", spec.Name, err, strings.Join(tailLines(l.ConsoleLog, 10), "\n  "))
+		return out, fmt.Errorf("bare boot %s: %w\nlast console lines:\n  %s", spec.Name, err, strings.Join(proc.ConsoleTail(l.ConsoleLog, 10), "\n  "))
 	}
 	out.AgentReady = time.Since(start)
 	return out, nil

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -26,6 +27,7 @@ import (
 	"github.com/banger-vm/banger/internal/system/ext4"
 	"github.com/banger-vm/banger/internal/testsupport"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
 var (
@@ -36,6 +38,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if modes, ok := os.LookupEnv(fakeQEMUEnv); ok {
+		os.Exit(fakeQEMU(os.Args[1:], modes))
+	}
 	code := m.Run()
 	if fixtureDir != "" {
 		os.RemoveAll(fixtureDir)
@@ -283,7 +288,7 @@ func TestKill(t *testing.T) {
 	m := start(t, testDriver(qemu, f), spec)
 	// Let the kernel print something first.
 	deadline := time.Now().Add(time.Minute)
-	for len(tailLines(filepath.Join(v.run, consoleLogName), 1)) == 0 && time.Now().Before(deadline) {
+	for len(proc.ConsoleTail(filepath.Join(v.run, consoleLogName), 1)) == 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if err := m.Kill(); err != nil {
@@ -422,7 +427,9 @@ func TestFailedStartsLeaveNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			d := d
 			if c.name == "QMP never answers" {
-				d = New(Config{Binary: wedged, TSCKHz: f.TSCKHz, AgentTransport: TransportSerial})
+				// Sandbox off: the probe would meet the same wedged binary (TestSandboxProbe
+				// covers the probe).
+				d = New(Config{Binary: wedged, TSCKHz: f.TSCKHz, AgentTransport: TransportSerial, Sandbox: SandboxOff})
 			}
 			v, spec := newVM(t, f)
 			if c.mutate != nil {
@@ -479,6 +486,17 @@ func bootRaw(b *testing.B, d *Driver, f testsupport.BootFixture) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The console FIFO QEMU opens, drained as a script would (cat console.fifo > log).
+	fifo := filepath.Join(spec.RunDir, consoleFIFOName)
+	if err := proc.MakeFIFO(fifo); err != nil {
+		b.Fatal(err)
+	}
+	con, err := os.OpenFile(fifo, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer con.Close()
+	go io.Copy(io.Discard, con)
 	began := time.Now()
 	cmd := exec.Command(bin, args...)
 	if err := cmd.Start(); err != nil {

@@ -10,19 +10,18 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/banger-vm/banger/internal/agent/agentclient"
 	"github.com/banger-vm/banger/internal/hostinfo"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
 // Accelerators.
@@ -49,6 +48,12 @@ type Config struct {
 	// TSCKHz overrides the host TSC frequency given to TCG guests; 0 measures it
 	// (hostinfo.TSCKHz). If it cannot be measured the key is left out.
 	TSCKHz int
+	// ConsoleCap bounds the console log (console.log plus console.log.1) in bytes; 0 means
+	// proc.DefaultConsoleCap.
+	ConsoleCap int64
+	// Sandbox is "auto" (default: QEMU's seccomp sandbox when this QEMU has it), "on"
+	// (required: Start fails without it) or "off".
+	Sandbox string
 }
 
 // Driver starts and reattaches QEMU VMs. It is safe for concurrent use.
@@ -60,6 +65,11 @@ type Driver struct {
 
 	tscOnce sync.Once
 	tsc     int
+
+	sandboxMu     sync.Mutex
+	sandboxProbed bool
+	sandboxOK     bool
+	sandboxDetail string
 }
 
 // New returns a driver for cfg, with defaults filled in.
@@ -70,6 +80,9 @@ func New(cfg Config) *Driver {
 	if cfg.Accel == "" {
 		cfg.Accel = AccelTCG
 	}
+	if cfg.Sandbox == "" {
+		cfg.Sandbox = SandboxAuto
+	}
 	if cfg.CPUModel == "" {
 		cfg.CPUModel = "max"
 		if cfg.Accel == AccelKVM {
@@ -79,7 +92,10 @@ func New(cfg Config) *Driver {
 	return &Driver{cfg: cfg, vhostVsock: "/dev/vhost-vsock"}
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver     = (*Driver)(nil)
+	_ vmm.BareBooter = (*Driver)(nil)
+)
 
 // Name is "qemu".
 func (d *Driver) Name() string { return DriverName }
@@ -106,10 +122,6 @@ func (d *Driver) tscKHz() int {
 	return d.tsc
 }
 
-// maxSocketPath is the longest path a Unix socket can have (sun_path is 108 bytes with its
-// terminating NUL).
-const maxSocketPath = 107
-
 // check finds what would make QEMU fail, and says it in banger's words, before starting it.
 func (d *Driver) check(spec vmm.MachineSpec) error {
 	if err := spec.Validate(); err != nil {
@@ -119,6 +131,11 @@ func (d *Driver) check(spec vmm.MachineSpec) error {
 	case AccelKVM, AccelTCG:
 	default:
 		return fmt.Errorf("qemu: unknown accelerator %q: use kvm or tcg", d.cfg.Accel)
+	}
+	switch d.cfg.Sandbox {
+	case SandboxAuto, SandboxOn, SandboxOff:
+	default:
+		return fmt.Errorf("qemu: unknown sandbox setting %q: use auto, on or off", d.cfg.Sandbox)
 	}
 	fi, err := os.Stat(spec.RunDir)
 	if err != nil {
@@ -132,8 +149,8 @@ func (d *Driver) check(spec vmm.MachineSpec) error {
 		return fmt.Errorf("machine spec: run directory %s is mode %04o: it must be private to its owner (chmod 700)", spec.RunDir, fi.Mode().Perm())
 	}
 	for _, name := range []string{qmpSocketName, agentSocketName} {
-		if p := filepath.Join(spec.RunDir, name); len(p) > maxSocketPath {
-			return fmt.Errorf("machine spec: run directory %s is too long: socket path %s is %d bytes, Unix sockets allow %d", spec.RunDir, p, len(p), maxSocketPath)
+		if err := proc.CheckSocketPath(filepath.Join(spec.RunDir, name)); err != nil {
+			return fmt.Errorf("machine spec: run directory %s is too long: %w", spec.RunDir, err)
 		}
 	}
 	files := []struct{ what, path string }{{"kernel", spec.Kernel}}
@@ -223,8 +240,22 @@ func (d *Driver) CommandLine(spec vmm.MachineSpec) (string, []string, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	sandbox, err := d.useSandbox(context.Background(), d.cfg.Binary)
+	if err != nil {
+		return "", nil, err
+	}
 	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
-	return d.cfg.Binary, qemuArgs(spec, l, d.cfg.Accel, d.cfg.CPUModel, d.tscKHz()), nil
+	return d.cfg.Binary, qemuArgs(spec, l, d.argOpts(sandbox)), nil
+}
+
+// argOpts are the driver settings qemuArgs needs.
+func (d *Driver) argOpts(sandbox bool) argOptions {
+	return argOptions{Accel: d.cfg.Accel, CPU: d.cfg.CPUModel, TSCKHz: d.tscKHz(), Sandbox: sandbox}
+}
+
+// console is where QEMU's serial console goes: a FIFO copied into the capped console.log.
+func (d *Driver) console(l layout) *proc.Console {
+	return &proc.Console{FIFO: l.ConsoleFIFO, Log: l.ConsoleLog, Cap: d.cfg.ConsoleCap}
 }
 
 // Start boots spec and returns once QMP answers query-status; it does not wait for the
@@ -245,31 +276,24 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 	if err != nil {
 		return nil, err
 	}
+	sandbox, err := d.useSandbox(ctx, bin)
+	if err != nil {
+		return nil, err
+	}
 	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
-	args := qemuArgs(spec, l, d.cfg.Accel, d.cfg.CPUModel, d.tscKHz())
+	args := qemuArgs(spec, l, d.argOpts(sandbox))
 
 	// Sockets left by a VM that died uncleanly would make our wait below talk to nothing.
 	removeSockets(spec.RunDir)
-	logf, err := os.OpenFile(l.QEMULog, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = spec.RunDir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Own session: Ctrl-C in the daemon's terminal must not reach the VM. No Pdeathsig: the
-	// VM outlives the daemon on purpose.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	logf.Close() // QEMU has its own copy
+	p, err := proc.Spawn(proc.Options{Argv: append([]string{bin}, args...), Dir: spec.RunDir, Log: l.QEMULog, Console: d.console(l)})
 	if err != nil {
 		removeSockets(spec.RunDir)
-		return nil, fmt.Errorf("start %s: run %s: %w", spec.Name, bin, err)
+		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
-
 	st := vmm.State{
 		Driver:         DriverName,
-		PID:            cmd.Process.Pid,
+		PID:            p.PID(),
+		StartTime:      p.StartTime(),
 		RunDir:         spec.RunDir,
 		ConsoleLog:     l.ConsoleLog,
 		ControlSocket:  l.QMPSocket,
@@ -279,14 +303,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		AgentPort:      l.AgentPort,
 		Accel:          d.cfg.Accel,
 	}
-	// The zombie keeps its /proc entry until our wait goroutine reaps it, so this only
-	// fails when QEMU is already gone; waitQMP below then reports why.
-	if ps, err := vmm.ReadProcStat(st.PID); err == nil {
-		st.StartTime = ps.StartTime
-	}
-	m := newMachine(st, l)
-	m.cmd = cmd
-	go m.waitChild()
+	m := newMachine(st, l, p)
 	defer func() {
 		if err != nil {
 			m.killAndWait()
@@ -321,30 +338,12 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (_ vmm.Machine, err
 	if st.Driver != DriverName {
 		return nil, fmt.Errorf("qemu: cannot reattach a %q VM", st.Driver)
 	}
-	if st.PID <= 0 {
-		return nil, fmt.Errorf("reattach: %w: no pid recorded", vmm.ErrGone)
-	}
-	if err := vmm.SameProcess(st.PID, st.StartTime); err != nil {
-		return nil, fmt.Errorf("reattach qemu: %w: %v", vmm.ErrGone, err)
-	}
-	// The pidfd pins the process: once it is open, a PID reused later cannot be mistaken
-	// for the VM. Check the start time again in case it was reused just before the open.
-	pidfd, err := vmm.PidfdOpen(st.PID)
-	if err != nil {
-		if errors.Is(err, syscall.ESRCH) {
-			return nil, fmt.Errorf("reattach qemu: %w: pid %d exited", vmm.ErrGone, st.PID)
-		}
-		return nil, fmt.Errorf("reattach qemu pid %d: %w", st.PID, err)
-	}
-	if err := vmm.SameProcess(st.PID, st.StartTime); err != nil {
-		closeFD(pidfd)
-		return nil, fmt.Errorf("reattach qemu: %w: %v", vmm.ErrGone, err)
-	}
 	port := st.AgentPort
 	l := layout{
 		QMPSocket:   st.ControlSocket,
 		AgentSocket: st.AgentSocket,
 		ConsoleLog:  st.ConsoleLog,
+		ConsoleFIFO: filepath.Join(st.RunDir, consoleFIFOName),
 		QEMULog:     filepath.Join(st.RunDir, qemuLogName),
 		Transport:   st.AgentTransport,
 		CID:         st.VsockCID,
@@ -363,15 +362,16 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (_ vmm.Machine, err
 		}
 	case TransportVsock:
 	default:
-		closeFD(pidfd)
 		return nil, fmt.Errorf("reattach qemu pid %d: unknown agent transport %q", st.PID, l.Transport)
 	}
-	m := newMachine(st, l)
-	m.pidfd = pidfd
-	go m.watchPidfd()
+	p, err := proc.Attach(st.PID, st.StartTime, d.console(l))
+	if err != nil {
+		return nil, fmt.Errorf("reattach qemu: %w", err)
+	}
+	m := newMachine(st, l, p)
 	defer func() {
 		if err != nil {
-			close(m.stopWatch) // the watcher closes the pidfd
+			p.Release()
 			m.Close()
 		}
 	}()

@@ -1,13 +1,10 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,36 +16,38 @@ import (
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/agent/agentclient"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
 // consoleTailLines is how many console lines an ExitInfo carries.
 const consoleTailLines = 20
 
-// machine is one QEMU process, started here (cmd set) or reattached (pidfd set).
+// machine is one QEMU process, started here or reattached, supervised by proc.
 type machine struct {
 	st vmm.State
 	l  layout
-
-	cmd   *exec.Cmd // our child: exit status known
-	pidfd int       // reattached: not our child, watched through a pidfd
+	p  *proc.Process
 
 	agent *agentclient.Client
 
-	mu       sync.Mutex
-	qmp      *qmpConn
-	killNote string // why we sent SIGKILL, for the exit reason
-	killed   bool   // we sent SIGKILL (a reattached VM's status is otherwise unknown)
-	exit     vmm.ExitInfo
+	mu          sync.Mutex
+	qmp         *qmpConn
+	stopTimeout time.Duration // of the Stop in progress, for the exit reason
+	exit        vmm.ExitInfo
 
 	done      chan struct{} // closed after exit is set
-	stopWatch chan struct{} // closed to stop watching a reattached VM (failed Reattach)
 	closeOnce sync.Once
 }
 
 var _ vmm.Machine = (*machine)(nil)
 
-func newMachine(st vmm.State, l layout) *machine {
-	return &machine{st: st, l: l, pidfd: -1, done: make(chan struct{}), stopWatch: make(chan struct{})}
+func newMachine(st vmm.State, l layout, p *proc.Process) *machine {
+	m := &machine{st: st, l: l, p: p, done: make(chan struct{})}
+	go func() {
+		<-p.Done()
+		m.finish()
+	}()
+	return m
 }
 
 func (m *machine) State() vmm.State           { return m.st }
@@ -79,38 +78,9 @@ func (m *machine) Exit() vmm.ExitInfo {
 	return e
 }
 
-// waitChild reaps our QEMU child and records why it ended.
-func (m *machine) waitChild() {
-	err := m.cmd.Wait()
-	var ps *os.ProcessState
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		ps = m.cmd.ProcessState
-	case errors.As(err, &ee):
-		ps = ee.ProcessState
-	}
-	m.finish(ps)
-}
-
-// watchPidfd waits for a reattached QEMU to end. It is not our child, so there is no status
-// to collect: the reason comes from QMP's SHUTDOWN event or from our own SIGKILL.
-func (m *machine) watchPidfd() {
-	defer closeFD(m.pidfd)
-	for {
-		exited, err := vmm.PidfdWait(m.pidfd, 250*time.Millisecond)
-		if exited || err != nil {
-			break
-		}
-		if isClosed(m.stopWatch) {
-			return
-		}
-	}
-	m.finish(nil)
-}
-
-// finish records the exit (ps is nil for a reattached VM) and closes done.
-func (m *machine) finish(ps *os.ProcessState) {
+// finish records why QEMU ended (the process is gone and its console copied) and closes
+// done.
+func (m *machine) finish() {
 	// QEMU is gone, so everything it wrote is in our socket buffer: let the QMP reader reach
 	// EOF, so a SHUTDOWN event sent just before the exit is seen.
 	q := m.getQMP()
@@ -119,9 +89,16 @@ func (m *machine) finish(ps *os.ProcessState) {
 		q.waitEventsDone(time.Second)
 		sd = q.lastShutdown()
 	}
-	console := tailLines(m.l.ConsoleLog, consoleTailLines)
+	console := proc.ConsoleTail(m.l.ConsoleLog, consoleTailLines)
 	m.mu.Lock()
-	reason, clean := exitReason(ps, sd, m.killed, m.killNote, console, tailLines(m.l.QEMULog, 3))
+	note := ""
+	switch m.p.Rung() {
+	case proc.RungKill:
+		note = fmt.Sprintf("the guest did not shut down within %s", m.stopTimeout)
+	case proc.RungCancel:
+		note = "stop was cancelled"
+	}
+	reason, clean := exitReason(m.p.ProcessState(), sd, m.p.Killed(), note, console, proc.TailLines(m.l.QEMULog, 3))
 	m.exit = vmm.ExitInfo{Reason: reason, Clean: clean, ConsoleTail: console, At: time.Now()}
 	m.mu.Unlock()
 	// Nobody can talk to a dead VM; drop the connections now rather than at Close, and
@@ -203,30 +180,6 @@ func exitReason(ps *os.ProcessState, sd *shutdownEvent, killed bool, killNote st
 	return "guest powered off", true
 }
 
-// tailLines returns the last n non-empty lines of a log file.
-func tailLines(path string, n int) []string {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	const window = 32 << 10
-	if fi, err := f.Stat(); err == nil && fi.Size() > window {
-		_, _ = f.Seek(fi.Size()-window, io.SeekStart)
-	}
-	data, _ := io.ReadAll(io.LimitReader(f, window))
-	var lines []string
-	for _, l := range bytes.Split(data, []byte("\n")) {
-		if s := strings.TrimRight(string(l), "\r \t"); s != "" {
-			lines = append(lines, s)
-		}
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return lines
-}
-
 // waitQMP waits for QEMU's QMP socket to answer query-status, or for QEMU to exit.
 func (m *machine) waitQMP(ctx context.Context) (*qmpConn, error) {
 	var last error
@@ -258,100 +211,55 @@ func (m *machine) waitQMP(ctx context.Context) (*qmpConn, error) {
 	}
 }
 
-// sigkill sends SIGKILL to QEMU, noting why for the exit reason.
-func (m *machine) sigkill(note string) error {
-	m.mu.Lock()
-	if !m.killed {
-		m.killed, m.killNote = true, note
-	}
-	m.mu.Unlock()
-	if m.exited() {
-		return nil
-	}
-	var err error
-	if m.cmd != nil {
-		// os.Process signals through a pidfd, so a reaped and reused PID is never hit.
-		err = m.cmd.Process.Kill()
-		if errors.Is(err, os.ErrProcessDone) {
-			err = nil
-		}
-	} else {
-		err = vmm.PidfdKill(m.pidfd)
-	}
-	if err != nil && !m.exited() {
-		return fmt.Errorf("kill qemu pid %d: %w", m.st.PID, err)
-	}
-	return nil
-}
-
-// killWait bounds the wait for a SIGKILLed QEMU to be gone (it can only be slow when stuck
-// in the kernel, e.g. on a hung disk).
-const killWait = 30 * time.Second
-
 // Kill ends QEMU at once and waits for it to be gone.
 func (m *machine) Kill() error {
-	if err := m.sigkill(""); err != nil {
-		return err
+	if err := m.p.Kill(); err != nil {
+		return fmt.Errorf("qemu: %w", err)
 	}
-	select {
-	case <-m.done:
-		return nil
-	case <-time.After(killWait):
-		return fmt.Errorf("qemu pid %d still there %s after SIGKILL", m.st.PID, killWait)
-	}
+	<-m.done
+	return nil
 }
 
 func (m *machine) killAndWait() { _ = m.Kill() }
 
-// Stop shuts the guest down: the agent's power off first; at half the timeout an ACPI power
+// Stop shuts the guest down along proc's ladder: the agent's power off, then an ACPI power
 // button press over QMP (for guests whose agent is not up; it needs a guest that acts on
-// the button, like systemd); at the timeout SIGKILL. If ctx ends first, QEMU is killed
-// at once and the error says so. A nil error means QEMU is gone; Exit says how.
+// the button, like systemd), then SIGKILL. If ctx ends first, QEMU is killed at once and
+// the error says so. A nil error means QEMU is gone; Exit says how.
 func (m *machine) Stop(ctx context.Context, timeout time.Duration) (vmm.ExitInfo, error) {
 	if m.exited() {
 		return m.Exit(), nil
 	}
 	if timeout <= 0 {
-		timeout = 30 * time.Second
+		timeout = proc.DefaultStopTimeout
 	}
-	half := time.NewTimer(timeout / 2)
-	defer half.Stop()
-	full := time.NewTimer(timeout)
-	defer full.Stop()
-
-	// The agent answers before it acts; errors are ignored (the agent may not be up yet,
-	// or the VM may go away mid-answer): the escalation below covers both.
-	pctx, cancel := context.WithTimeout(ctx, timeout/2)
-	defer cancel()
+	m.mu.Lock()
+	m.stopTimeout = timeout
+	m.mu.Unlock()
+	l := proc.Ladder{
+		Button: func(ctx context.Context) error {
+			q := m.getQMP()
+			if q == nil {
+				return errors.New("no QMP connection")
+			}
+			_, err := q.run(ctx, "system_powerdown", nil)
+			return err
+		},
+	}
 	if m.agent != nil {
-		go func() { _, _ = m.agent.Power(pctx, agent.PowerOff) }()
-	}
-	for {
-		select {
-		case <-m.done:
-			return m.Exit(), nil
-		case <-half.C:
-			if q := m.getQMP(); q != nil {
-				go func() {
-					qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
-					defer qcancel()
-					_, _ = q.run(qctx, "system_powerdown", nil)
-				}()
-			}
-		case <-full.C:
-			if err := m.sigkill(fmt.Sprintf("the guest did not shut down within %s", timeout)); err != nil {
-				return m.Exit(), err
-			}
-			<-m.done
-			return m.Exit(), nil
-		case <-ctx.Done():
-			err := m.sigkill("stop was cancelled")
-			if err == nil {
-				<-m.done
-			}
-			return m.Exit(), fmt.Errorf("stop qemu pid %d: %w: killed it", m.st.PID, context.Cause(ctx))
+		l.Agent = func(ctx context.Context) error {
+			_, err := m.agent.Power(ctx, agent.PowerOff)
+			return err
 		}
 	}
+	err := m.p.Stop(ctx, timeout, l)
+	if m.p.Exited() {
+		<-m.done
+	}
+	if err != nil {
+		return m.Exit(), fmt.Errorf("qemu: %w", err)
+	}
+	return m.Exit(), nil
 }
 
 // Close drops the QMP and agent connections; QEMU keeps running.

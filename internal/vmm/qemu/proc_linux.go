@@ -34,9 +34,3 @@ func reserveCID(device string, candidates func() uint32) (uint32, error) {
 	}
 	return 0, fmt.Errorf("%s: no free guest CID found", device)
 }
-
-func closeFD(fd int) {
-	if fd >= 0 {
-		_ = unix.Close(fd)
-	}
-}

@@ -59,13 +59,14 @@ func testSpec(dir string) vmm.MachineSpec {
 func TestQEMUArgs(t *testing.T) {
 	spec := testSpec("/run/b/vm1")
 	l := newLayout(spec.RunDir, TransportSerial, 0, 0)
-	got := qemuArgs(spec, l, AccelTCG, "max", 2500000)
+	got := qemuArgs(spec, l, argOptions{Accel: AccelTCG, CPU: "max", TSCKHz: 2500000, Sandbox: true})
 	want := []string{
 		"-M", "microvm,acpi=on", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "512",
 		"-kernel", "/k/vmlinuz", "-initrd", "/k/initrd",
-		"-append", "console=ttyS0 panic=-1 banger.root=serial:rootfs banger.layer=serial:layer banger.work=serial:work banger.modules=serial:mods banger.agent=serial tsc_early_khz=2500000",
-		"-chardev", "file,id=con,path=/run/b/vm1/console.log", "-serial", "chardev:con",
+		"-append", "console=ttyS0 panic=-1 reboot=t banger.root=serial:rootfs banger.layer=serial:layer banger.work=serial:work banger.modules=serial:mods banger.agent=serial tsc_early_khz=2500000",
+		"-chardev", "pipe,id=con,path=/run/b/vm1/console.fifo", "-serial", "chardev:con",
 		"-qmp", "unix:/run/b/vm1/qmp.sock,server=on,wait=off",
 		"-drive", "id=rootfs,file=/img/root,,fs.ext4,format=raw,if=none,readonly=on",
 		"-device", "virtio-blk-device,drive=rootfs,serial=rootfs",
@@ -88,14 +89,14 @@ func TestQEMUArgs(t *testing.T) {
 	// vhost-vsock, KVM: no TSC key, a non-default port is passed on, no serial devices.
 	spec.AgentPort = 2000
 	l = newLayout(spec.RunDir, TransportVsock, 77, spec.AgentPort)
-	got = qemuArgs(spec, l, AccelKVM, "host", 2500000)
+	got = qemuArgs(spec, l, argOptions{Accel: AccelKVM, CPU: "host", TSCKHz: 2500000})
 	joined := strings.Join(got, " ")
 	for _, w := range []string{"-accel kvm -cpu host", "-device vhost-vsock-device,guest-cid=77", "banger.agent=vsock banger.agent_port=2000"} {
 		if !strings.Contains(joined, w) {
 			t.Errorf("vsock args lack %q: %s", w, joined)
 		}
 	}
-	for _, no := range []string{"tsc_early_khz", "virtio-serial", "agent.sock"} {
+	for _, no := range []string{"tsc_early_khz", "virtio-serial", "agent.sock", "-sandbox"} {
 		if strings.Contains(joined, no) {
 			t.Errorf("vsock/kvm args have %q: %s", no, joined)
 		}
@@ -109,9 +110,27 @@ func TestQEMUArgs(t *testing.T) {
 	}
 }
 
+// TestKernelCmdlineDefaults: the driver adds QEMU's console, reboot and panic keys, and
+// never a second one of a key the caller set (the daemon may or may not pass them).
+func TestKernelCmdlineDefaults(t *testing.T) {
+	l := newLayout("/r", TransportSerial, 0, 0)
+	for in, want := range map[string]string{
+		"":                                    "console=ttyS0 reboot=t panic=-1 banger.agent=serial",
+		"banger.hostname=a":                   "banger.hostname=a console=ttyS0 reboot=t panic=-1 banger.agent=serial",
+		"console=ttyS0 reboot=t panic=-1 x=1": "console=ttyS0 reboot=t panic=-1 x=1 banger.agent=serial",
+		"console=hvc0 panic=5":                "console=hvc0 panic=5 reboot=t banger.agent=serial",
+		"  reboot=k  ":                        "reboot=k console=ttyS0 panic=-1 banger.agent=serial",
+	} {
+		spec := vmm.MachineSpec{Cmdline: in}
+		if got := kernelCmdline(spec, l, AccelKVM, 0); got != want {
+			t.Errorf("kernelCmdline(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestNewDefaults(t *testing.T) {
 	d := New(Config{})
-	if d.cfg.Binary != "qemu-system-x86_64" || d.cfg.Accel != AccelTCG || d.cfg.CPUModel != "max" || d.Name() != "qemu" {
+	if d.cfg.Binary != "qemu-system-x86_64" || d.cfg.Accel != AccelTCG || d.cfg.CPUModel != "max" || d.Name() != "qemu" || d.cfg.Sandbox != SandboxAuto {
 		t.Errorf("defaults %+v", d.cfg)
 	}
 	if d := New(Config{Accel: AccelKVM}); d.cfg.CPUModel != "host" {
@@ -175,6 +194,7 @@ func TestStartRejects(t *testing.T) {
 		"lo is not a TAP device":        {mutate: func(s *vmm.MachineSpec) { s.NICs = []vmm.NIC{{TAP: "lo"}} }},
 		"must be 1-15 characters":       {mutate: func(s *vmm.MachineSpec) { s.NICs = []vmm.NIC{{TAP: "a-very-long-tap-name"}} }},
 		"unknown agent transport":       {cfg: Config{AgentTransport: "pigeon"}},
+		"unknown sandbox setting":       {cfg: Config{Sandbox: "maybe"}},
 		"agent over vsock: open":        {cfg: Config{AgentTransport: TransportVsock}},
 		"executable file not found":     {cfg: Config{Binary: "no-such-qemu-xyz"}},
 	}
@@ -244,27 +264,6 @@ func TestExitReason(t *testing.T) {
 		if reason != c.reason || clean != c.clean {
 			t.Errorf("case %d: %q, %v; want %q, %v", i, reason, clean, c.reason, c.clean)
 		}
-	}
-}
-
-func TestTailLines(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "console.log")
-	var b strings.Builder
-	for i := range 50000 { // bigger than the window read from the end
-		b.WriteString("line ")
-		b.WriteString(strings.Repeat("x", i%7))
-		b.WriteString("\r\n")
-	}
-	b.WriteString("\r\nlast one\r\n\r\n")
-	if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	got := tailLines(p, 3)
-	if len(got) != 3 || got[2] != "last one" || !strings.HasPrefix(got[0], "line ") {
-		t.Fatalf("tail %q", got)
-	}
-	if tailLines(filepath.Join(t.TempDir(), "missing"), 3) != nil {
-		t.Fatal("tail of a missing file")
 	}
 }
 
@@ -367,5 +366,42 @@ func TestQMPSilentServerTimesOut(t *testing.T) {
 	}
 	if _, err := dialQMP(context.Background(), filepath.Join(t.TempDir(), "none.sock")); !errors.Is(err, syscall.ENOENT) {
 		t.Fatalf("dial of a missing socket: %v", err)
+	}
+}
+
+// TestSandboxProbe: the real QEMU here supports the sandbox; a binary that is not a
+// sandbox-capable QEMU does not, and sandbox = on then refuses to start; a probe cut short
+// by ctx is reported, not remembered.
+func TestSandboxProbe(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	noSeccomp := filepath.Join(dir, "qemu-without-seccomp")
+	os.WriteFile(noSeccomp, []byte("#!/bin/sh\necho 'qemu-system-x86_64: -sandbox on: There is no option group sandbox' >&2\nexit 1\n"), 0o700)
+	ok, detail, err := SandboxSupported(ctx, noSeccomp)
+	if ok || err != nil || !strings.Contains(detail, "no option group sandbox") {
+		t.Errorf("no seccomp: %v %q %v", ok, detail, err)
+	}
+	if _, _, err := SandboxSupported(ctx, filepath.Join(dir, "missing")); err == nil {
+		t.Error("missing binary: no error")
+	}
+	d := New(Config{Binary: noSeccomp, Sandbox: SandboxOn})
+	if _, err := d.useSandbox(ctx, noSeccomp); err == nil || !strings.Contains(err.Error(), "cannot run sandboxed") {
+		t.Errorf("sandbox = on without support: %v", err)
+	}
+	if on, err := New(Config{Sandbox: SandboxAuto}).useSandbox(ctx, noSeccomp); on || err != nil {
+		t.Errorf("auto without support: %v %v", on, err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	d = New(Config{})
+	if _, err := d.useSandbox(cctx, noSeccomp); err == nil || d.sandboxProbed {
+		t.Errorf("cancelled probe: %v, remembered %v", err, d.sandboxProbed)
+	}
+	q, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("no qemu-system-x86_64 here (apt-get install qemu-system-x86)")
+	}
+	if ok, detail, err := SandboxSupported(ctx, q); !ok || err != nil {
+		t.Errorf("real qemu: %v %q %v", ok, detail, err)
 	}
 }

@@ -1,0 +1,214 @@
+package qemu
+
+// A fake qemu-system-x86_64 for the shared supervisor table: the test binary re-executed
+// with BANGER_FAKE_QEMU set. It is a real child process that takes the driver's real
+// command line and serves what QEMU would on it: QMP on -qmp (greeting, capabilities,
+// query-status, system_powerdown with a SHUTDOWN event), the serial console into the
+// -chardev pipe FIFO, and a real banger agent (agentserver) on the virtio-serial chardev
+// socket. Only the guest is pretend.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/internal/agent/agentserver"
+	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/vmmtest"
+)
+
+const fakeQEMUEnv = "BANGER_FAKE_QEMU" // its value: vmmtest.Behaviour.Modes()
+
+// fakeConsoleCap is the console cap the supervisor table runs with.
+const fakeConsoleCap = 256 << 10
+
+// optValue returns key's value in a QEMU option string ("a,key=v,,w,b" -> "v,w").
+func optValue(s, key string) string {
+	s = strings.ReplaceAll(s, ",,", "\x00")
+	for _, kv := range strings.Split(s, ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return strings.ReplaceAll(v, "\x00", ",")
+		}
+	}
+	return ""
+}
+
+func fakeQEMU(args []string, modes string) int {
+	b := vmmtest.ParseModes(modes)
+	var qmpPath, consolePath, agentPath string
+	for i := 0; i+1 < len(args); i++ {
+		v := args[i+1]
+		switch args[i] {
+		case "-qmp":
+			qmpPath = optValue(strings.TrimPrefix(v, "unix:"), "path")
+			if qmpPath == "" {
+				qmpPath, _, _ = strings.Cut(strings.TrimPrefix(v, "unix:"), ",")
+			}
+		case "-chardev":
+			switch optValue(v, "id") {
+			case "con":
+				consolePath = optValue(v, "path")
+			case "agent":
+				agentPath = optValue(v, "path")
+			}
+		}
+	}
+	// Like QEMU's pipe chardev: the FIFO opened read-write.
+	con, err := os.OpenFile(consolePath, os.O_RDWR|os.O_CREATE, 0o600) // a FIFO here; QEMU would also create a file
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake qemu: console:", err)
+		return 1
+	}
+	var conMu sync.Mutex
+	say := func(s string) { conMu.Lock(); fmt.Fprintln(con, s); conMu.Unlock() }
+	qln, err := net.Listen("unix", qmpPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake qemu:", err)
+		return 1
+	}
+	exit := make(chan int, 1)
+	var qmpMu sync.Mutex
+	var qmpConns []net.Conn
+	shutdown := func() {
+		say(vmmtest.MarkPoweredOff)
+		qmpMu.Lock()
+		for _, c := range qmpConns {
+			c.Write([]byte(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}` + "\r\n"))
+		}
+		qmpMu.Unlock()
+		go func() { time.Sleep(20 * time.Millisecond); exit <- 0 }()
+	}
+	go func() {
+		for {
+			c, err := qln.Accept()
+			if err != nil {
+				return
+			}
+			qmpMu.Lock()
+			qmpConns = append(qmpConns, c)
+			qmpMu.Unlock()
+			go fakeQMPSession(c, &qmpMu, func() {
+				say(vmmtest.MarkButton)
+				if !b.IgnoreButton {
+					shutdown()
+				}
+			})
+		}
+	}()
+	conMu.Lock()
+	vmmtest.PrintBoot(con, b)
+	conMu.Unlock()
+
+	aln, err := net.Listen("unix", agentPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake qemu:", err)
+		return 1
+	}
+	srv := agentserver.New(agentserver.Config{
+		Version: "fake", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), PowerDelay: time.Millisecond,
+		BootStagesPath: filepath.Join(os.TempDir(), "no-such-boot-stages"),
+		PowerHook: func(action, method string) {
+			say(vmmtest.MarkAgentPower)
+			if !b.IgnoreAgent {
+				shutdown()
+			}
+		},
+	})
+	go srv.ServeSerial(context.Background(), func() (io.ReadWriteCloser, error) { return aln.Accept() })
+	return <-exit
+}
+
+func fakeQMPSession(c net.Conn, wmu *sync.Mutex, powerdown func()) {
+	write := func(s string) { wmu.Lock(); c.Write([]byte(s + "\r\n")); wmu.Unlock() }
+	write(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}`)
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var cmd struct {
+			Execute string          `json:"execute"`
+			ID      json.RawMessage `json:"id"`
+		}
+		json.Unmarshal(line, &cmd)
+		id := ""
+		if cmd.ID != nil {
+			id = `, "id": ` + string(cmd.ID)
+		}
+		switch cmd.Execute {
+		case "qmp_capabilities":
+			write(`{"return": {}` + id + `}`)
+		case "query-status":
+			write(`{"return": {"status": "running", "singlestep": false, "running": true}` + id + `}`)
+		case "system_powerdown":
+			write(`{"return": {}` + id + `}`)
+			powerdown()
+		default:
+			write(`{"error": {"class": "CommandNotFound", "desc": "The command ` + cmd.Execute + ` has not been found"}` + id + `}`)
+		}
+	}
+}
+
+// TestSupervisor runs the table every driver passes (internal/vmm/vmmtest) on the fake.
+func TestSupervisor(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{}
+	for _, n := range []string{"vmlinuz", "initrd", "root.ext4", "layer.ext4", "work.ext4"} {
+		files[n] = filepath.Join(dir, n)
+		if err := os.WriteFile(files[n], []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drv := func() *Driver {
+		return New(Config{Binary: os.Args[0], AgentTransport: TransportSerial, TSCKHz: 1000000, Sandbox: SandboxOff, ConsoleCap: fakeConsoleCap})
+	}
+	vmmtest.Run(t, vmmtest.Harness{
+		Driver:     drv(),
+		ConsoleCap: fakeConsoleCap,
+		Start: func(t *testing.T, b vmmtest.Behaviour) vmm.Machine {
+			t.Setenv(fakeQEMUEnv, b.Modes())
+			// Under -race the runtime sleeps 1s at exit by default; the fake must exit
+			// promptly like QEMU does.
+			t.Setenv("GORACE", "atexit_sleep_ms=0")
+			run, err := os.MkdirTemp("", "bgr-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(run) })
+			spec := vmm.MachineSpec{
+				Name: "fake", Kernel: files["vmlinuz"], Initramfs: files["initrd"],
+				Drives: []vmm.Drive{
+					{ID: "rootfs", Path: files["root.ext4"], ReadOnly: true, Role: vmm.RoleRoot},
+					{ID: "layer", Path: files["layer.ext4"], Role: vmm.RoleLayer},
+					{ID: "work", Path: files["work.ext4"], Role: vmm.RoleWork},
+				},
+				VCPUs: 1, MemoryMiB: 256, RunDir: run,
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			m, err := drv().Start(ctx, spec)
+			if err != nil {
+				t.Fatalf("start: %v\nqemu.log: %s", err, readFile(filepath.Join(run, qemuLogName)))
+			}
+			t.Cleanup(func() {
+				m.Kill()
+				m.Close()
+				assertNothingLeft(t, run)
+			})
+			return m
+		},
+	})
+}
+
+func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
