@@ -24,8 +24,6 @@ import (
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/lifecycle"
 	"github.com/banger-vm/banger/internal/vmm"
-	"github.com/banger-vm/banger/internal/vmm/firecracker"
-	"github.com/banger-vm/banger/internal/vmm/qemu"
 )
 
 // Bench limits and goals.
@@ -206,7 +204,8 @@ func (d *Daemon) benchBangerRun(ctx context.Context, req api.BenchCreateRequest,
 	}
 	defer d.benchRemoveVM(ctx, vm.ID)
 	run.VM, run.Stages = vm.Name, vm.Stages
-	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", vm.PID)); err == nil && vm.PID > 0 && vm.Driver == qemu.DriverName {
+	// Compared with the bare argv only where the bare boot runs the same command line.
+	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", vm.PID)); err == nil && vm.PID > 0 {
 		*bangerArgv = normalizeArgv(strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00"), vm.Name, vm.Dir, vm.RunDir)
 	}
 	agentAt, ok := ended[stageAgent]
@@ -277,21 +276,21 @@ func (d *Daemon) benchBareRun(ctx context.Context, drv vmm.Driver, p createParam
 	}
 	ms := vmm.MachineSpec{
 		Name: name, Kernel: p.kernel.BzImage, Initramfs: initrd,
-		Cmdline: "console=ttyS0 reboot=t panic=-1 banger.hostname=" + name,
+		Cmdline: "banger.hostname=" + name,
 		Drives:  vmDrives(p.img.RootfsPath, spec, mods),
 		VCPUs:   p.cpus, MemoryMiB: p.memoryMiB, RunDir: spec.RunDir,
 	}
+	bb, ok := drv.(vmm.BareBooter)
+	if !ok {
+		return nil, nil, 0, fmt.Errorf("the %s driver has no bare boot to compare with", drv.Name())
+	}
 	bctx, cancel := context.WithTimeout(ctx, agentDeadline)
 	defer cancel()
-	switch drv := drv.(type) {
-	case *qemu.Driver:
-		b, err := drv.BootBare(bctx, ms)
-		return b.Argv, normalizeArgv(b.Argv, name, spec.Dir, spec.RunDir), lifecycle.Millis(b.AgentReady), err
-	case *firecracker.Driver:
-		b, err := drv.BootBare(bctx, ms)
-		return b.Argv, nil, lifecycle.Millis(b.AgentReady), err
+	b, err := bb.BootBare(bctx, ms)
+	if b.SameArgv {
+		normalized = normalizeArgv(b.Argv, name, spec.Dir, spec.RunDir)
 	}
-	return nil, nil, 0, fmt.Errorf("the %s driver has no bare boot", drv.Name())
+	return b.Argv, normalized, lifecycle.Millis(b.AgentReady), err
 }
 
 // holdBenchDir creates dir (0700) and holds an flock on its lock file until release, so the

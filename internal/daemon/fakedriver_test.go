@@ -198,7 +198,7 @@ func (m *fakeMachine) exited() bool {
 }
 
 func (m *fakeMachine) State() vmm.State {
-	return vmm.State{Driver: "qemu", PID: m.pid, StartTime: m.startTime, RunDir: m.runDir, ConsoleLog: m.console,
+	return vmm.State{PID: m.pid, StartTime: m.startTime, RunDir: m.runDir, ConsoleLog: m.console,
 		AgentSocket: m.sock, AgentTransport: "serial", Accel: "tcg"}
 }
 func (m *fakeMachine) PID() int                   { return m.pid }

@@ -6,6 +6,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -424,5 +425,43 @@ func TestCorruptRecordIsMarkedAndRemovable(t *testing.T) {
 	must(0, e.d.removeVM(ctx, api.VMRemoveRequest{Name: "a"}))
 	if _, err := os.Stat(rec.Dir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("corrupt VM's directory after rm: %v", err)
+	}
+}
+
+// vm logs shows the rotated older half first, and a follower keeps up across a rotation.
+func TestLogsAcrossConsoleRotation(t *testing.T) {
+	e := newFakeEnv(t)
+	ctx := context.Background()
+	vm := must(e.create("a", true))
+	_, rec := e.record("a")
+	must(0, os.WriteFile(rec.ConsoleLog+".1", []byte("older half\n"), 0o600))
+	c := api.NewClient(e.l.Socket, "test")
+	read := func(follow bool) string {
+		rc, err := c.VMLogs(ctx, "a", follow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		b, _ := io.ReadAll(rc)
+		return string(b)
+	}
+	if got := read(false); got != "older half\nfake boot\nbanger-init: ready\n" {
+		t.Fatalf("logs = %q", got)
+	}
+
+	got := make(chan string, 1)
+	go func() { got <- read(true) }()
+	time.Sleep(300 * time.Millisecond) // let the follower reach the end of the log
+	f, err := os.OpenFile(rec.ConsoleLog, os.O_APPEND|os.O_WRONLY, 0)
+	must(0, err)
+	_, _ = f.WriteString("before the rotation\n")
+	f.Close()
+	must(0, os.Rename(rec.ConsoleLog, rec.ConsoleLog+".1"))
+	must(0, os.WriteFile(rec.ConsoleLog, []byte("after the rotation\n"), 0o600))
+	time.Sleep(500 * time.Millisecond) // the follower polls every 200 ms
+	must(e.d.stopVM(ctx, api.VMStopRequest{Name: vm.Name, TimeoutSeconds: 5}))
+	out := <-got
+	if !strings.Contains(out, "before the rotation\n") || !strings.HasSuffix(out, "after the rotation\n") {
+		t.Fatalf("followed logs = %q", out)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
 func (d *Daemon) addVMRoutes(table map[string]map[string]handlerFunc) {
@@ -187,11 +189,19 @@ func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return api.Errorf(api.CodeNotFound, "", "console log of %q: %v", vm.Name, err)
 	}
-	defer f.Close()
+	defer func() { f.Close() }()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	fl, _ := w.(http.Flusher)
 	buf := make([]byte, 32<<10)
+	// The log is capped by rotation: the older half is console.log.1, shown first.
+	if old, err := os.Open(rec.ConsoleLog + proc.RotatedSuffix); err == nil {
+		_, werr := io.CopyBuffer(system.OnlyWriter{W: w}, old, buf)
+		old.Close()
+		if werr != nil {
+			return nil
+		}
+	}
 	for {
 		n, err := f.Read(buf)
 		if n > 0 {
@@ -214,7 +224,26 @@ func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		case <-time.After(200 * time.Millisecond):
 		}
+		// A rotation renamed the file being read: send what it got before the rename, then
+		// follow the new console.log from its start.
+		if rotated(f, rec.ConsoleLog) {
+			if nf, err := os.Open(rec.ConsoleLog); err == nil {
+				if _, werr := io.CopyBuffer(system.OnlyWriter{W: w}, f, buf); werr != nil {
+					nf.Close()
+					return nil
+				}
+				f.Close()
+				f = nf
+			}
+		}
 	}
+}
+
+// rotated reports whether path now names another file than the open f.
+func rotated(f *os.File, path string) bool {
+	a, err1 := f.Stat()
+	b, err2 := os.Stat(path)
+	return err1 == nil && err2 == nil && !os.SameFile(a, b)
 }
 
 func parseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/banger-vm/banger/internal/kvm"
 	"github.com/banger-vm/banger/internal/sshkeys"
-	"github.com/banger-vm/banger/internal/system/hosttools"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -39,7 +37,7 @@ func (d *Daemon) initVMs(ctx context.Context) {
 	cfg := d.opts.Config.Runtime
 	host := d.opts.Host
 	if host == nil {
-		host = func() vmm.Host { return detectHost(context.Background(), cfg.FirecrackerPath, cfg.QEMUPath) }
+		host = func() vmm.Host { return vmm.DetectHost(context.Background(), cfg.FirecrackerPath, cfg.QEMUPath) }
 	}
 	d.vms = &vmManager{
 		locks:     map[string]*vmLock{},
@@ -50,19 +48,6 @@ func (d *Daemon) initVMs(ctx context.Context) {
 		host:      sync.OnceValue(host),
 	}
 	d.reconcileVMs(ctx)
-}
-
-// detectHost is what the choice of VMM depends on here, probed once per daemon.
-func detectHost(ctx context.Context, firecrackerPath, qemuPath string) vmm.Host {
-	k := kvm.Probe(ctx, "")
-	fc, fcErr := hosttools.LookupTool(ctx, "firecracker", firecrackerPath, "", "--version")
-	q, qErr := hosttools.LookupTool(ctx, "qemu-system-x86_64", qemuPath, "", "--version")
-	return vmm.Host{
-		KVMUsable:     k.Status == kvm.StatusUsable,
-		KVMStatus:     string(k.Status),
-		FirecrackerOK: fcErr == nil && fc.Path != "" && hosttools.VersionAtLeast(fc.Version, "1.8"),
-		QEMUOK:        qErr == nil && q.Path != "",
-	}
 }
 
 // lockVM serializes operations on one VM; the returned func unlocks.

@@ -35,19 +35,6 @@ func TestVMNames(t *testing.T) {
 	}
 }
 
-func TestConsoleTail(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "console.log")
-	if err := os.WriteFile(p, []byte("one\r\n\ntwo\nthree\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if got := consoleTail(p, 2); strings.Join(got, "|") != "two|three" {
-		t.Fatalf("tail = %q", got)
-	}
-	if consoleTail(filepath.Join(t.TempDir(), "missing"), 3) != nil {
-		t.Fatal("tail of a missing file")
-	}
-}
-
 func TestVMAPIRefusesBadInput(t *testing.T) {
 	ctx := context.Background()
 	l := testLayout(t)
@@ -115,7 +102,7 @@ func TestReconcileMarksGoneVMs(t *testing.T) {
 	}
 	must(0, d.store.PutImage(ctx, store.Image{ID: "img1", Name: "img", RootfsPath: "/nonexistent"}))
 	rec := vmRecord{vmSpec: vmSpec{RunDir: run}, vmStatus: vmStatus{Network: vmNetwork{TAP: "bgvm0abc"},
-		VMM: &vmm.State{Driver: "qemu", PID: 1 << 30, StartTime: 1, RunDir: run}}}
+		VMM: &vmm.State{PID: 1 << 30, StartTime: 1, RunDir: run}}}
 	must(0, d.store.PutVM(ctx, store.VM{ID: "abc", Name: "ghost", ImageID: "img1", State: store.VMRunning, VMM: "qemu", Spec: rec.raw()}))
 	half := filepath.Join(l.VMsDir, "half")
 	must(0, os.MkdirAll(half, 0o700))

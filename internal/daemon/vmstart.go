@@ -21,6 +21,7 @@ import (
 	"github.com/banger-vm/banger/internal/revert"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
 // stage is a timed step of a create or start. A missed deadline fails it with its name, the
@@ -273,7 +274,8 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycl
 	if err := os.MkdirAll(rec.RunDir, 0o700); err != nil {
 		return b.vm, err
 	}
-	b.cmdline = []string{"console=ttyS0", "reboot=t", "panic=-1", "banger.hostname=" + vm.Name}
+	// The VMM's own console, reboot and panic keys are the driver's to add.
+	b.cmdline = []string{"banger.hostname=" + vm.Name}
 	for _, step := range d.startSteps() {
 		if step.when != nil && !step.when(ctx, b) {
 			continue
@@ -308,7 +310,7 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycl
 func (d *Daemon) failStart(ctx context.Context, b *boot, timings *lifecycle.Recorder, err error) error {
 	var se *stageError
 	if errors.As(err, &se) && b.m != nil {
-		se.console = consoleTail(b.rec.ConsoleLog, 15)
+		se.console = proc.ConsoleTail(b.rec.ConsoleLog, 15)
 	}
 	b.undo.Fail()
 	b.rec.VMM, b.rec.Network.TAP = nil, ""

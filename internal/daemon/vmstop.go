@@ -7,7 +7,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/banger-vm/banger/internal/api"
@@ -161,34 +160,4 @@ func (d *Daemon) removeVM(ctx context.Context, req api.VMRemoveRequest) error {
 		d.log.Warn("could not forget a removed VM's SSH host key", "vm", vm.Name, "err", err)
 	}
 	return errors.Join(errs...)
-}
-
-// consoleTail returns the last n non-empty lines of a console log, reading at most its
-// last 64 KiB.
-func consoleTail(path string, n int) []string {
-	if path == "" {
-		return nil
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	const window = 64 << 10
-	buf := make([]byte, window)
-	off := int64(0)
-	if fi, err := f.Stat(); err == nil && fi.Size() > window {
-		off = fi.Size() - window
-	}
-	k, _ := f.ReadAt(buf, off)
-	var lines []string
-	for _, l := range strings.Split(strings.ReplaceAll(string(buf[:k]), "\r", ""), "\n") {
-		if strings.TrimSpace(l) != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return lines
 }

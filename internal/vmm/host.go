@@ -62,6 +62,10 @@ type BareBoot struct {
 	Argv []string
 	// AgentReady is from starting the process to the guest agent answering /v1/healthz.
 	AgentReady time.Duration
+	// SameArgv says Argv is the command line Start itself runs for the spec (qemu), so the
+	// two can be compared; false when the bare boot configures the VM another way
+	// (firecracker's --config-file instead of its API).
+	SameArgv bool
 }
 
 // BareBooter is a driver that can boot a spec with its VMM command alone, with none of the

@@ -119,8 +119,7 @@ type ExitInfo struct {
 
 // State is what the daemon persists to find a running VM again after it restarts.
 type State struct {
-	Driver string `json:"driver"`
-	PID    int    `json:"pid"`
+	PID int `json:"pid"`
 	// StartTime is the process start time in clock ticks since boot (/proc/PID/stat field
 	// 22): together with PID it identifies the process, so a reused PID is not mistaken for
 	// the VM.

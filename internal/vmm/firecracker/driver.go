@@ -25,7 +25,7 @@ import (
 	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
-// Name is the driver's name in vmm.State.Driver.
+// Name is the driver's name (vmm.Driver.Name, the daemon's vmm column).
 const Name = "firecracker"
 
 // GuestCID is the guest's vsock context id: 3 is the first one not reserved, and each VM
@@ -290,9 +290,6 @@ func stageJail(lay *layout, vmlinux string, spec vmm.MachineSpec) error {
 
 // Reattach implements vmm.Driver.
 func (d *Driver) Reattach(ctx context.Context, st vmm.State) (vmm.Machine, error) {
-	if st.Driver != Name {
-		return nil, fmt.Errorf("reattach: state of driver %q, not %s", st.Driver, Name)
-	}
 	if st.ControlSocket == "" || st.AgentSocket == "" {
 		return nil, fmt.Errorf("reattach: incomplete state (pid %d, sockets %q %q)", st.PID, st.ControlSocket, st.AgentSocket)
 	}

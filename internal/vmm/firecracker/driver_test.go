@@ -194,7 +194,7 @@ func TestStartConfiguresAndStopsThroughAgent(t *testing.T) {
 	}
 
 	st := m.State()
-	if st.Driver != "firecracker" || st.PID != m.PID() || st.StartTime == 0 || st.AgentTransport != "hybrid-vsock" ||
+	if st.PID != m.PID() || st.StartTime == 0 || st.AgentTransport != "hybrid-vsock" ||
 		st.VsockCID != 3 || st.AgentPort != 1024 || st.ControlSocket != filepath.Join(f.spec.RunDir, "fc.sock") ||
 		st.ConsoleLog != filepath.Join(f.spec.RunDir, "console.log") {
 		t.Errorf("state %+v", st)

@@ -42,7 +42,6 @@ func newMachine(d *Driver, p *proc.Process, lay layout, runDir string, port uint
 		agent: agentClient(lay.vsockHost, port),
 		done:  make(chan struct{}),
 		st: vmm.State{
-			Driver:         Name,
 			PID:            p.PID(),
 			StartTime:      p.StartTime(),
 			RunDir:         runDir,

@@ -37,7 +37,7 @@ func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Bare
 	}
 	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
 	args := qemuArgs(spec, l, d.argOpts(sandbox))
-	out := vmm.BareBoot{Argv: append([]string{bin}, args...)}
+	out := vmm.BareBoot{Argv: append([]string{bin}, args...), SameArgv: true}
 
 	removeSockets(spec.RunDir)
 	// Own session like Start; unlike a VM, a bare boot must not outlive the daemon that

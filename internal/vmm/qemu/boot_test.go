@@ -230,7 +230,7 @@ func TestBootExecStop(t *testing.T) {
 	m := start(t, d, spec)
 	started := time.Since(began)
 	st := m.State()
-	if st.Driver != "qemu" || st.PID != m.PID() || st.PID <= 0 || st.StartTime == 0 || st.AgentTransport != TransportSerial ||
+	if st.PID != m.PID() || st.PID <= 0 || st.StartTime == 0 || st.AgentTransport != TransportSerial ||
 		st.Accel != AccelTCG || st.ControlSocket != filepath.Join(v.run, "qmp.sock") || st.AgentSocket != filepath.Join(v.run, "agent.sock") ||
 		st.ConsoleLog != filepath.Join(v.run, "console.log") || st.RunDir != v.run {
 		t.Errorf("state %+v", st)

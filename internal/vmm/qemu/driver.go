@@ -291,7 +291,6 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
 	st := vmm.State{
-		Driver:         DriverName,
 		PID:            p.PID(),
 		StartTime:      p.StartTime(),
 		RunDir:         spec.RunDir,
@@ -335,9 +334,6 @@ func agentClient(l layout) *agentclient.Client {
 // builds a new agent client; the VM is not the daemon's child now, so its end is watched
 // through a pidfd and its exit status is unknown.
 func (d *Driver) Reattach(ctx context.Context, st vmm.State) (_ vmm.Machine, err error) {
-	if st.Driver != DriverName {
-		return nil, fmt.Errorf("qemu: cannot reattach a %q VM", st.Driver)
-	}
 	port := st.AgentPort
 	l := layout{
 		QMPSocket:   st.ControlSocket,
