@@ -25,7 +25,7 @@ lint:
 	$(GO) vet ./...
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/system/
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/system/...
 
 install: build
 	for b in $(BINARIES); do install -m 0755 bin/$$b /usr/local/bin/$$b || exit 1; done
