@@ -21,6 +21,7 @@ import (
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/agent/agentclient"
 	"github.com/banger-vm/banger/internal/kernelimage"
+	"github.com/banger-vm/banger/internal/revert"
 	"github.com/banger-vm/banger/internal/vmm"
 	"github.com/banger-vm/banger/internal/vmm/proc"
 )
@@ -185,16 +186,10 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 	}
 
 	// Everything from here on is undone on failure.
-	var undo []func()
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-		}
-	}()
+	undo := revert.New()
+	defer undo.Fail()
 	if d.cfg.Jailer != nil {
-		undo = append(undo, func() { os.RemoveAll(lay.chrootDir) })
+		undo.Add(func() { os.RemoveAll(lay.chrootDir) })
 		if err := stageJail(&lay, vmlinux, spec); err != nil {
 			return nil, err
 		}
@@ -212,7 +207,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	m := newMachine(d, p, lay, spec.RunDir, spec.AgentPort)
-	undo = append(undo, func() { m.Kill() })
+	undo.Add(func() { m.Kill() })
 	if m.st.StartTime == 0 {
 		return nil, m.withConsole(fmt.Errorf("firecracker (pid %d) exited at once", m.pid))
 	}
@@ -226,6 +221,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 	if err := m.api.Action(ctx, ActionInstanceStart); err != nil {
 		return nil, m.withConsole(fmt.Errorf("boot: %w", err))
 	}
+	undo.Success()
 	return m, nil
 }
 
