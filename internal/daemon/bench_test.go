@@ -29,7 +29,7 @@ func TestBenchStat(t *testing.T) {
 
 func TestSummarizeBench(t *testing.T) {
 	stages := func(disks, agent, ssh float64) []api.Stage {
-		s := []api.Stage{{Name: createStage.name, DurationMS: disks}, {Name: "starting the vmm", DurationMS: 10}, {Name: stageAgent, DurationMS: agent}}
+		s := []api.Stage{{Name: stageDisks, DurationMS: disks}, {Name: "starting the vmm", DurationMS: 10}, {Name: stageAgent, DurationMS: agent}}
 		if ssh > 0 {
 			s = append(s, api.Stage{Name: stageSSH, DurationMS: ssh})
 		}
@@ -48,7 +48,7 @@ func TestSummarizeBench(t *testing.T) {
 			t.Errorf("stage %q guest = %v", s.Name, s.Guest)
 		}
 	}
-	if got := strings.Join(names, ","); got != strings.Join([]string{createStage.name, "starting the vmm", stageAgent, stageSSH}, ",") {
+	if got := strings.Join(names, ","); got != strings.Join([]string{stageDisks, "starting the vmm", stageAgent, stageSSH}, ",") {
 		t.Errorf("stage order %s", got)
 	}
 	if res.Stages[0].MedianMS != 30 || res.Stages[3].N != 2 {

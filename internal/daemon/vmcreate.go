@@ -154,7 +154,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	}
 	r.Add(func() { _ = os.RemoveAll(rec.Dir); _ = os.RemoveAll(rec.RunDir) })
 	timings := lifecycle.New("vm.create", id, d.log, d.store)
-	if err := runStage(ctx, timings, progress, createStage, func(ctx context.Context) error {
+	if err := runStage(ctx, timings, progress, disksStage(), func(ctx context.Context) error {
 		hostKey, err := d.buildDisks(ctx, rec.vmSpec, p)
 		if err != nil {
 			return err

@@ -42,9 +42,12 @@ const (
 // needs slack.
 const agentDeadline = 3 * time.Minute
 
-// createStage builds a new VM's disks.
-var createStage = stage{"preparing disks", 2 * time.Minute,
-	"check free space in the data dir and that e2fsprogs is installed (`banger doctor`)"}
+// stageDisks is create's one stage: it builds a new VM's disks.
+const stageDisks = "preparing disks"
+
+func disksStage() stage {
+	return stage{stageDisks, 2 * time.Minute, "check free space in the data dir and that e2fsprogs is installed (`banger doctor`)"}
+}
 
 // startStep is one row of the start table: the stage, an optional condition, what it does,
 // and whether the start goes on when it fails.
