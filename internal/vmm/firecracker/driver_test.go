@@ -2,6 +2,7 @@ package firecracker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/binary"
@@ -18,28 +19,19 @@ import (
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
-// tinyVmlinux writes a minimal x86_64 ET_EXEC (all the kernel preparation checks).
+// tinyVmlinux writes a minimal x86_64 ET_EXEC (all the kernel preparation checks): one
+// PT_LOAD of 16 bytes at 0x1000000.
 func tinyVmlinux(t *testing.T, path string) {
-	le := binary.LittleEndian
+	hdr := elf.Header64{Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: 1,
+		Entry: 0x1000000, Phoff: 64, Ehsize: 64, Phentsize: 56, Phnum: 1, Shentsize: 64}
+	copy(hdr.Ident[:], elf.ELFMAG)
+	hdr.Ident[elf.EI_CLASS], hdr.Ident[elf.EI_DATA], hdr.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), 1
+	ph := elf.Prog64{Type: uint32(elf.PT_LOAD), Off: 0x1000, Vaddr: 0xffffffff81000000, Paddr: 0x1000000, Filesz: 16, Memsz: 16}
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, hdr)
+	binary.Write(&b, binary.LittleEndian, ph)
 	f := make([]byte, 0x1000+16)
-	copy(f, elf.ELFMAG)
-	f[elf.EI_CLASS], f[elf.EI_DATA], f[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), 1
-	le.PutUint16(f[16:], uint16(elf.ET_EXEC))
-	le.PutUint16(f[18:], uint16(elf.EM_X86_64))
-	le.PutUint32(f[20:], 1)
-	le.PutUint64(f[24:], 0x1000000)
-	le.PutUint64(f[32:], 64)
-	le.PutUint16(f[52:], 64)
-	le.PutUint16(f[54:], 56)
-	le.PutUint16(f[56:], 1)
-	le.PutUint16(f[58:], 64)
-	ph := f[64:]
-	le.PutUint32(ph[0:], uint32(elf.PT_LOAD))
-	le.PutUint64(ph[8:], 0x1000)
-	le.PutUint64(ph[16:], 0xffffffff81000000)
-	le.PutUint64(ph[24:], 0x1000000)
-	le.PutUint64(ph[32:], 16)
-	le.PutUint64(ph[40:], 16)
+	copy(f, b.Bytes())
 	if err := os.WriteFile(path, f, 0o644); err != nil {
 		t.Fatal(err)
 	}
