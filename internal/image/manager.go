@@ -240,7 +240,7 @@ func (b *build) finish(ctx context.Context, name, source, digest string, kernel 
 		return store.Image{}, err
 	}
 	b.meta.PackageFormat, b.meta.PackageCount = man.Format, len(man.Packages)
-	if err := syncDir(b.dir); err != nil {
+	if err := system.SyncDir(b.dir); err != nil {
 		return store.Image{}, err
 	}
 
@@ -256,7 +256,7 @@ func (b *build) finish(ctx context.Context, name, source, digest string, kernel 
 	if err := os.Rename(b.dir, final); err != nil {
 		return store.Image{}, fmt.Errorf("install image: %w", err)
 	}
-	_ = syncDir(m.ImagesDir)
+	_ = system.SyncDir(m.ImagesDir)
 	b.dir = final
 	b.meta.Dir = final
 	b.meta.PackagesPath = filepath.Join(final, PackagesFile)
@@ -672,13 +672,4 @@ func fileSizes(p string) (apparent, used int64) {
 		used = s
 	}
 	return apparent, used
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
