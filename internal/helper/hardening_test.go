@@ -224,16 +224,22 @@ func TestOutsideCannotOpenConnectionsToGuests(t *testing.T) {
 	}
 }
 
-func TestGuestCannotReachOtherGuestThroughGatewayWhenIsolated(t *testing.T) {
-	needRoot(t)
-	tp := newTopology(t, true)
-	// Each guest routes the other via the gateway, so frames go guest -> bridge -> host IP
-	// forwarding -> bridge -> guest: port isolation (L2) never sees guest-to-guest frames.
+// routeGuestsViaGateway makes each guest route the other via the gateway, so frames go
+// guest -> bridge -> host IP forwarding -> bridge -> guest: port isolation (L2) never sees
+// guest-to-guest frames. It returns a listener on guest 2 at 10.213.66.3:8085.
+func routeGuestsViaGateway(t testing.TB, tp *topology) net.Listener {
+	t.Helper()
 	noRedirects(t, tp.g1)
 	noRedirects(t, tp.g2)
 	routeIn(t, tp.g1, "10.213.66.3/32", "10.213.66.1")
 	routeIn(t, tp.g2, "10.213.66.2/32", "10.213.66.1")
-	g2 := listenIn(t, tp.g2, "10.213.66.3:8085")
+	return listenIn(t, tp.g2, "10.213.66.3:8085")
+}
+
+func TestGuestCannotReachOtherGuestThroughGatewayWhenIsolated(t *testing.T) {
+	needRoot(t)
+	tp := newTopology(t, true)
+	g2 := routeGuestsViaGateway(t, tp)
 	_, err := dialFrom(tp.g1, g2, "10.213.66.3:8085")
 	if err == nil {
 		t.Fatal("guest 1 reached guest 2 by routing through the gateway although isolate_vms is on")
@@ -246,11 +252,7 @@ func TestGuestCannotReachOtherGuestThroughGatewayWhenIsolated(t *testing.T) {
 func TestGuestToGuestThroughGatewayWorksWhenIsolationIsOff(t *testing.T) {
 	needRoot(t)
 	tp := newTopology(t, false)
-	noRedirects(t, tp.g1)
-	noRedirects(t, tp.g2)
-	routeIn(t, tp.g1, "10.213.66.3/32", "10.213.66.1")
-	routeIn(t, tp.g2, "10.213.66.2/32", "10.213.66.1")
-	g2 := listenIn(t, tp.g2, "10.213.66.3:8085")
+	g2 := routeGuestsViaGateway(t, tp)
 	if _, err := dialFrom(tp.g1, g2, "10.213.66.3:8085"); err != nil {
 		t.Fatalf("with isolate_vms = false guests may reach each other via the gateway too: %v", err)
 	}
@@ -349,19 +351,6 @@ func TestGuestReachesOnlyDNSOnTheHost(t *testing.T) {
 	if _, err := dialFrom(tp.host, ssh, "10.213.66.2:22"); err != nil {
 		t.Errorf("host -> guest ssh: %v", err)
 	}
-}
-
-func newOpsCfg(t testing.TB, ns netns.NsHandle, cfg NetConfig) *Ops {
-	t.Helper()
-	o, err := NewOps(cfg, ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = o.Teardown()
-		o.Close()
-	})
-	return o
 }
 
 func TestTAPsPerOwnerAreCapped(t *testing.T) {

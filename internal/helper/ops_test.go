@@ -18,7 +18,13 @@ var testSubnet = netip.MustParsePrefix("10.213.66.0/24")
 
 func newTestOps(t testing.TB, ns netns.NsHandle, owner int, isolate bool) *Ops {
 	t.Helper()
-	o, err := NewOps(NetConfig{OwnerUID: owner, Bridge: "banger0", Subnet: testSubnet, IsolateVMs: isolate}, ns)
+	return newOpsCfg(t, ns, NetConfig{OwnerUID: owner, Bridge: "banger0", Subnet: testSubnet, IsolateVMs: isolate})
+}
+
+// newOpsCfg is an Ops on cfg in ns, torn down when the test ends.
+func newOpsCfg(t testing.TB, ns netns.NsHandle, cfg NetConfig) *Ops {
+	t.Helper()
+	o, err := NewOps(cfg, ns)
 	if err != nil {
 		t.Fatal(err)
 	}

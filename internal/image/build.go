@@ -35,16 +35,11 @@ func (m *Manager) Build(ctx context.Context, o BuildOptions) (store.Image, error
 	if o.SizeBytes > m.limits().MaxBytes {
 		return store.Image{}, fmt.Errorf("image build: %w", m.limits().tooBig("--size", o.SizeBytes))
 	}
-	unlock, err := m.lockName(o.Name)
+	b, end, err := m.startBuild(o.Name, o.Progress)
 	if err != nil {
 		return store.Image{}, err
 	}
-	defer unlock()
-	b, err := m.newBuild(o.Progress)
-	if err != nil {
-		return store.Image{}, err
-	}
-	defer b.abort()
+	defer end()
 	b.meta.Kind, b.meta.Ref = KindBuild, o.Base.Name
 	b.prog.report(Progress{Stage: "copying " + o.Base.Name + "'s root filesystem"})
 	if _, err := system.CloneFile(ctx, o.Base.RootfsPath, b.rootfs()); err != nil {

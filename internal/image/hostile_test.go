@@ -10,11 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/banger-vm/banger/internal/system/ext4/ext4test"
 )
 
 // sled makes the attack independent of where debugfs's 8 KiB fgets cuts the line: the
@@ -168,72 +169,14 @@ func TestImportRefusesSparseBomb(t *testing.T) {
 	assertNothingRegistered(t, m)
 }
 
-// hostileExt4 builds an ext4 whose /root holds a regular file and a symlink whose on-disk
-// names climb out of any directory they are dumped into (to outside/escaped and
-// outside/escaped-link), plus an ordinary /root/ok. mkfs.ext4 -d makes it with same-length
-// placeholder names; the names are then patched in the image bytes (metadata_csum off, so
-// the directory block stays readable).
-func hostileExt4(t *testing.T, outside string) string {
-	t.Helper()
+func TestImportExt4WithEscapingDirent(t *testing.T) {
+	m := newTestManager(t)
+	outside := t.TempDir()
 	mkfs := "/usr/sbin/mkfs.ext4"
 	if _, err := os.Stat(mkfs); err != nil {
 		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
 	}
-	climb := strings.Repeat("../", 24) + strings.TrimPrefix(outside, "/") + "/"
-	names := map[string]string{"Q": climb + "escaped", "L": climb + "escaped-link"}
-	src := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(src, "root"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for ph, evil := range names {
-		if len(evil) > 255 {
-			t.Skipf("temp dir path too long for a 255-byte dirent: %s", outside)
-		}
-		p := filepath.Join(src, "root", strings.Repeat(ph, len(evil)))
-		var err error
-		if ph == "Q" {
-			err = os.WriteFile(p, []byte("written by the image\n"), 0o644)
-		} else {
-			err = os.Symlink("/etc/passwd", p)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(src, "root", "ok"), []byte("fine\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(t.TempDir(), "evil.ext4")
-	if err := os.WriteFile(img, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 32<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(mkfs, "-q", "-F", "-O", "^metadata_csum,^dir_index", "-E", "root_owner=0:0", "-d", src, img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
-	raw, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ph, evil := range names {
-		placeholder := []byte(strings.Repeat(ph, len(evil)))
-		if n := bytes.Count(raw, placeholder); n != 1 {
-			t.Fatalf("placeholder for %s found %d times in the image, want 1", evil, n)
-		}
-		raw = bytes.Replace(raw, placeholder, []byte(evil), 1)
-	}
-	if err := os.WriteFile(img, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
-func TestImportExt4WithEscapingDirent(t *testing.T) {
-	m := newTestManager(t)
-	outside := t.TempDir()
-	img := hostileExt4(t, outside)
+	img := ext4test.HostileImage(t, mkfs, outside)
 	_, err := m.Import(context.Background(), ImportOptions{Name: "evil", Path: img, NoKernel: true})
 	ents, _ := os.ReadDir(outside)
 	for _, e := range ents {

@@ -129,12 +129,9 @@ func (m *Manager) PullKernel(ctx context.Context, suite string, progress Progres
 		return Kernel{}, fmt.Errorf("kernel: package %s has no Filename/SHA256 in the index", name)
 	}
 	id := sanitizeID(strings.TrimPrefix(name, "linux-image-") + "_" + version)
-	if k, err := m.Kernel(id); err == nil {
-		return k, nil
-	}
-	stage, err := m.kernelStage()
-	if err != nil {
-		return Kernel{}, err
+	installed, stage, err := m.kernelStage(id)
+	if stage == "" {
+		return installed, err
 	}
 	defer os.RemoveAll(stage)
 	debPath := filepath.Join(stage, "kernel.deb")
@@ -176,13 +173,22 @@ func (m *Manager) PullKernel(ctx context.Context, suite string, progress Progres
 	return m.installKernel(ctx, root, k)
 }
 
-// kernelStage makes a private staging directory inside the kernels dir, so the finished
-// tree can be renamed into place on the same filesystem.
-func (m *Manager) kernelStage() (string, error) {
-	if err := os.MkdirAll(m.KernelsDir, 0o700); err != nil {
-		return "", err
+// kernelStage returns kernel id when it is already installed; otherwise it makes a private
+// staging directory for it inside the kernels dir (so the finished tree can be renamed
+// into place on the same filesystem), which the caller removes. stage is "" when there is
+// nothing to build: the kernel is there, or err says why no stage was made.
+func (m *Manager) kernelStage(id string) (k Kernel, stage string, err error) {
+	if k, err := m.Kernel(id); err == nil {
+		return k, "", nil
 	}
-	return os.MkdirTemp(m.KernelsDir, stagingPrefix)
+	if err := os.MkdirAll(m.KernelsDir, 0o700); err != nil {
+		return Kernel{}, "", err
+	}
+	stage, err = os.MkdirTemp(m.KernelsDir, stagingPrefix)
+	if err != nil {
+		return Kernel{}, "", err
+	}
+	return Kernel{}, stage, nil
 }
 
 // installKernel builds the kernel's modules disk in the staged tree root, records k's
@@ -399,12 +405,9 @@ func (m *Manager) ImportKernel(ctx context.Context, dir, suite string) (Kernel, 
 		return Kernel{}, fmt.Errorf("kernel import %s: %w", dir, err)
 	}
 	id := sanitizeID(kinfo.Release + "_imported")
-	if k, err := m.Kernel(id); err == nil {
-		return k, nil
-	}
-	stage, err := m.kernelStage()
-	if err != nil {
-		return Kernel{}, err
+	installed, stage, err := m.kernelStage(id)
+	if stage == "" {
+		return installed, err
 	}
 	defer os.RemoveAll(stage)
 	root := filepath.Join(stage, "root")

@@ -159,15 +159,25 @@ type build struct {
 	prog  ProgressFunc
 }
 
-func (m *Manager) newBuild(prog ProgressFunc) (*build, error) {
+// startBuild takes name for a build (lockName) and opens the build's staging directory.
+// The caller defers end: it removes the staging directory unless finish installed it,
+// then gives the name back.
+func (m *Manager) startBuild(name string, prog ProgressFunc) (b *build, end func(), err error) {
+	unlock, err := m.lockName(name)
+	if err != nil {
+		return nil, nil, err
+	}
 	if err := os.MkdirAll(m.ImagesDir, 0o700); err != nil {
-		return nil, err
+		unlock()
+		return nil, nil, err
 	}
 	dir, err := os.MkdirTemp(m.ImagesDir, stagingPrefix)
 	if err != nil {
-		return nil, fmt.Errorf("staging directory: %w", err)
+		unlock()
+		return nil, nil, fmt.Errorf("staging directory: %w", err)
 	}
-	return &build{m: m, dir: dir, start: time.Now(), prog: prog}, nil
+	b = &build{m: m, dir: dir, start: time.Now(), prog: prog}
+	return b, func() { b.abort(); unlock() }, nil
 }
 
 func (b *build) rootfs() string { return filepath.Join(b.dir, RootfsFile) }
@@ -230,7 +240,7 @@ func (b *build) finish(ctx context.Context, name, source, digest string, kernel 
 		return store.Image{}, err
 	}
 	b.meta.PackageFormat, b.meta.PackageCount = man.Format, len(man.Packages)
-	if err := syncDir(b.dir); err != nil {
+	if err := system.SyncDir(b.dir); err != nil {
 		return store.Image{}, err
 	}
 
@@ -246,7 +256,7 @@ func (b *build) finish(ctx context.Context, name, source, digest string, kernel 
 	if err := os.Rename(b.dir, final); err != nil {
 		return store.Image{}, fmt.Errorf("install image: %w", err)
 	}
-	_ = syncDir(m.ImagesDir)
+	_ = system.SyncDir(m.ImagesDir)
 	b.dir = final
 	b.meta.Dir = final
 	b.meta.PackagesPath = filepath.Join(final, PackagesFile)
@@ -292,16 +302,11 @@ func (m *Manager) Pull(ctx context.Context, o PullOptions) (store.Image, error) 
 	if name == "" {
 		name = e.Name
 	}
-	unlock, err := m.lockName(name)
+	b, end, err := m.startBuild(name, o.Progress)
 	if err != nil {
 		return store.Image{}, err
 	}
-	defer unlock()
-	b, err := m.newBuild(o.Progress)
-	if err != nil {
-		return store.Image{}, err
-	}
-	defer b.abort()
+	defer end()
 	b.meta.Kind, b.meta.Ref, b.meta.Suite = e.Kind, e.Ref, e.Suite
 	source, digest := e.Source(), ""
 	switch e.Kind {
@@ -456,16 +461,11 @@ func (m *Manager) Import(ctx context.Context, o ImportOptions) (store.Image, err
 	head := make([]byte, 1082)
 	n, _ := io.ReadFull(f, head)
 	f.Close()
-	unlock, err := m.lockName(o.Name)
+	b, end, err := m.startBuild(o.Name, o.Progress)
 	if err != nil {
 		return store.Image{}, err
 	}
-	defer unlock()
-	b, err := m.newBuild(o.Progress)
-	if err != nil {
-		return store.Image{}, err
-	}
-	defer b.abort()
+	defer end()
 	b.meta.Kind, b.meta.Ref = KindImport, o.Path
 	if n >= 1082 && head[1080] == 0x53 && head[1081] == 0xEF {
 		if size, _ := fileSizes(o.Path); size > m.limits().MaxBytes {
@@ -672,13 +672,4 @@ func fileSizes(p string) (apparent, used int64) {
 		used = s
 	}
 	return apparent, used
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }

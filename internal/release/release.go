@@ -13,7 +13,6 @@
 package release
 
 import (
-	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/ed25519"
@@ -33,6 +32,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/system/proc"
 	"github.com/banger-vm/banger/internal/update"
 )
@@ -340,32 +340,7 @@ func writeAtomic(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, bytes.NewReader(data)); err != nil {
-		tmp.Close()
-		return err
-	}
-	return closeInto(tmp, path)
-}
-
-// closeInto makes tmp readable by all, syncs and closes it, and renames it to path.
-func closeInto(tmp *os.File, path string) error {
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return system.WriteFileAtomic(path, data, 0o644)
 }
 
 // MakeOptions configure Make.
@@ -406,16 +381,12 @@ func Make(ctx context.Context, o MakeOptions) (Published, error) {
 		return Published{}, err
 	}
 	dst := filepath.Join(verDir, update.ArtifactName(o.Version, o.Platform))
-	tmp, err := os.CreateTemp(verDir, "."+filepath.Base(dst)+".*.tmp")
-	if err != nil {
-		return Published{}, err
-	}
-	defer os.Remove(tmp.Name())
-	if err := update.WriteArtifact(tmp, o.BinDir, o.GzipLevel); err != nil {
-		tmp.Close()
-		return Published{}, fmt.Errorf("pack %s: %w", o.BinDir, err)
-	}
-	if err := closeInto(tmp, dst); err != nil {
+	if err := system.WriteAtomic(dst, 0o644, func(w io.Writer) error {
+		if err := update.WriteArtifact(w, o.BinDir, o.GzipLevel); err != nil {
+			return fmt.Errorf("pack %s: %w", o.BinDir, err)
+		}
+		return nil
+	}); err != nil {
 		return Published{}, err
 	}
 	return Publish(o.PublishOptions)

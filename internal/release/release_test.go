@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -201,63 +200,30 @@ type builds struct {
 }
 
 var (
-	buildOnce sync.Once
-	built     builds
-	buildErr  error
+	shared updatetest.Shared
+	built  builds
 )
 
 func buildReleases(t *testing.T) builds {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds banger twice: not in -short mode")
-	}
-	buildOnce.Do(func() {
-		// Not t.TempDir: the builds outlive the test that happens to make them.
-		dir, err := os.MkdirTemp("", "bgr-builds-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		cleanup = append(cleanup, dir)
+	shared.Do(t, func(dir string) error {
 		kp, err := release.Keygen(filepath.Join(dir, "key"), rand.Reader)
 		if err != nil {
-			buildErr = err
-			return
+			return err
 		}
 		built.priv = kp.PrivatePath
 		pub, _ := base64.StdEncoding.DecodeString(kp.Public)
-		var wg sync.WaitGroup
-		errs := make([]error, 2)
-		for i, b := range []struct {
-			dst    *updatetest.Build
-			sub, v string
-		}{{&built.old, "old", "v1.0.0"}, {&built.new, "new", "v1.1.0"}} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				*b.dst, errs[i] = updatetest.BuildRelease(filepath.Join(dir, b.sub), b.v, "", ed25519.PublicKey(pub))
-			}()
-		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil && buildErr == nil {
-				buildErr = err
-			}
-		}
+		b, err := updatetest.BuildReleases(dir, []updatetest.Spec{{Sub: "old", Version: "v1.0.0"}, {Sub: "new", Version: "v1.1.0"}},
+			ed25519.PublicKey(pub))
+		built.old, built.new = b[0], b[1]
+		return err
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
 	return built
 }
 
-var cleanup []string
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, d := range cleanup {
-		os.RemoveAll(d)
-	}
+	shared.Remove()
 	os.Exit(code)
 }
 

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/banger-vm/banger/internal/system"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -83,7 +84,7 @@ func (s *Store) EnsureUserKey() ([]byte, error) {
 			return nil, fmt.Errorf("banger SSH key %s: %w (remove it and its .pub; new VMs get a new one)", s.UserKeyPath(), err)
 		}
 		pub := append(bytes.TrimRight(ssh.MarshalAuthorizedKey(signer.PublicKey()), "\n"), " banger user key\n"...)
-		if err := writeFileAtomic(s.UserKeyPath()+".pub", pub, 0o644); err != nil {
+		if err := system.WriteFileAtomic(s.UserKeyPath()+".pub", pub, 0o644); err != nil {
 			return nil, err
 		}
 		return pub, nil
@@ -96,10 +97,10 @@ func (s *Store) EnsureUserKey() ([]byte, error) {
 		return nil, err
 	}
 	// Private key first: a .pub without its private half would be taken as a key.
-	if err := writeFileAtomic(s.UserKeyPath(), priv, 0o600); err != nil {
+	if err := system.WriteFileAtomic(s.UserKeyPath(), priv, 0o600); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(s.UserKeyPath()+".pub", pub, 0o644); err != nil {
+	if err := system.WriteFileAtomic(s.UserKeyPath()+".pub", pub, 0o644); err != nil {
 		return nil, err
 	}
 	return pub, nil
@@ -214,7 +215,7 @@ func (s *Store) writePins(lines []string) error {
 	if data != "" {
 		data += "\n"
 	}
-	return writeFileAtomic(s.KnownHostsPath(), []byte(data), 0o600)
+	return system.WriteFileAtomic(s.KnownHostsPath(), []byte(data), 0o600)
 }
 
 // HostKeyCallback checks a server's key against the pins (the alias must be the host name
@@ -224,30 +225,4 @@ func (s *Store) HostKeyCallback() (ssh.HostKeyCallback, error) {
 		return nil, fmt.Errorf("no pinned host keys at %s: %w", s.KnownHostsPath(), err)
 	}
 	return knownhosts.New(s.KnownHostsPath())
-}
-
-// writeFileAtomic replaces path with data: readers see the old or the new file, never a
-// partial one.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

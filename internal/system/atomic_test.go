@@ -3,6 +3,7 @@ package system
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -215,4 +216,26 @@ func TestCloneFileSparse(t *testing.T) {
 		t.Error("clone of a missing file succeeded")
 	}
 	wantMissing(t, filepath.Join(dir, "x"))
+}
+
+func TestWriteAtomic(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	writeFile(t, p, "old")
+	if err := WriteFileAtomic(p, []byte("new"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantContent(t, p, "new")
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", fi.Mode())
+	}
+	// A failed write leaves the old file and no temporary file.
+	boom := errors.New("boom")
+	if err := WriteAtomic(p, 0o644, func(w io.Writer) error { w.Write([]byte("half")); return boom }); !errors.Is(err, boom) {
+		t.Fatalf("err = %v", err)
+	}
+	wantContent(t, p, "new")
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("leftovers: %v", ents)
+	}
 }

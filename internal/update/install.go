@@ -184,7 +184,7 @@ func (in Install) WriteJournal(j Journal) error {
 	if err != nil {
 		return err
 	}
-	return writeFileSync(in.journalPath(), data)
+	return system.WriteFileAtomic(in.journalPath(), data, 0o600)
 }
 
 // ReadJournal returns the journal, or ok=false when none exists.
@@ -207,39 +207,7 @@ func (in Install) RemoveJournal() error {
 	if err := os.Remove(in.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return syncDir(in.Staging)
-}
-
-func writeFileSync(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return system.SyncDir(in.Staging)
 }
 
 // FileSHA256 returns the hex SHA-256 of path, or "" when it does not exist.
@@ -309,7 +277,7 @@ func Extract(tarball, dir string) error {
 			return fmt.Errorf("artifact %s lacks %s: a banger artifact holds %s", tarball, b, strings.Join(Binaries(), ", "))
 		}
 	}
-	return syncDir(dir)
+	return system.SyncDir(dir)
 }
 
 func writeExecutable(path string, r io.Reader) error {

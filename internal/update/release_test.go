@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/banger-vm/banger/internal/api"
@@ -24,57 +23,29 @@ type releases struct {
 }
 
 var (
-	relOnce sync.Once
-	rel     releases
-	relErr  error
-	relDir  string
+	shared updatetest.Shared
+	rel    releases
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if relDir != "" {
-		os.RemoveAll(relDir)
-	}
+	shared.Remove()
 	os.Exit(code)
 }
 
 // builds compiles the test releases once for the package (seconds with a warm build cache).
 func builds(t *testing.T) releases {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds banger three times: not in -short mode")
-	}
-	relOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bgu-builds-")
-		if err != nil {
-			relErr = err
-			return
-		}
-		relDir = dir
+	shared.Do(t, func(dir string) error {
 		rel.key = updatetest.NewKey(t)
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		for _, b := range []struct {
-			dst           *updatetest.Build
-			sub, v, hooks string
-		}{{&rel.old, "old", "v1.0.0", "crash"}, {&rel.new, "new", "v1.1.0", "crash"}, {&rel.broken, "broken", "v1.1.0", "crash,doctor-fail"}} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				built, err := updatetest.BuildRelease(filepath.Join(dir, b.sub), b.v, b.hooks, rel.key.Pub)
-				mu.Lock()
-				defer mu.Unlock()
-				*b.dst = built
-				if err != nil && relErr == nil {
-					relErr = err
-				}
-			}()
-		}
-		wg.Wait()
+		b, err := updatetest.BuildReleases(dir, []updatetest.Spec{
+			{Sub: "old", Version: "v1.0.0", Hooks: "crash"},
+			{Sub: "new", Version: "v1.1.0", Hooks: "crash"},
+			{Sub: "broken", Version: "v1.1.0", Hooks: "crash,doctor-fail"},
+		}, rel.key.Pub)
+		rel.old, rel.new, rel.broken = b[0], b[1], b[2]
+		return err
 	})
-	if relErr != nil {
-		t.Fatal(relErr)
-	}
 	return rel
 }
 

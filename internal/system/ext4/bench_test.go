@@ -109,18 +109,10 @@ func BenchmarkTarToExt4(b *testing.B) {
 	b.Logf("tar %d MB, file data %d MB, image %d MB", len(tarball)>>20, data>>20, size>>20)
 	b.Run("banger", func(b *testing.B) {
 		b.SetBytes(data)
-		for i := 0; i < b.N; i++ {
-			img := filepath.Join(dir, "a.ext4")
-			if _, err := e.BuildExt4FromTar(context.Background(), img, bytes.NewReader(tarball), size); err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			if i == 0 {
-				mustFsck(b, e, img)
-			}
-			os.Remove(img)
-			b.StartTimer()
-		}
+		benchBuilds(b, e, filepath.Join(dir, "a.ext4"), func(img string) error {
+			_, err := e.BuildExt4FromTar(context.Background(), img, bytes.NewReader(tarball), size)
+			return err
+		})
 	})
 	b.Run("fakeroot-tar-mkfs", func(b *testing.B) {
 		fr, err := exec.LookPath("fakeroot")
@@ -185,18 +177,10 @@ func BenchmarkWorkDisk(b *testing.B) {
 	}
 	inject := []InjectedFile{{Path: ".ssh/authorized_keys", Data: []byte("ssh-ed25519 AAAA bench\n"), Mode: 0o600}}
 	b.Run("banger", func(b *testing.B) {
-		for i := 0; i < b.N; i++ {
-			disk := filepath.Join(dir, "work.ext4")
-			if _, err := e.BuildWorkDisk(ctx, WorkDiskSpec{Path: disk, SeedPath: seed, Inject: inject}); err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			if i == 0 {
-				mustFsck(b, e, disk)
-			}
-			os.Remove(disk)
-			b.StartTimer()
-		}
+		benchBuilds(b, e, filepath.Join(dir, "work.ext4"), func(disk string) error {
+			_, err := e.BuildWorkDisk(ctx, WorkDiskSpec{Path: disk, SeedPath: seed, Inject: inject})
+			return err
+		})
 	})
 	b.Run("naive-copy512M-fsck-resize", func(b *testing.B) {
 		// The old way: a 512 MiB seed image, copied whole then grown.
@@ -231,4 +215,21 @@ func BenchmarkWorkDisk(b *testing.B) {
 			b.StartTimer()
 		}
 	})
+}
+
+// benchBuilds times build making the image at img b.N times; the first image is checked
+// with e2fsck, and each is removed (outside the timer) before the next.
+func benchBuilds(b *testing.B, e *Toolkit, img string, build func(img string) error) {
+	b.Helper()
+	for i := 0; i < b.N; i++ {
+		if err := build(img); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if i == 0 {
+			mustFsck(b, e, img)
+		}
+		os.Remove(img)
+		b.StartTimer()
+	}
 }

@@ -322,3 +322,14 @@ func (e *Toolkit) stageFromImage(ctx context.Context, tr *imageTree, work stagin
 	}
 	return tr.warnings, nil
 }
+
+// stageWork stages the /root tree tr (nil for none) in work for a work disk or seed: a
+// private root directory holding tr's files, with their metadata recorded in t.
+func (e *Toolkit) stageWork(ctx context.Context, tr *imageTree, work staging) (t *stagedTree, warnings []string, err error) {
+	t = newStagedTree(work.stage)
+	t.meta[""] = &nodeMeta{mode: 0o040700}
+	if tr != nil {
+		warnings, err = e.stageFromImage(ctx, tr, work, t)
+	}
+	return t, warnings, err
+}

@@ -80,15 +80,10 @@ func (e *Toolkit) BuildWorkDisk(ctx context.Context, spec WorkDiskSpec) (warning
 		return nil, fmt.Errorf("build work disk %s: %w", spec.Path, err)
 	}
 	defer work.remove()
-	stage, scratch := work.stage, work.scratch
-	t := newStagedTree(stage)
-	t.meta[""] = &nodeMeta{mode: 0o040700}
-	if tree != nil {
-		w, err := e.stageFromImage(ctx, tree, work, t)
-		warnings = append(warnings, w...)
-		if err != nil {
-			return warnings, fmt.Errorf("build work disk %s: %w", spec.Path, err)
-		}
+	t, w, err := e.stageWork(ctx, tree, work)
+	warnings = append(warnings, w...)
+	if err != nil {
+		return warnings, fmt.Errorf("build work disk %s: %w", spec.Path, err)
 	}
 	for _, f := range spec.Inject {
 		if err := injectIntoStage(t, f); err != nil {
@@ -97,7 +92,7 @@ func (e *Toolkit) BuildWorkDisk(ctx context.Context, spec WorkDiskSpec) (warning
 	}
 	// Root-owned root directory whatever the seed says.
 	t.meta[""].uid, t.meta[""].gid = 0, 0
-	if err := e.buildImage(ctx, spec.Path, size, t, scratch); err != nil {
+	if err := e.buildImage(ctx, spec.Path, size, t, work.scratch); err != nil {
 		return warnings, fmt.Errorf("build work disk: %w", err)
 	}
 	return warnings, nil

@@ -50,15 +50,10 @@ func (e *Toolkit) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath strin
 		return nil, fmt.Errorf("build work seed: %w", err)
 	}
 	defer work.remove()
-	stage, scratch := work.stage, work.scratch
-	t := newStagedTree(stage)
-	t.meta[""] = &nodeMeta{mode: 0o040700}
-	if tree != nil {
-		w, err := e.stageFromImage(ctx, tree, work, t)
-		warnings = append(warnings, w...)
-		if err != nil {
-			return warnings, fmt.Errorf("build work seed: %w", err)
-		}
+	t, w, err := e.stageWork(ctx, tree, work)
+	warnings = append(warnings, w...)
+	if err != nil {
+		return warnings, fmt.Errorf("build work seed: %w", err)
 	}
 	// Build beside seedPath so the final rename is atomic.
 	f, err := os.CreateTemp(filepath.Dir(seedPath), "."+filepath.Base(seedPath)+".tmp-")
@@ -69,7 +64,7 @@ func (e *Toolkit) BuildWorkSeed(ctx context.Context, rootfsImage, seedPath strin
 	f.Close()
 	os.Remove(tmpImage)
 	defer os.Remove(tmpImage) // no-op after a successful rename
-	if err := e.buildImage(ctx, tmpImage, 0, t, scratch); err != nil {
+	if err := e.buildImage(ctx, tmpImage, 0, t, work.scratch); err != nil {
 		return warnings, fmt.Errorf("build work seed: %w", err)
 	}
 	if err := os.Rename(tmpImage, seedPath); err != nil {

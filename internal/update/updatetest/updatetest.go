@@ -92,6 +92,65 @@ func BuildRelease(dir, version, hooks string, keys ...ed25519.PublicKey) (Build,
 	return Build{Dir: dir, Version: version}, nil
 }
 
+// Spec is one build for BuildReleases: built into the subdirectory Sub, stamped Version,
+// with Hooks compiled in (see BuildRelease).
+type Spec struct{ Sub, Version, Hooks string }
+
+// BuildReleases builds specs concurrently under dir, each trusting keys, and returns the
+// builds in the order of specs; the error is the first spec's (in that order) that failed.
+func BuildReleases(dir string, specs []Spec, keys ...ed25519.PublicKey) ([]Build, error) {
+	builds := make([]Build, len(specs))
+	errs := make([]error, len(specs))
+	var wg sync.WaitGroup
+	for i, s := range specs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			builds[i], errs[i] = BuildRelease(filepath.Join(dir, s.Sub), s.Version, s.Hooks, keys...)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return builds, err
+		}
+	}
+	return builds, nil
+}
+
+// Shared makes a package's test releases once, the first time a test asks for them, in a
+// directory outside any test's TempDir: the builds outlive the test that happens to make
+// them. The package's TestMain calls Remove after m.Run.
+type Shared struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// Do skips the test in -short mode; otherwise the first call runs build in the shared
+// directory, and every call fails its test if build failed.
+func (s *Shared) Do(t *testing.T, build func(dir string) error) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds banger releases: not in -short mode")
+	}
+	s.once.Do(func() {
+		if s.dir, s.err = os.MkdirTemp("", "bg-builds-"); s.err == nil {
+			s.err = build(s.dir)
+		}
+	})
+	if s.err != nil {
+		t.Fatal(s.err)
+	}
+}
+
+// Remove deletes the shared directory, if a test made it.
+func (s *Shared) Remove() {
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
+}
+
 // Tarball returns the release artifact of b, packed by update.WriteArtifact as
 // banger-release does. It is written once per build directory (as b.Dir + ".tar.gz"):
 // compressing ~40 MB under the race detector takes seconds.

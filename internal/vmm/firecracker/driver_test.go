@@ -2,6 +2,7 @@ package firecracker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/binary"
@@ -18,28 +19,19 @@ import (
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
-// tinyVmlinux writes a minimal x86_64 ET_EXEC (all the kernel preparation checks).
+// tinyVmlinux writes a minimal x86_64 ET_EXEC (all the kernel preparation checks): one
+// PT_LOAD of 16 bytes at 0x1000000.
 func tinyVmlinux(t *testing.T, path string) {
-	le := binary.LittleEndian
+	hdr := elf.Header64{Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: 1,
+		Entry: 0x1000000, Phoff: 64, Ehsize: 64, Phentsize: 56, Phnum: 1, Shentsize: 64}
+	copy(hdr.Ident[:], elf.ELFMAG)
+	hdr.Ident[elf.EI_CLASS], hdr.Ident[elf.EI_DATA], hdr.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), 1
+	ph := elf.Prog64{Type: uint32(elf.PT_LOAD), Off: 0x1000, Vaddr: 0xffffffff81000000, Paddr: 0x1000000, Filesz: 16, Memsz: 16}
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, hdr)
+	binary.Write(&b, binary.LittleEndian, ph)
 	f := make([]byte, 0x1000+16)
-	copy(f, elf.ELFMAG)
-	f[elf.EI_CLASS], f[elf.EI_DATA], f[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), 1
-	le.PutUint16(f[16:], uint16(elf.ET_EXEC))
-	le.PutUint16(f[18:], uint16(elf.EM_X86_64))
-	le.PutUint32(f[20:], 1)
-	le.PutUint64(f[24:], 0x1000000)
-	le.PutUint64(f[32:], 64)
-	le.PutUint16(f[52:], 64)
-	le.PutUint16(f[54:], 56)
-	le.PutUint16(f[56:], 1)
-	le.PutUint16(f[58:], 64)
-	ph := f[64:]
-	le.PutUint32(ph[0:], uint32(elf.PT_LOAD))
-	le.PutUint64(ph[8:], 0x1000)
-	le.PutUint64(ph[16:], 0xffffffff81000000)
-	le.PutUint64(ph[24:], 0x1000000)
-	le.PutUint64(ph[32:], 16)
-	le.PutUint64(ph[40:], 16)
+	copy(f, b.Bytes())
 	if err := os.WriteFile(path, f, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +110,36 @@ func ctxT(t *testing.T) context.Context {
 
 func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
 
+// start starts f's machine; the test stops at an error.
+func (f *fixture) start(t *testing.T, ctx context.Context) vmm.Machine {
+	t.Helper()
+	m, err := f.drv.Start(ctx, f.spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// startFailing starts f's machine for a test where the start must fail, checks the failed
+// start left no firecracker, socket or file behind, and returns its error.
+func (f *fixture) startFailing(t *testing.T) error {
+	t.Helper()
+	_, err := f.drv.Start(ctxT(t), f.spec)
+	pidsOf(t, f)
+	assertNoLeftovers(t, f, 0)
+	return err
+}
+
+// mustStop stops m within timeout; the test stops at an error.
+func mustStop(t *testing.T, ctx context.Context, m vmm.Machine, timeout time.Duration) vmm.ExitInfo {
+	t.Helper()
+	info, err := m.Stop(ctx, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
 // processGone reports whether pid no longer exists (our children are reaped by Wait).
 func processGone(pid int) bool {
 	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
@@ -138,10 +160,7 @@ func assertNoLeftovers(t *testing.T, f *fixture, pid int) {
 func TestStartConfiguresAndStopsThroughAgent(t *testing.T) {
 	f := newFixture(t, "ok")
 	ctx := ctxT(t)
-	m, err := f.drv.Start(ctx, f.spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := f.start(t, ctx)
 	defer m.Kill()
 	if _, err := m.Agent().WaitReady(ctx); err != nil {
 		t.Fatalf("agent: %v", err)
@@ -200,10 +219,7 @@ func TestStartConfiguresAndStopsThroughAgent(t *testing.T) {
 		t.Errorf("state %+v", st)
 	}
 
-	info, err := m.Stop(ctx, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := mustStop(t, ctx, m, 10*time.Second)
 	if !info.Clean || info.Reason != "guest powered off" {
 		t.Errorf("exit %+v", info)
 	}
@@ -216,15 +232,9 @@ func TestStartConfiguresAndStopsThroughAgent(t *testing.T) {
 func TestStopFallsBackToCtrlAltDel(t *testing.T) {
 	f := newFixture(t, "ignore-power")
 	ctx := ctxT(t)
-	m, err := f.drv.Start(ctx, f.spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := f.start(t, ctx)
 	m.Agent().WaitReady(ctx)
-	info, err := m.Stop(ctx, 1500*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := mustStop(t, ctx, m, 1500*time.Millisecond)
 	if !info.Clean || !strings.Contains(info.Reason, "Ctrl-Alt-Del") {
 		t.Errorf("exit %+v", info)
 	}
@@ -234,15 +244,9 @@ func TestStopFallsBackToCtrlAltDel(t *testing.T) {
 func TestStopKillsWhenTimeoutRunsOut(t *testing.T) {
 	f := newFixture(t, "ignore-power,ignore-button")
 	ctx := ctxT(t)
-	m, err := f.drv.Start(ctx, f.spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := f.start(t, ctx)
 	start := time.Now()
-	info, err := m.Stop(ctx, 600*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := mustStop(t, ctx, m, 600*time.Millisecond)
 	if info.Clean || !strings.Contains(info.Reason, "signal 9") || !strings.Contains(info.Reason, "timed out") {
 		t.Errorf("exit %+v", info)
 	}
@@ -259,7 +263,7 @@ func TestStopKillsWhenTimeoutRunsOut(t *testing.T) {
 
 func TestStartFailsMidConfigureLeavesNothing(t *testing.T) {
 	f := newFixture(t, "fail=PUT /drives/work")
-	_, err := f.drv.Start(ctxT(t), f.spec)
+	err := f.startFailing(t)
 	var ae *APIError
 	if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.FaultMessage, "No such file") {
 		t.Fatalf("err = %v, want the API's fault message", err)
@@ -269,8 +273,6 @@ func TestStartFailsMidConfigureLeavesNothing(t *testing.T) {
 			t.Errorf("error lacks %q: %v", w, err)
 		}
 	}
-	pidsOf(t, f)
-	assertNoLeftovers(t, f, 0)
 }
 
 // pidsOf checks no fake firecracker of this fixture survives (by its API socket argument).
@@ -289,24 +291,20 @@ func pidsOf(t *testing.T, f *fixture) {
 
 func TestStartFirecrackerExitsEarly(t *testing.T) {
 	f := newFixture(t, "exit-early")
-	_, err := f.drv.Start(ctxT(t), f.spec)
+	err := f.startFailing(t)
 	if err == nil || !strings.Contains(err.Error(), "exited before its API socket appeared") ||
 		!strings.Contains(err.Error(), "exit status 1") || !strings.Contains(err.Error(), "bad configuration, giving up") {
 		t.Fatalf("err = %v", err)
 	}
-	pidsOf(t, f)
-	assertNoLeftovers(t, f, 0)
 }
 
 func TestStartNoAPISocket(t *testing.T) {
 	f := newFixture(t, "no-socket")
 	f.drv.cfg.StartTimeout = 300 * time.Millisecond
-	_, err := f.drv.Start(ctxT(t), f.spec)
+	err := f.startFailing(t)
 	if err == nil || !strings.Contains(err.Error(), "did not open its API socket") {
 		t.Fatalf("err = %v", err)
 	}
-	pidsOf(t, f)
-	assertNoLeftovers(t, f, 0)
 }
 
 func TestStartRefusesBadSpecAndMissingBinary(t *testing.T) {
@@ -333,10 +331,7 @@ func TestStartRefusesBadSpecAndMissingBinary(t *testing.T) {
 func TestReattach(t *testing.T) {
 	f := newFixture(t, "ok")
 	ctx := ctxT(t)
-	m, err := f.drv.Start(ctx, f.spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := f.start(t, ctx)
 	defer m.Kill()
 	st := m.State()
 	m.Close()
@@ -369,10 +364,7 @@ func TestReattach(t *testing.T) {
 		t.Errorf("wrong start time: %v", err)
 	}
 
-	info, err := m2.Stop(ctx, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := mustStop(t, ctx, m2, 5*time.Second)
 	if !info.Clean {
 		t.Errorf("exit %+v", info)
 	}
@@ -386,10 +378,7 @@ func TestReattach(t *testing.T) {
 func TestReattachedKillIsDetectedByPolling(t *testing.T) {
 	f := newFixture(t, "ok")
 	ctx := ctxT(t)
-	m, err := f.drv.Start(ctx, f.spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := f.start(t, ctx)
 	m2, err := New(Config{}).Reattach(ctx, m.State())
 	if err != nil {
 		t.Fatal(err)

@@ -128,8 +128,28 @@ func fakeQEMU(args []string, modes string) int {
 	return <-exit
 }
 
+// fakeQMPSession is the fake QEMU's QMP: capabilities, query-status, and system_powerdown,
+// which calls powerdown.
 func fakeQMPSession(c net.Conn, wmu *sync.Mutex, powerdown func()) {
 	write := func(s string) { wmu.Lock(); c.Write([]byte(s + "\r\n")); wmu.Unlock() }
+	serveQMPConn(c, write, map[string]func(id string) bool{
+		"qmp_capabilities": func(id string) bool { write(`{"return": {}` + id + `}`); return true },
+		"query-status": func(id string) bool {
+			write(`{"return": {"status": "running", "singlestep": false, "running": true}` + id + `}`)
+			return true
+		},
+		"system_powerdown": func(id string) bool {
+			write(`{"return": {}` + id + `}`)
+			powerdown()
+			return true
+		},
+	})
+}
+
+// serveQMPConn serves QMP on c, writing lines through write: the greeting, then each
+// command through its entry in cmds, which gets the reply's id suffix (`, "id": …` or "")
+// and returns false to hang up. A command not in cmds gets QEMU's CommandNotFound error.
+func serveQMPConn(c net.Conn, write func(string), cmds map[string]func(id string) bool) {
 	write(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}`)
 	r := bufio.NewReader(c)
 	for {
@@ -146,16 +166,13 @@ func fakeQMPSession(c net.Conn, wmu *sync.Mutex, powerdown func()) {
 		if cmd.ID != nil {
 			id = `, "id": ` + string(cmd.ID)
 		}
-		switch cmd.Execute {
-		case "qmp_capabilities":
-			write(`{"return": {}` + id + `}`)
-		case "query-status":
-			write(`{"return": {"status": "running", "singlestep": false, "running": true}` + id + `}`)
-		case "system_powerdown":
-			write(`{"return": {}` + id + `}`)
-			powerdown()
-		default:
+		reply, ok := cmds[cmd.Execute]
+		if !ok {
 			write(`{"error": {"class": "CommandNotFound", "desc": "The command ` + cmd.Execute + ` has not been found"}` + id + `}`)
+			continue
+		}
+		if !reply(id) {
+			return
 		}
 	}
 }

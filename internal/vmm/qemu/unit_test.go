@@ -3,7 +3,6 @@ package qemu
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -294,36 +293,20 @@ func fakeQMP(t *testing.T, silent bool) string {
 					_, _ = bufio.NewReader(c).ReadBytes('\n')
 					return
 				}
-				c.Write([]byte(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}` + "\r\n"))
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadBytes('\n')
-					if err != nil {
-						return
-					}
-					var cmd struct {
-						Execute string          `json:"execute"`
-						ID      json.RawMessage `json:"id"`
-					}
-					json.Unmarshal(line, &cmd)
-					id := ""
-					if cmd.ID != nil {
-						id = `, "id": ` + string(cmd.ID)
-					}
-					switch cmd.Execute {
-					case "qmp_capabilities":
-						c.Write([]byte(`{"return": {}}` + "\r\n"))
-					case "query-status":
-						c.Write([]byte(`{"event": "RESUME", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}` + "\r\n"))
-						c.Write([]byte(`{"return": {"status": "running", "singlestep": false, "running": true}` + id + "}\r\n"))
-					case "quit":
-						c.Write([]byte(`{"return": {}` + id + "}\r\n"))
-						c.Write([]byte(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": false, "reason": "host-qmp-quit"}}` + "\r\n"))
-						return
-					default:
-						c.Write([]byte(`{"error": {"class": "CommandNotFound", "desc": "The command ` + cmd.Execute + ` has not been found"}` + id + "}\r\n"))
-					}
-				}
+				write := func(s string) { c.Write([]byte(s + "\r\n")) }
+				serveQMPConn(c, write, map[string]func(id string) bool{
+					"qmp_capabilities": func(string) bool { write(`{"return": {}}`); return true },
+					"query-status": func(id string) bool {
+						write(`{"event": "RESUME", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}`)
+						write(`{"return": {"status": "running", "singlestep": false, "running": true}` + id + "}")
+						return true
+					},
+					"quit": func(id string) bool {
+						write(`{"return": {}` + id + "}")
+						write(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": false, "reason": "host-qmp-quit"}}`)
+						return false
+					},
+				})
 			}(c)
 		}
 	}()
