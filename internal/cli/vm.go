@@ -69,13 +69,9 @@ func (a *app) vmCreateCommand() *cobra.Command {
 			if len(args) == 1 {
 				f.req.Name = args[0]
 			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			vm, err := c.CreateVM(ctx, f.req, a.stageProgress(asJSON))
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.CreateVM(ctx, f.req, a.stageProgress(asJSON))
+			})
 			if err != nil {
 				return err
 			}
@@ -95,13 +91,9 @@ func (a *app) vmStartCommand() *cobra.Command {
 		Short: "Boot a VM and wait until its agent answers",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			vm, err := c.StartVM(ctx, args[0], a.stageProgress(asJSON))
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.StartVM(ctx, args[0], a.stageProgress(asJSON))
+			})
 			if err != nil {
 				return err
 			}

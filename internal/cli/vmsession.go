@@ -236,13 +236,9 @@ func (a *app) vmRestartCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			vm, err := c.RestartVM(ctx, req, a.stageProgress(asJSON))
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.RestartVM(ctx, req, a.stageProgress(asJSON))
+			})
 			if err != nil {
 				return err
 			}
