@@ -21,41 +21,27 @@ func privateDir(t *testing.T) string {
 	return dir
 }
 
-// serve listens on a socket in a private directory and runs handle (when not nil) on each
-// connection it accepts, one after the other. The listener closes when the test ends, and
-// with it every connection it accepted.
-func serve(t *testing.T, handle func(net.Conn)) (string, net.Listener) {
-	t.Helper()
+// A daemon killed after accepting a connection resets it: the CLI must see "not running"
+// (and start a new one) rather than a raw network error.
+func TestResetConnectionMeansDaemonNotRunning(t *testing.T) {
 	sock := filepath.Join(privateDir(t), "d.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	defer ln.Close()
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			defer c.Close()
-			if handle != nil {
-				handle(c)
-			}
+			// Read part of the request and close with the rest unread: the kernel resets.
+			_, _ = c.Read(make([]byte, 1))
+			c.Close()
 		}
 	}()
-	return sock, ln
-}
-
-// A daemon killed after accepting a connection resets it: the CLI must see "not running"
-// (and start a new one) rather than a raw network error.
-func TestResetConnectionMeansDaemonNotRunning(t *testing.T) {
-	sock, ln := serve(t, func(c net.Conn) {
-		// Read part of the request and close with the rest unread: the kernel resets.
-		_, _ = c.Read(make([]byte, 1))
-		c.Close()
-	})
-	_, err := NewClient(sock, "test").Status(context.Background())
+	_, err = NewClient(sock, "test").Status(context.Background())
 	var ae *Error
 	if !errors.As(err, &ae) || ae.Code != CodeDaemonNotRunning || ae.Hint == "" {
 		t.Fatalf("status against a resetting daemon: %v", err)
@@ -70,7 +56,13 @@ func TestResetConnectionMeansDaemonNotRunning(t *testing.T) {
 // The peer check reads the listener's uid from the kernel: ours passes, a different uid is
 // refused unless the listener is root.
 func TestCheckPeer(t *testing.T) {
-	sock, _ := serve(t, nil)
+	sock := filepath.Join(privateDir(t), "p.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// No need to accept: the kernel records the listener's credentials at connect(2).
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
