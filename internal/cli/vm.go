@@ -150,6 +150,32 @@ func (a *app) vmStopCommand() *cobra.Command {
 	return cmd
 }
 
+func (a *app) vmRestartCommand() *cobra.Command {
+	var f stopFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "restart NAME",
+		Short: "Stop a VM (if running) and boot it again; disks and addresses are kept",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req, err := f.request(args[0])
+			if err != nil {
+				return err
+			}
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.RestartVM(ctx, req, a.stageProgress(asJSON))
+			})
+			if err != nil {
+				return err
+			}
+			return a.printVM(vm, asJSON, "restarted")
+		},
+	}
+	f.add(cmd, "kill the VMM at once instead of shutting down")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
 func cmdContext(cmd *cobra.Command) context.Context {
 	if ctx := cmd.Context(); ctx != nil {
 		return ctx
