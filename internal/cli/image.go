@@ -179,9 +179,7 @@ func (a *app) imageListCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.env.Stdout, struct {
-					Images []api.Image `json:"images"`
-				}{imgs})
+				return printJSON(a.env.Stdout, api.ImagesResponse{Images: imgs})
 			}
 			if len(imgs) == 0 {
 				fmt.Fprintln(a.env.Stdout, "no images: pull one with `banger image pull`")
@@ -281,9 +279,7 @@ func (a *app) imageCatalogCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.env.Stdout, struct {
-					Entries []json.RawMessage `json:"entries"`
-				}{entries})
+				return printJSON(a.env.Stdout, api.CatalogResponse{Entries: entries})
 			}
 			rows := [][]string{{"NAME", "KIND", "SOURCE", "DESCRIPTION"}}
 			for _, raw := range entries {
@@ -323,9 +319,7 @@ func (a *app) kernelCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.env.Stdout, struct {
-					Kernels []json.RawMessage `json:"kernels"`
-				}{ks})
+				return printJSON(a.env.Stdout, api.KernelsResponse{Kernels: ks})
 			}
 			rows := [][]string{{"ID", "RELEASE", "SUITE", "SIZE", "VMLINUX"}}
 			for _, raw := range ks {
