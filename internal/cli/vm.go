@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -227,16 +226,13 @@ func (a *app) vmListCommand() *cobra.Command {
 			if asJSON {
 				return printJSON(a.env.Stdout, vms)
 			}
-			tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tIP\tDRIVER")
+			rows := [][]string{{"NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "IP", "DRIVER"}}
 			for _, vm := range vms {
-				ip := vm.Network.IP
-				if ip == "" {
-					ip = "-"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", vm.Name, vm.State, vm.Image, vm.CPUs, vm.MemoryMiB, ip, vm.Driver)
+				rows = append(rows, []string{vm.Name, vm.State, vm.Image, strconv.Itoa(vm.CPUs), fmt.Sprintf("%dM", vm.MemoryMiB),
+					orDash(vm.Network.IP), vm.Driver})
 			}
-			return tw.Flush()
+			table(a.env.Stdout, rows)
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
