@@ -54,10 +54,7 @@ Bench VMs are removed afterwards, also on failure or Ctrl-C.`,
 		},
 	}
 	cmd.Flags().IntVar(&req.Runs, "runs", 3, "rounds (each one banger create and one bare boot)")
-	cmd.Flags().StringVar(&req.Image, "image", "", "image to boot (default: config images.default)")
-	cmd.Flags().StringVar(&req.Kernel, "kernel", "", "kernel id (default: the image's, else the newest installed)")
-	cmd.Flags().IntVar(&req.CPUs, "cpus", 0, "vCPUs (default 2)")
-	cmd.Flags().StringVar(&req.Memory, "memory", "", "memory, like 512M or 2G (default 1G)")
+	addBootFlags(cmd, &req.Image, &req.Kernel, &req.CPUs, &req.Memory)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON (no progress)")
 	return cmd
 }

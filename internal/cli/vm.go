@@ -50,11 +50,17 @@ type createFlags struct {
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.req.Image, "image", "", "image to boot (default: config images.default)")
-	cmd.Flags().StringVar(&f.req.Kernel, "kernel", "", "kernel id (default: the image's, else the newest installed)")
-	cmd.Flags().IntVar(&f.req.CPUs, "cpus", 0, "vCPUs (default 2)")
-	cmd.Flags().StringVar(&f.req.Memory, "memory", "", "memory, like 512M or 2G (default 1G)")
+	addBootFlags(cmd, &f.req.Image, &f.req.Kernel, &f.req.CPUs, &f.req.Memory)
 	cmd.Flags().StringVar(&f.req.DiskSize, "disk-size", "", "size of the work disk at /root, like 8G (default 8G, sparse)")
+}
+
+// addBootFlags adds the flags that say what a VM boots and with how much: --image,
+// --kernel, --cpus and --memory (vm create and run, bench create).
+func addBootFlags(cmd *cobra.Command, image, kernel *string, cpus *int, memory *string) {
+	cmd.Flags().StringVar(image, "image", "", "image to boot (default: config images.default)")
+	cmd.Flags().StringVar(kernel, "kernel", "", "kernel id (default: the image's, else the newest installed)")
+	cmd.Flags().IntVar(cpus, "cpus", 0, "vCPUs (default 2)")
+	cmd.Flags().StringVar(memory, "memory", "", "memory, like 512M or 2G (default 1G)")
 }
 
 func (a *app) vmCreateCommand() *cobra.Command {
