@@ -67,8 +67,8 @@ when it is a terminal. Ctrl-C aborts the pull and leaves nothing registered.
 			}
 			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Image, error) {
 				p := a.newProgress(asJSON)
+				defer p.done()
 				img, err := c.PullImage(ctx, req, p.update)
-				p.done()
 				if err != nil && ctx.Err() != nil {
 					return img, fmt.Errorf("pull interrupted: nothing was registered")
 				}
