@@ -46,11 +46,7 @@ Bench VMs are removed afterwards, also on failure or Ctrl-C.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return printJSON(a.env.Stdout, res)
-			}
-			a.printBench(res)
-			return nil
+			return a.printBench(res, asJSON)
 		},
 	}
 	cmd.Flags().IntVar(&req.Runs, "runs", 3, "rounds (each one banger create and one bare boot)")
@@ -68,8 +64,11 @@ func statRow(name string, s api.BenchStat) []string {
 	return []string{name, benchMS(s.MedianMS), benchMS(s.MinMS), benchMS(s.MaxMS)}
 }
 
-func (a *app) printBench(r api.BenchCreateResult) {
+func (a *app) printBench(r api.BenchCreateResult, asJSON bool) error {
 	w := a.env.Stdout
+	if asJSON {
+		return printJSON(w, r)
+	}
 	accel := ""
 	if r.Accel != "" {
 		accel = "/" + r.Accel
@@ -115,4 +114,5 @@ func (a *app) printBench(r api.BenchCreateResult) {
 	if len(r.BareCommand) > 0 {
 		fmt.Fprintf(w, "bare command: %s\n", strings.Join(r.BareCommand, " "))
 	}
+	return nil
 }
