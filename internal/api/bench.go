@@ -87,7 +87,5 @@ type BenchCreateResult struct {
 // BenchCreate runs the create benchmark in the daemon, reporting progress. Cancelling ctx
 // (Ctrl-C) stops it; the daemon removes the bench VMs and bare boots either way.
 func (c *Client) BenchCreate(ctx context.Context, req BenchCreateRequest, progress func(Progress)) (BenchCreateResult, error) {
-	var out BenchCreateResult
-	err := c.stream(ctx, "/bench/create", req, progress, &out)
-	return out, err
+	return streamed[BenchCreateResult](ctx, c, "/bench/create", req, progress)
 }

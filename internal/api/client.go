@@ -90,16 +90,12 @@ func IsDaemonNotRunning(err error) bool {
 
 // Status returns the daemon's identity and startup stages.
 func (c *Client) Status(ctx context.Context) (StatusResponse, error) {
-	var out StatusResponse
-	err := c.do(ctx, http.MethodGet, "/status", nil, nil, &out)
-	return out, err
+	return get[StatusResponse](ctx, c, "/status", nil)
 }
 
 // Doctor runs the daemon-side doctor checks.
 func (c *Client) Doctor(ctx context.Context) (DoctorResponse, error) {
-	var out DoctorResponse
-	err := c.do(ctx, http.MethodGet, "/doctor", nil, nil, &out)
-	return out, err
+	return get[DoctorResponse](ctx, c, "/doctor", nil)
 }
 
 // EventFilter selects lifecycle events.
@@ -125,8 +121,7 @@ func (c *Client) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 	if f.Limit > 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))
 	}
-	var out EventsResponse
-	err := c.do(ctx, http.MethodGet, "/events", q, nil, &out)
+	out, err := get[EventsResponse](ctx, c, "/events", q)
 	return out.Events, err
 }
 
@@ -142,13 +137,62 @@ func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int
 	if err != nil {
 		return 0, nil, err
 	}
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		return 0, nil, c.connError(err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, data, err
+}
+
+// get GETs path (with query) and decodes the answer as T.
+func get[T any](ctx context.Context, c *Client, path string, query url.Values) (T, error) {
+	var out T
+	err := c.do(ctx, http.MethodGet, path, query, nil, &out)
+	return out, err
+}
+
+// post POSTs in to path and decodes the answer as T.
+func post[T any](ctx context.Context, c *Client, path string, in any) (T, error) {
+	var out T
+	err := c.do(ctx, http.MethodPost, path, nil, in, &out)
+	return out, err
+}
+
+// streamed POSTs in to path as a streamed operation (see stream), reporting progress, and
+// decodes its result as T.
+func streamed[T any](ctx context.Context, c *Client, path string, in any, progress func(Progress)) (T, error) {
+	var out T
+	err := c.stream(ctx, path, in, progress, &out)
+	return out, err
+}
+
+// newRequest is a request to the daemon's versioned API at path (with query), carrying the
+// client's version and, with a body, the JSON content type.
+func (c *Client) newRequest(ctx context.Context, method, path string, query url.Values, body io.Reader) (*http.Request, error) {
+	u := "http://banger/" + Version + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set(ClientVersionHeader, c.version)
+	return req, nil
+}
+
+// send sends req; a failure to reach the daemon comes back as its typed Error (see connError).
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.connError(err)
+	}
+	return resp, nil
 }
 
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
@@ -160,21 +204,13 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		}
 		body = bytes.NewReader(data)
 	}
-	u := "http://banger/" + Version + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	req, err := c.newRequest(ctx, method, path, query, body)
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set(ClientVersionHeader, c.version)
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		return c.connError(err)
+		return err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -238,5 +274,3 @@ func (c *Client) connError(err error) error {
 	}
 	return fmt.Errorf("talk to banger daemon on %s: %w", c.socket, err)
 }
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

@@ -21,15 +21,22 @@ func privateDir(t *testing.T) string {
 	return dir
 }
 
-// A daemon killed after accepting a connection resets it: the CLI must see "not running"
-// (and start a new one) rather than a raw network error.
-func TestResetConnectionMeansDaemonNotRunning(t *testing.T) {
-	sock := filepath.Join(privateDir(t), "d.sock")
+// listen listens on a socket called name in a fresh private directory, until the test ends.
+func listen(t *testing.T, name string) (string, net.Listener) {
+	t.Helper()
+	sock := filepath.Join(privateDir(t), name)
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
+	return sock, ln
+}
+
+// A daemon killed after accepting a connection resets it: the CLI must see "not running"
+// (and start a new one) rather than a raw network error.
+func TestResetConnectionMeansDaemonNotRunning(t *testing.T) {
+	sock, ln := listen(t, "d.sock")
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -41,7 +48,7 @@ func TestResetConnectionMeansDaemonNotRunning(t *testing.T) {
 			c.Close()
 		}
 	}()
-	_, err = NewClient(sock, "test").Status(context.Background())
+	_, err := NewClient(sock, "test").Status(context.Background())
 	var ae *Error
 	if !errors.As(err, &ae) || ae.Code != CodeDaemonNotRunning || ae.Hint == "" {
 		t.Fatalf("status against a resetting daemon: %v", err)
@@ -56,21 +63,8 @@ func TestResetConnectionMeansDaemonNotRunning(t *testing.T) {
 // The peer check reads the listener's uid from the kernel: ours passes, a different uid is
 // refused unless the listener is root.
 func TestCheckPeer(t *testing.T) {
-	sock := filepath.Join(privateDir(t), "p.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	sock, _ := listen(t, "p.sock")
+	// No need to accept: the kernel records the listener's credentials at connect(2).
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -91,17 +85,12 @@ func TestCheckPeer(t *testing.T) {
 
 // A socket in a directory others can write to is refused with a typed error and a hint.
 func TestUnsafeSocketDirRefused(t *testing.T) {
-	dir := privateDir(t)
-	sock := filepath.Join(dir, "d.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	sock, _ := listen(t, "d.sock")
+	dir := filepath.Dir(sock)
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	_, err = NewClient(sock, "test").Status(context.Background())
+	_, err := NewClient(sock, "test").Status(context.Background())
 	var ae *Error
 	if !errors.As(err, &ae) || ae.Code != CodeUnsafeSocket || !strings.Contains(ae.Message, dir) || !strings.Contains(ae.Hint, "chmod 0700") {
 		t.Fatalf("status through a 0777 directory: %#v", err)

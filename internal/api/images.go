@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"time"
@@ -131,16 +130,13 @@ type StreamEvent struct {
 
 // Images lists the registered images.
 func (c *Client) Images(ctx context.Context) ([]Image, error) {
-	var out ImagesResponse
-	err := c.do(ctx, http.MethodGet, "/images", nil, nil, &out)
+	out, err := get[ImagesResponse](ctx, c, "/images", nil)
 	return out.Images, err
 }
 
 // InspectImage returns an image with its package manifest.
 func (c *Client) InspectImage(ctx context.Context, name string) (ImageInspect, error) {
-	var out ImageInspect
-	err := c.do(ctx, http.MethodGet, "/images/inspect", url.Values{"name": {name}}, nil, &out)
-	return out, err
+	return get[ImageInspect](ctx, c, "/images/inspect", url.Values{"name": {name}})
 }
 
 // RemoveImage deletes an image; it is a conflict while a VM uses it.
@@ -150,45 +146,35 @@ func (c *Client) RemoveImage(ctx context.Context, name string) error {
 
 // Catalog lists the named images the daemon knows.
 func (c *Client) Catalog(ctx context.Context) ([]json.RawMessage, error) {
-	var out CatalogResponse
-	err := c.do(ctx, http.MethodGet, "/images/catalog", nil, nil, &out)
+	out, err := get[CatalogResponse](ctx, c, "/images/catalog", nil)
 	return out.Entries, err
 }
 
 // PullImage pulls an image, calling progress for each report; cancel ctx to abort it.
 func (c *Client) PullImage(ctx context.Context, req ImagePullRequest, progress func(Progress)) (Image, error) {
-	var out Image
-	err := c.stream(ctx, "/images/pull", req, progress, &out)
-	return out, err
+	return streamed[Image](ctx, c, "/images/pull", req, progress)
 }
 
 // ImportImage imports a local tar or ext4 file as an image.
 func (c *Client) ImportImage(ctx context.Context, req ImageImportRequest, progress func(Progress)) (Image, error) {
-	var out Image
-	err := c.stream(ctx, "/images/import", req, progress, &out)
-	return out, err
+	return streamed[Image](ctx, c, "/images/import", req, progress)
 }
 
 // BuildImage builds a new image by provisioning a copy of another in a builder VM; the
 // provisioning output comes as progress messages.
 func (c *Client) BuildImage(ctx context.Context, req ImageBuildRequest, progress func(Progress)) (Image, error) {
-	var out Image
-	err := c.stream(ctx, "/images/build", req, progress, &out)
-	return out, err
+	return streamed[Image](ctx, c, "/images/build", req, progress)
 }
 
 // Kernels lists the kernel artifacts.
 func (c *Client) Kernels(ctx context.Context) ([]json.RawMessage, error) {
-	var out KernelsResponse
-	err := c.do(ctx, http.MethodGet, "/kernels", nil, nil, &out)
+	out, err := get[KernelsResponse](ctx, c, "/kernels", nil)
 	return out.Kernels, err
 }
 
 // PullKernel fetches linux-image-cloud-amd64 of a Debian suite.
 func (c *Client) PullKernel(ctx context.Context, req KernelPullRequest, progress func(Progress)) (json.RawMessage, error) {
-	var out json.RawMessage
-	err := c.stream(ctx, "/kernels/pull", req, progress, &out)
-	return out, err
+	return streamed[json.RawMessage](ctx, c, "/kernels/pull", req, progress)
 }
 
 // RemoveKernel deletes a kernel no image uses.
@@ -202,24 +188,18 @@ func (c *Client) stream(ctx context.Context, path string, in any, progress func(
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://banger/"+Version+path, bytes.NewReader(data))
+	req, err := c.newRequest(ctx, http.MethodPost, path, nil, bytes.NewReader(data))
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(ClientVersionHeader, c.version)
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		return c.connError(err)
+		return err
+	}
+	if err := errorOf(resp, "POST "+path); err != nil {
+		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var eb ErrorBody
-		if json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&eb) == nil && eb.Error != nil {
-			return eb.Error
-		}
-		return &Error{Code: CodeInternal, Message: fmt.Sprintf("daemon answered %s to POST %s", resp.Status, path)}
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {

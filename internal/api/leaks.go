@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"net/http"
 )
 
 // LeakKind groups what the leak check looks for.
@@ -49,14 +48,10 @@ type LeaksResponse struct {
 
 // Leaks asks the daemon what it owns that nothing references.
 func (c *Client) Leaks(ctx context.Context) (LeaksResponse, error) {
-	var out LeaksResponse
-	err := c.do(ctx, http.MethodGet, "/leaks", nil, nil, &out)
-	return out, err
+	return get[LeaksResponse](ctx, c, "/leaks", nil)
 }
 
 // FixLeaks has the daemon remove the leaks it can remove safely, and scan again.
 func (c *Client) FixLeaks(ctx context.Context) (LeaksResponse, error) {
-	var out LeaksResponse
-	err := c.do(ctx, http.MethodPost, "/leaks", nil, struct{}{}, &out)
-	return out, err
+	return post[LeaksResponse](ctx, c, "/leaks", struct{}{})
 }

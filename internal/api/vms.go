@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -138,44 +139,33 @@ type VMExecRequest struct {
 
 // VMs lists the VMs.
 func (c *Client) VMs(ctx context.Context) ([]VM, error) {
-	var out VMsResponse
-	err := c.do(ctx, http.MethodGet, "/vms", nil, nil, &out)
+	out, err := get[VMsResponse](ctx, c, "/vms", nil)
 	return out.VMs, err
 }
 
 // InspectVM returns one VM.
 func (c *Client) InspectVM(ctx context.Context, name string) (VM, error) {
-	var out VM
-	err := c.do(ctx, http.MethodGet, "/vms/inspect", url.Values{"name": {name}}, nil, &out)
-	return out, err
+	return get[VM](ctx, c, "/vms/inspect", url.Values{"name": {name}})
 }
 
 // CreateVM creates (and with req.Start boots) a VM, reporting each stage to progress.
 func (c *Client) CreateVM(ctx context.Context, req VMCreateRequest, progress func(Progress)) (VM, error) {
-	var out VM
-	err := c.stream(ctx, "/vms/create", req, progress, &out)
-	return out, err
+	return streamed[VM](ctx, c, "/vms/create", req, progress)
 }
 
 // StartVM boots a stopped VM and waits for its agent.
 func (c *Client) StartVM(ctx context.Context, name string, progress func(Progress)) (VM, error) {
-	var out VM
-	err := c.stream(ctx, "/vms/start", VMRequest{Name: name}, progress, &out)
-	return out, err
+	return streamed[VM](ctx, c, "/vms/start", VMRequest{Name: name}, progress)
 }
 
 // StopVM stops a VM.
 func (c *Client) StopVM(ctx context.Context, req VMStopRequest) (VM, error) {
-	var out VM
-	err := c.do(ctx, http.MethodPost, "/vms/stop", nil, req, &out)
-	return out, err
+	return post[VM](ctx, c, "/vms/stop", req)
 }
 
 // RestartVM stops a VM (if running) and boots it again, reporting each stage.
 func (c *Client) RestartVM(ctx context.Context, req VMStopRequest, progress func(Progress)) (VM, error) {
-	var out VM
-	err := c.stream(ctx, "/vms/restart", req, progress, &out)
-	return out, err
+	return streamed[VM](ctx, c, "/vms/restart", req, progress)
 }
 
 // RemoveVM deletes a VM and its disks.
@@ -185,9 +175,7 @@ func (c *Client) RemoveVM(ctx context.Context, req VMRemoveRequest) error {
 
 // VMHealth asks the VM's agent whether it is healthy.
 func (c *Client) VMHealth(ctx context.Context, name string) (VMHealth, error) {
-	var out VMHealth
-	err := c.do(ctx, http.MethodGet, "/vms/health", url.Values{"name": {name}}, nil, &out)
-	return out, err
+	return get[VMHealth](ctx, c, "/vms/health", url.Values{"name": {name}})
 }
 
 // ExecStream starts argv in the VM and returns the exec stream (drive it with
@@ -207,21 +195,15 @@ func (c *Client) Forward(ctx context.Context, name string, port int) (io.ReadWri
 
 // upgrade POSTs body to path asking to switch to protocol and returns the connection.
 func (c *Client) upgrade(ctx context.Context, path string, query url.Values, body []byte, protocol string) (io.ReadWriteCloser, error) {
-	u := "http://banger/" + Version + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytesReader(body))
+	req, err := c.newRequest(ctx, http.MethodPost, path, query, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(ClientVersionHeader, c.version)
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", protocol)
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		return nil, c.connError(err)
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		if err := errorOf(resp, path); err != nil {
@@ -242,40 +224,18 @@ func (c *Client) upgrade(ctx context.Context, path string, query url.Values, bod
 // or the VM stops. The caller closes the reader.
 func (c *Client) VMLogs(ctx context.Context, name string, follow bool) (io.ReadCloser, error) {
 	q := url.Values{"name": {name}, "follow": {strconv.FormatBool(follow)}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://banger/"+Version+"/vms/logs?"+q.Encode(), nil)
+	req, err := c.newRequest(ctx, http.MethodGet, "/vms/logs", q, nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set(ClientVersionHeader, c.version)
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		return nil, c.connError(err)
+		return nil, err
 	}
 	if err := errorOf(resp, "/vms/logs"); err != nil {
 		return nil, err
 	}
 	return resp.Body, nil
-}
-
-func (c *Client) post(ctx context.Context, path string, in any) (*http.Response, error) {
-	data, err := json.Marshal(in)
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://banger/"+Version+path, bytesReader(data))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(ClientVersionHeader, c.version)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, c.connError(err)
-	}
-	if err := errorOf(resp, path); err != nil {
-		return nil, err
-	}
-	return resp, nil
 }
 
 // maxErrorBody bounds an error answer: one message and a hint.
@@ -302,7 +262,5 @@ type KernelImportRequest struct {
 
 // ImportKernel registers an unpacked kernel package directory as a kernel.
 func (c *Client) ImportKernel(ctx context.Context, req KernelImportRequest) (json.RawMessage, error) {
-	var out json.RawMessage
-	err := c.stream(ctx, "/kernels/import", req, nil, &out)
-	return out, err
+	return streamed[json.RawMessage](ctx, c, "/kernels/import", req, nil)
 }

@@ -46,18 +46,11 @@ Bench VMs are removed afterwards, also on failure or Ctrl-C.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return printJSON(a.env.Stdout, res)
-			}
-			a.printBench(res)
-			return nil
+			return a.printBench(res, asJSON)
 		},
 	}
 	cmd.Flags().IntVar(&req.Runs, "runs", 3, "rounds (each one banger create and one bare boot)")
-	cmd.Flags().StringVar(&req.Image, "image", "", "image to boot (default: config images.default)")
-	cmd.Flags().StringVar(&req.Kernel, "kernel", "", "kernel id (default: the image's, else the newest installed)")
-	cmd.Flags().IntVar(&req.CPUs, "cpus", 0, "vCPUs (default 2)")
-	cmd.Flags().StringVar(&req.Memory, "memory", "", "memory, like 512M or 2G (default 1G)")
+	addBootFlags(cmd, &req.Image, &req.Kernel, &req.CPUs, &req.Memory)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON (no progress)")
 	return cmd
 }
@@ -71,8 +64,11 @@ func statRow(name string, s api.BenchStat) []string {
 	return []string{name, benchMS(s.MedianMS), benchMS(s.MinMS), benchMS(s.MaxMS)}
 }
 
-func (a *app) printBench(r api.BenchCreateResult) {
+func (a *app) printBench(r api.BenchCreateResult, asJSON bool) error {
 	w := a.env.Stdout
+	if asJSON {
+		return printJSON(w, r)
+	}
 	accel := ""
 	if r.Accel != "" {
 		accel = "/" + r.Accel
@@ -118,4 +114,5 @@ func (a *app) printBench(r api.BenchCreateResult) {
 	if len(r.BareCommand) > 0 {
 		fmt.Fprintf(w, "bare command: %s\n", strings.Join(r.BareCommand, " "))
 	}
+	return nil
 }

@@ -35,15 +35,21 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bangerBin = filepath.Join(dir, "banger")
-	build := exec.Command("go", "build", "-o", bangerBin, "../../cmd/banger")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
+	if out, err := buildBanger(bangerBin); err != nil {
 		fmt.Fprintf(os.Stderr, "build banger: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// buildBanger builds cmd/banger (static, with the extra go build flags) into out.
+func buildBanger(out string, flags ...string) ([]byte, error) {
+	args := append(append([]string{"build", "-o", out}, flags...), "../../cmd/banger")
+	build := exec.Command("go", args...)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return build.CombinedOutput()
 }
 
 // sandbox is one user's banger world: its own HOME, XDG dirs and socket.
@@ -392,10 +398,7 @@ func TestVersionAndHelp(t *testing.T) {
 
 func TestDoctorWarnsOnDaemonVersionMismatch(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "banger-v9")
-	build := exec.Command("go", "build", "-o", other,
-		"-ldflags", "-X github.com/banger-vm/banger/internal/buildinfo.version=v9.9.9", "../../cmd/banger")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
+	if out, err := buildBanger(other, "-ldflags", "-X github.com/banger-vm/banger/internal/buildinfo.version=v9.9.9"); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	s := newSandbox(t)

@@ -57,11 +57,7 @@ they print the command to run instead.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return printJSON(a.env.Stdout, st)
-			}
-			a.printStatus(st)
-			return nil
+			return a.printStatus(st, asJSON)
 		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
@@ -117,7 +113,10 @@ func (a *app) runDaemonForeground(ctx context.Context) error {
 	})
 }
 
-func (a *app) printStatus(st api.StatusResponse) {
+func (a *app) printStatus(st api.StatusResponse, asJSON bool) error {
+	if asJSON {
+		return printJSON(a.env.Stdout, st)
+	}
 	fmt.Fprintf(a.env.Stdout, "banger daemon %s running (pid %d, up %s)\n", st.Version, st.PID, time.Since(st.StartedAt).Round(time.Second))
 	fmt.Fprintf(a.env.Stdout, "  socket:   %s\n  data dir: %s\n  log:      %s\n", st.Socket, st.DataDir, st.LogFile)
 	if len(st.Startup) > 0 {
@@ -132,6 +131,7 @@ func (a *app) printStatus(st api.StatusResponse) {
 	if st.Version != a.version {
 		fmt.Fprintf(a.env.Stderr, "warning: the daemon runs banger %s but this CLI is %s; restart it with `banger daemon restart`\n", st.Version, a.version)
 	}
+	return nil
 }
 
 // ensureDaemon returns a client to a running daemon, starting a detached one when none runs

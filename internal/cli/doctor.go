@@ -70,21 +70,14 @@ has the daemon remove the ones it can remove safely. This needs the daemon.`,
 
 // runLeakDoctor runs the leak checks in the daemon, which knows what its VMs reference.
 func (a *app) runLeakDoctor(ctx context.Context, fix bool) ([]api.CheckResult, error) {
-	_, layout, err := a.load()
+	c, err := a.client()
 	if err != nil {
 		return nil, err
 	}
-	c := api.NewClient(layout.Socket, a.version)
-	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	st, err := c.Status(sctx)
-	cancel()
-	if err != nil {
-		daemonCheck := doctor.Failf("start it with `banger daemon start`: the leak check asks the daemon what its VMs reference", "%s", errorMessage(err))
-		daemonCheck.Name = "daemon"
+	daemonCheck, _, ok := daemonCheck(ctx, c, "start it with `banger daemon start`: the leak check asks the daemon what its VMs reference")
+	if !ok {
 		return []api.CheckResult{daemonCheck}, nil
 	}
-	daemonCheck := doctor.Pass("pid %d, version %s, socket %s", st.PID, st.Version, st.Socket)
-	daemonCheck.Name = "daemon"
 	reg := doctor.NewRegistry(time.Minute)
 	doctor.RegisterLeakChecks(reg, func(ctx context.Context) (api.LeaksResponse, error) {
 		if !fix {
@@ -105,26 +98,36 @@ func (a *app) runDoctor(ctx context.Context) ([]api.CheckResult, error) {
 		return nil, err
 	}
 	c := api.NewClient(layout.Socket, a.version)
-	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	st, err := c.Status(sctx)
-	cancel()
-	if err != nil {
-		daemonCheck := doctor.Failf("start it with `banger daemon start` (or `systemctl --user start banger`)", "%s", errorMessage(err))
-		daemonCheck.Name = "daemon"
+	daemonCheck, st, ok := daemonCheck(ctx, c, "start it with `banger daemon start` (or `systemctl --user start banger`)")
+	if !ok {
 		reg := doctor.NewRegistry(30 * time.Second)
 		doctor.RegisterHostChecks(reg, doctor.HostOptions{Config: cfg, DataDir: layout.DataDir})
 		return append([]api.CheckResult{daemonCheck}, reg.Run(ctx)...), nil
 	}
-	daemonCheck := doctor.Pass("pid %d, version %s, socket %s", st.PID, st.Version, st.Socket)
 	if st.Version != a.version {
 		daemonCheck = doctor.Warnf("restart it with `banger daemon restart`", "daemon runs banger %s but this CLI is %s", st.Version, a.version)
+		daemonCheck.Name = "daemon"
 	}
-	daemonCheck.Name = "daemon"
 	resp, err := c.Doctor(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("daemon doctor: %w", err)
 	}
 	return append([]api.CheckResult{daemonCheck}, resp.Checks...), nil
+}
+
+// daemonCheck is the doctor's first check: whether the daemon answers its status within
+// 3 s. It PASSes with the daemon's status, or FAILs with hint; ok says which.
+func daemonCheck(ctx context.Context, c *api.Client, hint string) (check api.CheckResult, st api.StatusResponse, ok bool) {
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	st, err := c.Status(sctx)
+	if err != nil {
+		check = doctor.Failf(hint, "%s", errorMessage(err))
+	} else {
+		check = doctor.Pass("pid %d, version %s, socket %s", st.PID, st.Version, st.Socket)
+	}
+	check.Name = "daemon"
+	return check, st, err == nil
 }
 
 func (a *app) printChecks(results []api.CheckResult) {

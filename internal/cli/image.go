@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -64,19 +65,16 @@ when it is a terminal. Ctrl-C aborts the pull and leaves nothing registered.
 			if len(args) == 1 {
 				req.Ref = args[0]
 			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			p := a.newProgress(asJSON)
-			img, err := c.PullImage(ctx, req, p.update)
-			p.done()
-			if err != nil {
-				if ctx.Err() != nil {
-					return fmt.Errorf("pull interrupted: nothing was registered")
+			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Image, error) {
+				p := a.newProgress(asJSON)
+				defer p.done()
+				img, err := c.PullImage(ctx, req, p.update)
+				if err != nil && ctx.Err() != nil {
+					return img, fmt.Errorf("pull interrupted: nothing was registered")
 				}
+				return img, err
+			})
+			if err != nil {
 				return err
 			}
 			return a.printImageResult(img, asJSON, "pulled")
@@ -106,15 +104,11 @@ func (a *app) imageImportCommand() *cobra.Command {
 				req.Name = strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
 				req.Name = strings.TrimSuffix(req.Name, ".tar")
 			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			p := a.newProgress(asJSON)
-			img, err := c.ImportImage(ctx, req, p.update)
-			p.done()
+			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Image, error) {
+				p := a.newProgress(asJSON)
+				defer p.done()
+				return c.ImportImage(ctx, req, p.update)
+			})
 			if err != nil {
 				return err
 			}
@@ -185,9 +179,7 @@ func (a *app) imageListCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.env.Stdout, struct {
-					Images []api.Image `json:"images"`
-				}{imgs})
+				return printJSON(a.env.Stdout, api.ImagesResponse{Images: imgs})
 			}
 			if len(imgs) == 0 {
 				fmt.Fprintln(a.env.Stdout, "no images: pull one with `banger image pull`")
@@ -287,9 +279,7 @@ func (a *app) imageCatalogCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.env.Stdout, struct {
-					Entries []json.RawMessage `json:"entries"`
-				}{entries})
+				return printJSON(a.env.Stdout, api.CatalogResponse{Entries: entries})
 			}
 			rows := [][]string{{"NAME", "KIND", "SOURCE", "DESCRIPTION"}}
 			for _, raw := range entries {
@@ -329,9 +319,7 @@ func (a *app) kernelCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.env.Stdout, struct {
-					Kernels []json.RawMessage `json:"kernels"`
-				}{ks})
+				return printJSON(a.env.Stdout, api.KernelsResponse{Kernels: ks})
 			}
 			rows := [][]string{{"ID", "RELEASE", "SUITE", "SIZE", "VMLINUX"}}
 			for _, raw := range ks {
@@ -354,15 +342,11 @@ func (a *app) kernelCommand() *cobra.Command {
 		Short: "Fetch the newest linux-image-cloud-amd64 of a Debian suite (verified) and extract its vmlinux",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			p := a.newProgress(pullJSON)
-			k, err := c.PullKernel(ctx, api.KernelPullRequest{Suite: suite}, p.update)
-			p.done()
+			k, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (json.RawMessage, error) {
+				p := a.newProgress(pullJSON)
+				defer p.done()
+				return c.PullKernel(ctx, api.KernelPullRequest{Suite: suite}, p.update)
+			})
 			if err != nil {
 				return err
 			}

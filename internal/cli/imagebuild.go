@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,13 +61,9 @@ A recipe (TOML) holds the same; flags add to it:
 			if err != nil {
 				return err
 			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			img, err := c.BuildImage(ctx, req, a.buildProgress(asJSON))
+			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Image, error) {
+				return c.BuildImage(ctx, req, a.buildProgress(asJSON))
+			})
 			if err != nil {
 				return err
 			}

@@ -6,6 +6,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/internal/api"
 )
 
 // signalCause is the cancel cause of an interruptible context: the signal that ended it.
@@ -30,6 +34,20 @@ func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
 		signal.Stop(ch)
 		cancel(context.Canceled)
 	}
+}
+
+// interruptibleCall reaches the daemon (starting it if need be) and runs call with a context
+// that Ctrl-C or SIGTERM cancels (see interruptible): the shape of the commands whose daemon
+// work an interrupt aborts, like pulls, builds and boots.
+func interruptibleCall[T any](a *app, cmd *cobra.Command, call func(context.Context, *api.Client) (T, error)) (T, error) {
+	ctx, stop := interruptible(cmd.Context())
+	defer stop()
+	c, err := a.ensureDaemon(ctx, false)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return call(ctx, c)
 }
 
 // interruptedBy returns the signal that cancelled an interruptible ctx.

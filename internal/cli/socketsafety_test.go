@@ -171,20 +171,12 @@ func copyTestBinary(t *testing.T) string {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	src, err := os.Open(self)
+	data, err := os.ReadFile(self)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
 	dst := filepath.Join(dir, "cli.test")
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(f, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
+	if err := os.WriteFile(dst, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return dst

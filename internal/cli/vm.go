@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -51,11 +50,17 @@ type createFlags struct {
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.req.Image, "image", "", "image to boot (default: config images.default)")
-	cmd.Flags().StringVar(&f.req.Kernel, "kernel", "", "kernel id (default: the image's, else the newest installed)")
-	cmd.Flags().IntVar(&f.req.CPUs, "cpus", 0, "vCPUs (default 2)")
-	cmd.Flags().StringVar(&f.req.Memory, "memory", "", "memory, like 512M or 2G (default 1G)")
+	addBootFlags(cmd, &f.req.Image, &f.req.Kernel, &f.req.CPUs, &f.req.Memory)
 	cmd.Flags().StringVar(&f.req.DiskSize, "disk-size", "", "size of the work disk at /root, like 8G (default 8G, sparse)")
+}
+
+// addBootFlags adds the flags that say what a VM boots and with how much: --image,
+// --kernel, --cpus and --memory (vm create and run, bench create).
+func addBootFlags(cmd *cobra.Command, image, kernel *string, cpus *int, memory *string) {
+	cmd.Flags().StringVar(image, "image", "", "image to boot (default: config images.default)")
+	cmd.Flags().StringVar(kernel, "kernel", "", "kernel id (default: the image's, else the newest installed)")
+	cmd.Flags().IntVar(cpus, "cpus", 0, "vCPUs (default 2)")
+	cmd.Flags().StringVar(memory, "memory", "", "memory, like 512M or 2G (default 1G)")
 }
 
 func (a *app) vmCreateCommand() *cobra.Command {
@@ -69,13 +74,9 @@ func (a *app) vmCreateCommand() *cobra.Command {
 			if len(args) == 1 {
 				f.req.Name = args[0]
 			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			vm, err := c.CreateVM(ctx, f.req, a.stageProgress(asJSON))
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.CreateVM(ctx, f.req, a.stageProgress(asJSON))
+			})
 			if err != nil {
 				return err
 			}
@@ -95,13 +96,9 @@ func (a *app) vmStartCommand() *cobra.Command {
 		Short: "Boot a VM and wait until its agent answers",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			vm, err := c.StartVM(ctx, args[0], a.stageProgress(asJSON))
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.StartVM(ctx, args[0], a.stageProgress(asJSON))
+			})
 			if err != nil {
 				return err
 			}
@@ -158,6 +155,32 @@ func (a *app) vmStopCommand() *cobra.Command {
 	return cmd
 }
 
+func (a *app) vmRestartCommand() *cobra.Command {
+	var f stopFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "restart NAME",
+		Short: "Stop a VM (if running) and boot it again; disks and addresses are kept",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req, err := f.request(args[0])
+			if err != nil {
+				return err
+			}
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.RestartVM(ctx, req, a.stageProgress(asJSON))
+			})
+			if err != nil {
+				return err
+			}
+			return a.printVM(vm, asJSON, "restarted")
+		},
+	}
+	f.add(cmd, "kill the VMM at once instead of shutting down")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
 func cmdContext(cmd *cobra.Command) context.Context {
 	if ctx := cmd.Context(); ctx != nil {
 		return ctx
@@ -209,16 +232,13 @@ func (a *app) vmListCommand() *cobra.Command {
 			if asJSON {
 				return printJSON(a.env.Stdout, vms)
 			}
-			tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tIP\tDRIVER")
+			rows := [][]string{{"NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "IP", "DRIVER"}}
 			for _, vm := range vms {
-				ip := vm.Network.IP
-				if ip == "" {
-					ip = "-"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", vm.Name, vm.State, vm.Image, vm.CPUs, vm.MemoryMiB, ip, vm.Driver)
+				rows = append(rows, []string{vm.Name, vm.State, vm.Image, strconv.Itoa(vm.CPUs), fmt.Sprintf("%dM", vm.MemoryMiB),
+					orDash(vm.Network.IP), vm.Driver})
 			}
-			return tw.Flush()
+			table(a.env.Stdout, rows)
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

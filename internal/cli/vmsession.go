@@ -224,36 +224,6 @@ func (a *app) vmSSHProxyCommand() *cobra.Command {
 	}
 }
 
-func (a *app) vmRestartCommand() *cobra.Command {
-	var f stopFlags
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "restart NAME",
-		Short: "Stop a VM (if running) and boot it again; disks and addresses are kept",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := f.request(args[0])
-			if err != nil {
-				return err
-			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			vm, err := c.RestartVM(ctx, req, a.stageProgress(asJSON))
-			if err != nil {
-				return err
-			}
-			return a.printVM(vm, asJSON, "restarted")
-		},
-	}
-	f.add(cmd, "kill the VMM at once instead of shutting down")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
-	return cmd
-}
-
 // remindRunning prints one line after an interactive session: the VM still runs.
 func (a *app) remindRunning(ctx context.Context, c *api.Client, name string) {
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
