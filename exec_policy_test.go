@@ -19,17 +19,18 @@ import (
 
 // execAllowed are the package directories that may import os/exec or start processes.
 var execAllowed = map[string]string{
-	"internal/system/ext4":       "the ext4 toolkit: mkfs.ext4, debugfs, e2fsck",
-	"internal/system/hosttools":  "host tool versions, mmdebstrap, systemctl",
-	"internal/system/proc":       "runs a host binary; the daemon's detached start",
-	"internal/vmm/firecracker":   "spawns firecracker / jailer",
-	"internal/vmm/qemu":          "spawns qemu-system-x86_64",
-	"internal/vmm/proc":          "the VMM process supervisor: spawns the VMM the driver built the argv of",
-	"internal/vmm/vmmtest":       "the drivers' shared supervisor tests: start a bystander process",
-	"internal/cli/sshhandoff":    "hands the terminal to the system ssh",
-	"internal/guestinit":         "guest PID 1: starts the agent and sshd inside the guest",
-	"internal/agent/agentserver": "guest agent: runs the commands the host asks it to run",
-	"internal/testsupport":       "test fixtures: builds the guest binaries for boot tests",
+	"internal/system/ext4":          "the ext4 toolkit: mkfs.ext4, debugfs, e2fsck",
+	"internal/system/ext4/ext4test": "test fixtures: hostile ext4 images made with mkfs.ext4",
+	"internal/system/hosttools":     "host tool versions, mmdebstrap, systemctl",
+	"internal/system/proc":          "runs a host binary; the daemon's detached start",
+	"internal/vmm/firecracker":      "spawns firecracker / jailer",
+	"internal/vmm/qemu":             "spawns qemu-system-x86_64",
+	"internal/vmm/proc":             "the VMM process supervisor: spawns the VMM the driver built the argv of",
+	"internal/vmm/vmmtest":          "the drivers' shared supervisor tests: start a bystander process",
+	"internal/cli/sshhandoff":       "hands the terminal to the system ssh",
+	"internal/guestinit":            "guest PID 1: starts the agent and sshd inside the guest",
+	"internal/agent/agentserver":    "guest agent: runs the commands the host asks it to run",
+	"internal/testsupport":          "test fixtures: builds the guest binaries for boot tests",
 }
 
 // processStarters are calls that start processes without importing os/exec.
