@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/banger-vm/banger/internal/initramfs"
 	"github.com/banger-vm/banger/internal/sshkeys"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -24,6 +25,9 @@ type vmManager struct {
 	newDriver DriverFactory
 	host      func() vmm.Host
 	keys      *sshkeys.Store
+	// initrd remembers which cached initramfs each kernel's start resolved to, so a
+	// start with unchanged guest binaries does not hash them again.
+	initrd *initramfs.Memo
 }
 
 // vmLock serializes the operations on one VM. It lives while someone holds or waits for
@@ -46,6 +50,7 @@ func (d *Daemon) initVMs(ctx context.Context) {
 		newDriver: d.opts.NewDriver,
 		keys:      sshkeys.New(d.opts.Layout.SSHDir).WithUserKey(cfg.SSHKeyPath),
 		host:      sync.OnceValue(host),
+		initrd:    initramfs.NewMemo(),
 	}
 	d.reconcileVMs(ctx)
 }

@@ -363,7 +363,7 @@ func (d *Daemon) ensureInitramfs(ctx context.Context, k image.Kernel) (string, e
 	if err != nil {
 		return "", err
 	}
-	res, err := initramfs.Cache{Dir: filepath.Join(d.opts.Layout.CacheDir, "initramfs")}.Ensure(ctx, initramfs.Spec{
+	res, err := initramfs.Cache{Dir: filepath.Join(d.opts.Layout.CacheDir, "initramfs"), Memo: d.vms.initrd}.Ensure(ctx, initramfs.Spec{
 		InitBinary: initBin, AgentBinary: agentBin, ModulesDir: k.ModulesDir, KernelRelease: k.Release, BangerVersion: d.opts.Version})
 	return res.Path, err
 }

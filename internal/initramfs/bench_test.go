@@ -55,6 +55,22 @@ func BenchmarkEnsureHitRealKernel(b *testing.B) {
 	}
 }
 
+// BenchmarkEnsureHitMemo is the same hit through the daemon's Memo: the inputs' identities
+// are checked, not their bytes.
+func BenchmarkEnsureHitMemo(b *testing.B) {
+	spec := realBenchSpec(b)
+	c := Cache{Dir: b.TempDir(), Memo: NewMemo()}
+	if _, err := c.Ensure(context.Background(), spec); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		r, err := c.Ensure(context.Background(), spec)
+		if err != nil || !r.Hit {
+			b.Fatal(err, r.Hit)
+		}
+	}
+}
+
 type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }

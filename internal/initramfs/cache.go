@@ -8,11 +8,93 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 )
 
 // Cache keeps built initramfs archives in Dir, one file per content key.
 type Cache struct {
 	Dir string
+	// Memo, if set, remembers within this process which archive a spec resolved to, so a
+	// repeated Ensure with unchanged inputs costs a few stats instead of reading and
+	// hashing every input.
+	Memo *Memo
+}
+
+// Memo maps the identity of a spec's inputs to the archive Ensure found or built for
+// them. An input's identity is its device, inode, size and modification time: the
+// binaries are replaced (not rewritten in place) when banger is upgraded, and kernel
+// directories are unpacked into staging and renamed, so a changed input has a new
+// identity. Safe for concurrent use.
+type Memo struct {
+	mu sync.Mutex
+	m  map[memoKey]Result
+}
+
+// NewMemo returns an empty Memo.
+func NewMemo() *Memo { return &Memo{m: map[memoKey]Result{}} }
+
+// fileID identifies one version of a file.
+type fileID struct {
+	dev, ino uint64
+	size     int64
+	mtime    int64
+}
+
+type memoKey struct {
+	spec                          string // the spec's own fields
+	initBin, agentBin, mods, deps fileID
+}
+
+func statID(p string) (fileID, error) {
+	if p == "" {
+		return fileID{}, nil
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return fileID{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}, fmt.Errorf("initramfs: no inode for %s", p)
+	}
+	return fileID{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtime: fi.ModTime().UnixNano()}, nil
+}
+
+// key is spec's memo key; ok is false when an input cannot be identified (Ensure then
+// does the full work, which reports the problem).
+func (m *Memo) key(spec Spec) (memoKey, bool) {
+	k := memoKey{spec: strings.Join(append([]string{spec.InitBinary, spec.AgentBinary, spec.KernelRelease,
+		spec.ModulesDir, spec.BangerVersion}, spec.ExtraModules...), "\x00")}
+	var err error
+	if k.initBin, err = statID(spec.InitBinary); err != nil {
+		return k, false
+	}
+	if k.agentBin, err = statID(spec.AgentBinary); err != nil {
+		return k, false
+	}
+	if spec.ModulesDir != "" {
+		if k.mods, err = statID(spec.ModulesDir); err != nil {
+			return k, false
+		}
+		// The module index changes with the tree (depmod); a missing one is not an error
+		// here, the full path decides.
+		k.deps, _ = statID(filepath.Join(spec.ModulesDir, "modules.dep"))
+	}
+	return k, true
+}
+
+func (m *Memo) get(k memoKey) (Result, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.m[k]
+	return r, ok
+}
+
+func (m *Memo) put(k memoKey, r Result) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.m[k] = r
 }
 
 // Result is what Ensure found or built.
@@ -47,6 +129,27 @@ func (c Cache) Ensure(ctx context.Context, spec Spec) (Result, error) {
 	if c.Dir == "" {
 		return Result{}, errors.New("initramfs cache: no directory configured")
 	}
+	var mk memoKey
+	memoOK := false
+	if c.Memo != nil {
+		if mk, memoOK = c.Memo.key(spec); memoOK {
+			if r, ok := c.Memo.get(mk); ok {
+				// The archive may have been pruned or removed by hand since.
+				if present, err := present(r.Path); err == nil && present {
+					r.Hit = true
+					return r, nil
+				}
+			}
+		}
+	}
+	res, err := c.ensure(ctx, spec)
+	if err == nil && memoOK {
+		c.Memo.put(mk, res)
+	}
+	return res, err
+}
+
+func (c Cache) ensure(ctx context.Context, spec Spec) (Result, error) {
 	p, err := makePlan(ctx, spec)
 	if err != nil {
 		return Result{}, err

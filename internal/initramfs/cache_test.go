@@ -219,3 +219,56 @@ func TestCachePrune(t *testing.T) {
 		t.Fatalf("missing dir: %v %v", removed, err)
 	}
 }
+
+// With a Memo, an unchanged spec is answered from memory; a replaced input, a removed
+// archive or another spec goes through the full path again.
+func TestCacheMemo(t *testing.T) {
+	spec := fakeSpec(t)
+	ctx := context.Background()
+	c := Cache{Dir: filepath.Join(t.TempDir(), "initramfs"), Memo: NewMemo()}
+	r1, err := c.Ensure(ctx, spec)
+	must(t, err)
+	r2, err := c.Ensure(ctx, spec)
+	must(t, err)
+	if r1.Hit || !r2.Hit || r2.Path != r1.Path || r2.Key != r1.Key {
+		t.Fatalf("miss then memo hit: %+v then %+v", r1, r2)
+	}
+	// The memo answers without reading the inputs: an unreadable (but unchanged) binary
+	// is not noticed. Root reads anything, so this half only runs unprivileged.
+	if os.Geteuid() != 0 {
+		must(t, os.Chmod(spec.AgentBinary, 0))
+		if r, err := c.Ensure(ctx, spec); err != nil || r.Path != r1.Path {
+			t.Fatalf("memo hit read the inputs: %+v %v", r, err)
+		}
+		must(t, os.Chmod(spec.AgentBinary, 0o755))
+	}
+
+	// banger upgraded: the agent binary is replaced (a new file renamed over it).
+	next := spec.AgentBinary + ".new"
+	must(t, os.WriteFile(next, []byte("a newer agent"), 0o755))
+	must(t, os.Rename(next, spec.AgentBinary))
+	r3, err := c.Ensure(ctx, spec)
+	must(t, err)
+	if r3.Hit || r3.Key == r1.Key {
+		t.Fatalf("after replacing the agent: %+v, want a new archive", r3)
+	}
+
+	// The archive removed behind the memo's back is rebuilt.
+	must(t, os.Remove(r3.Path))
+	r4, err := c.Ensure(ctx, spec)
+	must(t, err)
+	if r4.Hit || r4.Path != r3.Path {
+		t.Fatalf("after removing the archive: %+v", r4)
+	}
+	if _, err := os.Stat(r4.Path); err != nil {
+		t.Fatal(err)
+	}
+
+	// Another banger version is another key.
+	spec.BangerVersion = "other"
+	r5, err := c.Ensure(ctx, spec)
+	must(t, err)
+	if r5.Hit || r5.Key == r4.Key {
+		t.Fatalf("another version: %+v", r5)
+	}
+}
