@@ -137,12 +137,14 @@ func (d *Daemon) handleImageRemove(w http.ResponseWriter, r *http.Request) error
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	if _, err := d.imageByName(r.Context(), req.Name); err != nil {
+	img, err := d.imageByName(r.Context(), req.Name)
+	if err != nil {
 		return err
 	}
 	if err := d.images.Remove(r.Context(), req.Name); err != nil {
 		return imageAPIError(err)
 	}
+	d.vms.disks.forgetImage(img.ID)
 	writeJSON(w, http.StatusOK, map[string]string{"removed": req.Name})
 	return nil
 }

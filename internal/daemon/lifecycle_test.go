@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/banger-vm/banger/internal/lifecycle"
 	"github.com/banger-vm/banger/internal/paths"
 	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/system/ext4"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -463,5 +465,83 @@ func TestLogsAcrossConsoleRotation(t *testing.T) {
 	out := <-got
 	if !strings.Contains(out, "before the rotation\n") || !strings.HasSuffix(out, "after the rotation\n") {
 		t.Fatalf("followed logs = %q", out)
+	}
+}
+
+// Creates copy the image's work disk template and the layer template: each VM gets the
+// seed's files and banger's key, its own host key, and clean filesystems; a replaced seed
+// makes a new template.
+func TestCreatesCopyDiskTemplates(t *testing.T) {
+	e := newFakeEnv(t)
+	ctx := context.Background()
+	tk := e.d.images.Ext4
+	seedWith := func(name string) string {
+		src := t.TempDir()
+		must(0, os.WriteFile(filepath.Join(src, name), []byte(name+"\n"), 0o644))
+		seed := filepath.Join(t.TempDir(), "work-seed.ext4")
+		must(0, tk.CreateExt4(ctx, seed, 64<<20, ext4.CreateOptions{SourceDir: src}))
+		return seed
+	}
+	img := must(e.d.store.GetImage(ctx, "img1"))
+	img.WorkSeedPath = seedWith("hello.txt")
+	must(0, e.d.store.PutImage(ctx, img))
+
+	fsck := func(disk string) {
+		t.Helper()
+		if out, err := exec.Command("e2fsck", "-fn", disk).CombinedOutput(); err != nil {
+			t.Fatalf("e2fsck %s: %v\n%s", disk, err, out)
+		}
+	}
+	var hostKeys []string
+	for _, name := range []string{"a", "b"} {
+		must(e.create(name, false))
+		_, rec := e.record(name)
+		fsck(rec.workDisk())
+		fsck(rec.layerDisk())
+		if got, err := tk.ReadExt4File(ctx, rec.workDisk(), "/hello.txt"); err != nil || string(got) != "hello.txt\n" {
+			t.Errorf("%s: seed file %q, %v", name, got, err)
+		}
+		keys, err := tk.ReadExt4File(ctx, rec.workDisk(), "/.ssh/authorized_keys")
+		if err != nil || !strings.HasPrefix(string(keys), "ssh-ed25519 ") {
+			t.Errorf("%s: authorized_keys %q, %v", name, keys, err)
+		}
+		pub, err := tk.ReadExt4File(ctx, rec.layerDisk(), "/upper/etc/ssh/ssh_host_ed25519_key.pub")
+		if err != nil || strings.TrimSpace(string(pub)) != strings.TrimSpace(rec.SSHHostKey) {
+			t.Errorf("%s: host key on the layer %q, %v (record %q)", name, pub, err, rec.SSHHostKey)
+		}
+		if conf, err := tk.ReadExt4File(ctx, rec.layerDisk(), "/upper/etc/ssh/sshd_config.d/banger.conf"); err != nil || string(conf) != sshdDropIn {
+			t.Errorf("%s: sshd drop-in on the layer %q, %v", name, conf, err)
+		}
+		hostKeys = append(hostKeys, string(pub))
+	}
+	if hostKeys[0] == hostKeys[1] {
+		t.Error("two VMs got the same host key")
+	}
+	templates := func() []string {
+		m, _ := filepath.Glob(filepath.Join(e.l.CacheDir, "disks", "*.ext4"))
+		return m
+	}
+	if got := templates(); len(got) != 2 {
+		t.Fatalf("templates after two creates: %v, want one work and one layer", got)
+	}
+
+	// A rebuilt image has a new seed: the next VM gets its files, not the old template's.
+	img.WorkSeedPath = seedWith("bye.txt")
+	must(0, e.d.store.PutImage(ctx, img))
+	must(e.create("c", false))
+	_, rec := e.record("c")
+	if _, err := tk.ReadExt4File(ctx, rec.workDisk(), "/bye.txt"); err != nil {
+		t.Errorf("c: new seed's file: %v", err)
+	}
+	if _, err := tk.ReadExt4File(ctx, rec.workDisk(), "/hello.txt"); err == nil {
+		t.Error("c: the old seed's file is on the new VM's disk")
+	}
+	if got := templates(); len(got) != 3 {
+		t.Fatalf("templates after the seed changed: %v", got)
+	}
+	// Removing the image drops its work templates (the layer template stays).
+	e.d.vms.disks.forgetImage(img.ID)
+	if got := templates(); len(got) != 1 || !strings.Contains(filepath.Base(got[0]), "layer-") {
+		t.Fatalf("templates after forgetting the image: %v", got)
 	}
 }

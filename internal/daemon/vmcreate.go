@@ -195,7 +195,7 @@ HostKey /etc/ssh/ssh_host_ed25519_key
 
 // buildDisks makes the VM's work disk (from the image's seed, with banger's user key
 // authorized for root) and its writable layer (holding the VM's own SSH host key), in
-// parallel. It returns the host key's public line.
+// parallel, as copies of the disk templates. It returns the host key's public line.
 func (d *Daemon) buildDisks(ctx context.Context, spec vmSpec, p createParams) ([]byte, error) {
 	userKey, err := d.vms.keys.EnsureUserKey()
 	if err != nil {
@@ -207,16 +207,11 @@ func (d *Daemon) buildDisks(ctx context.Context, spec vmSpec, p createParams) ([
 	}
 	e := d.images.Ext4
 	work := make(chan error, 1)
-	go func() {
-		_, err := e.BuildWorkDisk(ctx, ext4.WorkDiskSpec{Path: spec.workDisk(), SizeBytes: p.diskBytes, SeedPath: p.img.WorkSeedPath})
-		if err == nil {
-			err = authorizeKey(ctx, e, spec.workDisk(), userKey)
-		}
-		work <- err
-	}()
-	err = e.CreateExt4(ctx, spec.layerDisk(), layerDiskBytes, ext4.CreateOptions{Label: "banger-layer"})
+	go func() { work <- d.vms.disks.workDisk(ctx, p.img.ID, p.img.WorkSeedPath, p.diskBytes, userKey, spec.workDisk()) }()
+	err = d.vms.disks.layer(ctx, spec.layerDisk())
 	if err == nil {
-		err = e.WriteExt4Files(ctx, spec.layerDisk(), hostKeyEntries("/upper", hostPriv, hostPub))
+		// The template has the directories and the sshd drop-in: only the key is new.
+		err = e.AddExt4Files(ctx, spec.layerDisk(), hostKeyFiles("/upper", hostPriv, hostPub))
 	}
 	if werr := <-work; werr != nil {
 		return nil, werr
@@ -253,9 +248,18 @@ func authorizedKeysEntries(home string, existing, key []byte) []ext4.Ext4Entry {
 // hostKeyEntries are a VM's own SSH host key and the drop-in that makes sshd serve only
 // it, under root (an image path: the layer's upper dir, or an image build's root).
 func hostKeyEntries(root string, priv, pub []byte) []ext4.Ext4Entry {
+	return append(hostKeyFiles(root, priv, pub), sshdDropInEntry(root))
+}
+
+// hostKeyFiles are the host key pair alone, for a layer copied from the template (which
+// has the directories and the drop-in).
+func hostKeyFiles(root string, priv, pub []byte) []ext4.Ext4Entry {
 	return []ext4.Ext4Entry{
 		{Path: root + "/etc/ssh/ssh_host_ed25519_key", Data: priv, Mode: 0o600},
 		{Path: root + "/etc/ssh/ssh_host_ed25519_key.pub", Data: pub, Mode: 0o644},
-		{Path: root + "/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644},
 	}
+}
+
+func sshdDropInEntry(root string) ext4.Ext4Entry {
+	return ext4.Ext4Entry{Path: root + "/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644}
 }

@@ -5,6 +5,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"sync"
 
 	"github.com/banger-vm/banger/internal/initramfs"
@@ -28,6 +29,8 @@ type vmManager struct {
 	// initrd remembers which cached initramfs each kernel's start resolved to, so a
 	// start with unchanged guest binaries does not hash them again.
 	initrd *initramfs.Memo
+	// disks holds the fresh work disk and layer every create copies.
+	disks *diskTemplates
 }
 
 // vmLock serializes the operations on one VM. It lives while someone holds or waits for
@@ -51,6 +54,7 @@ func (d *Daemon) initVMs(ctx context.Context) {
 		keys:      sshkeys.New(d.opts.Layout.SSHDir).WithUserKey(cfg.SSHKeyPath),
 		host:      sync.OnceValue(host),
 		initrd:    initramfs.NewMemo(),
+		disks:     newDiskTemplates(filepath.Join(d.opts.Layout.CacheDir, "disks"), d.images.Ext4),
 	}
 	d.reconcileVMs(ctx)
 }

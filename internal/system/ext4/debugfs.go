@@ -692,6 +692,44 @@ func (e *Toolkit) WriteExt4Files(ctx context.Context, image string, entries []Ex
 	return nil
 }
 
+// AddExt4Files writes new regular files into existing directories of image in one debugfs
+// pass, without looking first: for images banger made itself (a copy of a template), whose
+// parent directories are known to exist and names known to be free. Anything debugfs
+// complains about (a missing parent, a name already taken) fails it.
+func (e *Toolkit) AddExt4Files(ctx context.Context, image string, entries []Ext4Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	tmpDir, err := os.MkdirTemp(e.tmpRoot, "banger-write-")
+	if err != nil {
+		return fmt.Errorf("add files to %s: %w", image, err)
+	}
+	defer os.RemoveAll(tmpDir)
+	s := &dfScript{}
+	for i, en := range entries {
+		c, err := cleanImagePath(en.Path)
+		if err != nil {
+			return err
+		}
+		if en.Dir || c == "/" {
+			return fmt.Errorf("add %s to %s: only regular files can be added", c, image)
+		}
+		src := filepath.Join(tmpDir, strconv.Itoa(i))
+		if err := os.WriteFile(src, en.Data, 0o600); err != nil {
+			return fmt.Errorf("add %s to %s: temp file: %w", c, image, err)
+		}
+		s.add("cd", path.Dir(c))
+		s.add("write", src, path.Base(c))
+		s.addf("sif", c, fmt.Sprintf("mode 0%o", fileModeToUnix(en.Mode&^fs.ModeType)))
+		s.addf("sif", c, fmt.Sprintf("uid %d", en.UID))
+		s.addf("sif", c, fmt.Sprintf("gid %d", en.GID))
+	}
+	if _, err := e.runDebugfs(ctx, image, true, s, nil); err != nil {
+		return fmt.Errorf("add files to %s: %w", image, err)
+	}
+	return nil
+}
+
 // RdumpExt4Dir copies the contents of dir in image (recursively) into the host directory
 // hostDst, which is created if needed. Regular files, directories and symlinks are copied
 // with their modes; device nodes, FIFOs and entries whose names cannot be copied safely are

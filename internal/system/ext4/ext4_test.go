@@ -389,3 +389,39 @@ func TestWriteExt4FilesBatch(t *testing.T) {
 	}
 	mustFsck(t, e, img)
 }
+
+func TestAddExt4Files(t *testing.T) {
+	e := testExt4(t)
+	ctx := context.Background()
+	img := filepath.Join(t.TempDir(), "img.ext4")
+	if err := e.CreateExt4(ctx, img, 64<<20, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.WriteExt4Files(ctx, img, []Ext4Entry{{Path: "/etc/ssh", Dir: true, Mode: 0o755}}); err != nil {
+		t.Fatal(err)
+	}
+	key := []Ext4Entry{{Path: "/etc/ssh/key", Data: []byte("secret\n"), Mode: 0o600, UID: 7, GID: 8}}
+	if err := e.AddExt4Files(ctx, img, key); err != nil {
+		t.Fatal(err)
+	}
+	mustFsck(t, e, img)
+	st, err := e.StatExt4(ctx, img, "/etc/ssh/key")
+	if err != nil || st.Mode.Perm() != 0o600 || st.UID != 7 || st.GID != 8 {
+		t.Fatalf("added file: %+v, %v", st, err)
+	}
+	if got, err := e.ReadExt4File(ctx, img, "/etc/ssh/key"); err != nil || string(got) != "secret\n" {
+		t.Fatalf("added file reads %q, %v", got, err)
+	}
+	// It never looks first, so what it assumes must hold: a taken name or a missing parent
+	// fails instead of doing something else.
+	if err := e.AddExt4Files(ctx, img, key); err == nil {
+		t.Error("adding over an existing name succeeded")
+	}
+	if err := e.AddExt4Files(ctx, img, []Ext4Entry{{Path: "/nope/key", Data: []byte("x")}}); err == nil {
+		t.Error("adding into a missing directory succeeded")
+	}
+	if err := e.AddExt4Files(ctx, img, []Ext4Entry{{Path: "/etc/dir", Dir: true}}); err == nil {
+		t.Error("adding a directory succeeded")
+	}
+	mustFsck(t, e, img)
+}
