@@ -207,7 +207,9 @@ func (d *Daemon) buildDisks(ctx context.Context, spec vmSpec, p createParams) ([
 	}
 	e := d.images.Ext4
 	work := make(chan error, 1)
-	go func() { work <- d.vms.disks.workDisk(ctx, p.img.ID, p.img.WorkSeedPath, p.diskBytes, userKey, spec.workDisk()) }()
+	go func() {
+		work <- d.vms.disks.workDisk(ctx, p.img.ID, p.img.WorkSeedPath, p.diskBytes, userKey, spec.workDisk())
+	}()
 	err = d.vms.disks.layer(ctx, spec.layerDisk())
 	if err == nil {
 		// The template has the directories and the sshd drop-in: only the key is new.
