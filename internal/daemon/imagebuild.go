@@ -255,7 +255,8 @@ func (d *Daemon) startBuilder(ctx context.Context, plan buildPlan, rootfs string
 	if err := d.vms.keys.Pin(sshkeys.HostAlias(id), bf.hostPub); err != nil {
 		return row, err
 	}
-	timings := lifecycle.New("image.build.vm", id, d.log, d.store)
+	timings := lifecycle.New("image.build.vm", id, d.log, d.store).Deferred()
+	defer timings.Flush(context.WithoutCancel(ctx))
 	vm, err := d.startLocked(ctx, row, timings, func(pr api.Progress) {
 		if pr.Message != "" {
 			report("booting the builder VM "+p.name, pr.Stage+" "+pr.Message)

@@ -153,7 +153,8 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 		return api.VM{}, err
 	}
 	r.Add(func() { _ = os.RemoveAll(rec.Dir); _ = os.RemoveAll(rec.RunDir) })
-	timings := lifecycle.New("vm.create", id, d.log, d.store)
+	timings := lifecycle.New("vm.create", id, d.log, d.store).Deferred()
+	defer timings.Flush(context.WithoutCancel(ctx))
 	if err := runStage(ctx, timings, progress, disksStage(), func(ctx context.Context) error {
 		hostKey, err := d.buildDisks(ctx, rec.vmSpec, p)
 		if err != nil {

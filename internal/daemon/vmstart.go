@@ -211,7 +211,8 @@ func (d *Daemon) startVM(ctx context.Context, name string, progress progressFunc
 	if err != nil {
 		return api.VM{}, err
 	}
-	timings := lifecycle.New("vm.start", vm.ID, d.log, d.store)
+	timings := lifecycle.New("vm.start", vm.ID, d.log, d.store).Deferred()
+	defer timings.Flush(context.WithoutCancel(ctx))
 	if vm, err = d.startLocked(ctx, vm, timings, progress, profile); err != nil {
 		return api.VM{}, err
 	}
@@ -237,7 +238,8 @@ func (d *Daemon) restartVM(ctx context.Context, req api.VMStopRequest, progress 
 		return api.VM{}, err
 	}
 	progress(api.Progress{Stage: "stopping", Message: fmt.Sprintf("%.1f ms", lifecycle.Millis(time.Since(start)))})
-	timings := lifecycle.New("vm.restart", vm.ID, d.log, d.store)
+	timings := lifecycle.New("vm.restart", vm.ID, d.log, d.store).Deferred()
+	defer timings.Flush(context.WithoutCancel(ctx))
 	if vm, err = d.startLocked(ctx, vm, timings, progress, profile); err != nil {
 		return api.VM{}, err
 	}

@@ -15,7 +15,7 @@ import (
 
 // Sink persists stages; *store.Store is one.
 type Sink interface {
-	AppendEvent(ctx context.Context, e store.Event) (int64, error)
+	AppendEvents(ctx context.Context, evs []store.Event) ([]int64, error)
 }
 
 // Recorder times the stages of one operation on one subject.
@@ -28,11 +28,21 @@ type Recorder struct {
 	sink    Sink
 	stages  []store.Event
 	flushed int
+	// deferred: stages are stored by Flush, in one write, not each as it ends.
+	deferred bool
 }
 
 // New returns a recorder; sink may be nil until the store is open (see Attach).
 func New(operation, subject string, log *slog.Logger, sink Sink) *Recorder {
 	return &Recorder{operation: operation, subject: subject, log: log, sink: sink}
+}
+
+// Deferred makes r keep its stages until Flush stores them in one write: for operations on
+// the hot path (a VM start), where a store transaction per stage is a cost of its own. The
+// stages are logged as they end either way.
+func (r *Recorder) Deferred() *Recorder {
+	r.deferred = true
+	return r
 }
 
 // Run times fn as the named stage and records it, whether it fails or not.
@@ -51,8 +61,11 @@ func (r *Recorder) Run(ctx context.Context, stage string, fn func(context.Contex
 	}
 	r.mu.Lock()
 	r.stages = append(r.stages, e)
+	deferred := r.deferred
 	r.mu.Unlock()
-	r.flush(ctx)
+	if !deferred {
+		r.Flush(ctx)
+	}
 	return err
 }
 
@@ -62,23 +75,22 @@ func (r *Recorder) Attach(ctx context.Context, sink Sink) {
 	r.mu.Lock()
 	r.sink = sink
 	r.mu.Unlock()
-	r.flush(ctx)
+	r.Flush(ctx)
 }
 
-// flush persists pending stages. A failure to store timing must not fail the operation it
-// measures, so it is only logged.
-func (r *Recorder) flush(ctx context.Context) {
+// Flush persists the pending stages in one write. A failure to store timing must not fail
+// the operation it measures, so it is only logged.
+func (r *Recorder) Flush(ctx context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.sink == nil {
+	if r.sink == nil || r.flushed == len(r.stages) {
 		return
 	}
-	for ; r.flushed < len(r.stages); r.flushed++ {
-		if _, err := r.sink.AppendEvent(ctx, r.stages[r.flushed]); err != nil {
-			r.log.WarnContext(ctx, "could not record lifecycle stage", "stage", r.stages[r.flushed].Stage, "err", err)
-			return
-		}
+	if _, err := r.sink.AppendEvents(ctx, r.stages[r.flushed:]); err != nil {
+		r.log.WarnContext(ctx, "could not record lifecycle stages", "operation", r.operation, "err", err)
+		return
 	}
+	r.flushed = len(r.stages)
 }
 
 // Stages returns the stages so far, in API form.

@@ -15,9 +15,9 @@ import (
 
 type failingSink struct{ calls int }
 
-func (f *failingSink) AppendEvent(context.Context, store.Event) (int64, error) {
+func (f *failingSink) AppendEvents(context.Context, []store.Event) ([]int64, error) {
 	f.calls++
-	return 0, errors.New("disk full")
+	return nil, errors.New("disk full")
 }
 
 func TestStagesAreTimedLoggedStoredAndReturned(t *testing.T) {
@@ -69,10 +69,42 @@ func TestSinkFailureDoesNotFailTheOperation(t *testing.T) {
 	if err := r.Run(context.Background(), "download", func(context.Context) error { return nil }); err != nil {
 		t.Fatalf("a sink failure leaked into the operation: %v", err)
 	}
-	if sink.calls != 1 || !strings.Contains(logs.String(), "could not record lifecycle stage") {
+	if sink.calls != 1 || !strings.Contains(logs.String(), "could not record lifecycle stages") {
 		t.Fatalf("calls=%d log=%s", sink.calls, logs.String())
 	}
 	if len(r.Stages()) != 1 {
 		t.Fatal("stage lost from the in-memory record")
+	}
+}
+
+// A deferred recorder stores nothing until Flush, then every stage in one write.
+func TestDeferredRecorderStoresOnFlush(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r := New("vm.start", "vm-2", slog.New(slog.DiscardHandler), st).Deferred()
+	for _, name := range []string{"network", "vmm", "agent"} {
+		if err := r.Run(ctx, name, func(context.Context) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	events := func() []store.Event {
+		evs, err := st.ListEvents(ctx, store.EventFilter{Subject: "vm-2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return evs
+	}
+	if n := len(events()); n != 0 {
+		t.Fatalf("%d events stored before Flush", n)
+	}
+	r.Flush(ctx)
+	r.Flush(ctx) // nothing new: nothing written twice
+	evs := events()
+	if len(evs) != 3 || evs[0].Stage != "network" || evs[2].Stage != "agent" {
+		t.Fatalf("after Flush: %+v", evs)
 	}
 }

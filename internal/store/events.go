@@ -35,31 +35,49 @@ const DefaultEventLimit = 1000
 // AppendEvent durably records e and returns its id. A zero At is set to the
 // current time.
 func (s *Store) AppendEvent(ctx context.Context, e Event) (int64, error) {
-	if e.Operation == "" || e.Stage == "" {
-		return 0, fmt.Errorf("store: append event: %w: operation and stage are required", ErrInvalid)
+	ids, err := s.AppendEvents(ctx, []Event{e})
+	if err != nil {
+		return 0, err
 	}
-	if e.Duration < 0 {
-		return 0, fmt.Errorf("store: append event: %w: negative duration %v", ErrInvalid, e.Duration)
+	return ids[0], nil
+}
+
+// AppendEvents stores events in one transaction (all or none) and returns their ids, so an
+// operation's stages cost one write, not one per stage.
+func (s *Store) AppendEvents(ctx context.Context, evs []Event) ([]int64, error) {
+	for i := range evs {
+		e := &evs[i]
+		if e.Operation == "" || e.Stage == "" {
+			return nil, fmt.Errorf("store: append event: %w: operation and stage are required", ErrInvalid)
+		}
+		if e.Duration < 0 {
+			return nil, fmt.Errorf("store: append event: %w: negative duration %v", ErrInvalid, e.Duration)
+		}
 	}
-	if e.At.IsZero() {
-		e.At = time.Now()
-	}
-	var id int64
+	ids := make([]int64, len(evs))
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `
+		for i, e := range evs {
+			at := e.At
+			if at.IsZero() {
+				at = time.Now()
+			}
+			res, err := tx.ExecContext(ctx, `
 INSERT INTO lifecycle_events(at, operation, subject, stage, duration_ns, error)
 VALUES (?, ?, ?, ?, ?, ?)`,
-			e.At.UnixNano(), e.Operation, e.Subject, e.Stage, int64(e.Duration), e.Error)
-		if err != nil {
-			return err
+				at.UnixNano(), e.Operation, e.Subject, e.Stage, int64(e.Duration), e.Error)
+			if err != nil {
+				return err
+			}
+			if ids[i], err = res.LastInsertId(); err != nil {
+				return err
+			}
 		}
-		id, err = res.LastInsertId()
-		return err
+		return nil
 	})
 	if err != nil {
-		return 0, mapErr(err, "append event", ErrNotFound)
+		return nil, mapErr(err, "append event", ErrNotFound)
 	}
-	return id, nil
+	return ids, nil
 }
 
 // ListEvents returns matching events in increasing id order (the order they
