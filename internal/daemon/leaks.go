@@ -32,6 +32,7 @@ type leakScope struct {
 	vmsDir     string   // VM disks are <vmsDir>/<id>
 	stagingIn  []string // dirs whose ".staging-*" entries are interrupted builds
 	initramfs  string   // the initramfs cache (".initramfs-*.tmp" are partial writes)
+	disks      string   // the disk templates ("*.building" are partial builds)
 	tmpDirs    []string // where disk builds stage (/dev/shm, the temp dir)
 	keep       []string // sockets that are not VMs' (the daemon's, the helper's)
 }
@@ -42,6 +43,7 @@ func (d *Daemon) leakScope() leakScope {
 		procDir: "/proc", runtimeDir: l.RuntimeDir, vmsDir: l.VMsDir,
 		stagingIn: []string{l.ImagesDir, filepath.Join(l.DataDir, "kernels")},
 		initramfs: filepath.Join(l.CacheDir, "initramfs"),
+		disks:     filepath.Join(l.CacheDir, "disks"),
 		tmpDirs:   []string{"/dev/shm", os.TempDir()},
 		keep:      []string{l.Socket, d.opts.Config.Network.HelperSocket},
 	}
@@ -241,6 +243,9 @@ func (d *Daemon) findLeaks(ctx context.Context, sc leakScope) (api.LeaksResponse
 	d.stagingEntries(sc.initramfs, func(name string) bool {
 		return strings.HasPrefix(name, ".initramfs-") && strings.HasSuffix(name, ".tmp")
 	}, "partial initramfs archive", false, &res)
+	d.stagingEntries(sc.disks, func(name string) bool {
+		return strings.HasSuffix(name, templateTmpSuffix)
+	}, "partial disk template", false, &res)
 	for _, dir := range sc.tmpDirs {
 		d.stagingEntries(dir, isDiskStaging, "disk build staging", false, &res)
 	}

@@ -181,15 +181,18 @@ func TestLeakCheckFindsAndFixesLeaks(t *testing.T) {
 	// Staging left by interrupted builds.
 	imgStaging := filepath.Join(l.ImagesDir, ".staging-42")
 	tmpStaging := filepath.Join(sc.tmpDirs[0], ".layer.ext4.write-7")
-	mkdirs(t, imgStaging, tmpStaging, sc.initramfs)
+	mkdirs(t, imgStaging, tmpStaging, sc.initramfs, sc.disks)
 	partial := filepath.Join(sc.initramfs, ".initramfs-1.tmp")
-	if err := os.WriteFile(partial, nil, 0o600); err != nil {
-		t.Fatal(err)
+	partialDisk := filepath.Join(sc.disks, "work-img-0123."+"ext4"+templateTmpSuffix)
+	for _, p := range []string{partial, partialDisk} {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// Builds take minutes: only staging older than that is removed by --fix.
 	old := time.Now().Add(-2 * stagingFixAge)
-	for _, p := range []string{imgStaging, partial} {
+	for _, p := range []string{imgStaging, partial, partialDisk} {
 		if err := os.Chtimes(p, old, old); err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +208,7 @@ func TestLeakCheckFindsAndFixesLeaks(t *testing.T) {
 		api.LeakSocket:  {straySock, staleSock},
 		api.LeakDir:     {strayDir, strayRun},
 		api.LeakLease:   {"172.30.0.9"},
-		api.LeakStaging: {inVMStaging, imgStaging, partial, tmpStaging},
+		api.LeakStaging: {inVMStaging, imgStaging, partial, partialDisk, tmpStaging},
 	}
 	for kind, whats := range want {
 		var have []string
@@ -253,7 +256,7 @@ func TestLeakCheckFindsAndFixesLeaks(t *testing.T) {
 	if err := proc.Wait(); err == nil {
 		t.Error("the stray VMM exited 0; want it killed")
 	}
-	for _, p := range []string{strayDir, strayRun, staleSock, imgStaging, partial, inVMStaging} {
+	for _, p := range []string{strayDir, strayRun, staleSock, imgStaging, partial, partialDisk, inVMStaging} {
 		if _, err := os.Lstat(p); !os.IsNotExist(err) {
 			t.Errorf("%s still there after --fix: %v", p, err)
 		}

@@ -5,7 +5,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"sync"
 
 	"github.com/banger-vm/banger/internal/initramfs"
@@ -54,7 +53,7 @@ func (d *Daemon) initVMs(ctx context.Context) {
 		keys:      sshkeys.New(d.opts.Layout.SSHDir).WithUserKey(cfg.SSHKeyPath),
 		host:      sync.OnceValue(host),
 		initrd:    initramfs.NewMemo(),
-		disks:     newDiskTemplates(filepath.Join(d.opts.Layout.CacheDir, "disks"), d.images.Ext4),
+		disks:     newDiskTemplates(d.leakScope().disks, d.images.Ext4),
 	}
 	d.reconcileVMs(ctx)
 }
