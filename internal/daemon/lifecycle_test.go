@@ -21,6 +21,7 @@ import (
 	"github.com/banger-vm/banger/internal/paths"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system/ext4"
+	"github.com/banger-vm/banger/internal/system/hosttools"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -488,7 +489,12 @@ func TestCreatesCopyDiskTemplates(t *testing.T) {
 
 	fsck := func(disk string) {
 		t.Helper()
-		if out, err := exec.Command("e2fsck", "-fn", disk).CombinedOutput(); err != nil {
+		// e2fsck lives in /usr/sbin, which is not on an unprivileged user's PATH.
+		e2fsck := hosttools.LookPathIn("e2fsck", "")
+		if e2fsck == "" {
+			t.Fatal("no e2fsck in PATH or the sbin directories (apt-get install e2fsprogs)")
+		}
+		if out, err := exec.Command(e2fsck, "-fn", disk).CombinedOutput(); err != nil {
 			t.Fatalf("e2fsck %s: %v\n%s", disk, err, out)
 		}
 	}
