@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/system/ext4"
@@ -36,19 +35,6 @@ type diskTemplates struct {
 
 func newDiskTemplates(dir string, e *ext4.Toolkit) *diskTemplates {
 	return &diskTemplates{dir: dir, ext4: e, locks: map[string]*sync.Mutex{}}
-}
-
-// fileStamp identifies one version of a file (a replaced seed is a new version).
-func fileStamp(p string) (string, error) {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return "", err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return "", fmt.Errorf("no inode for %s", p)
-	}
-	return fmt.Sprintf("%d:%d:%d:%d", st.Dev, st.Ino, fi.Size(), fi.ModTime().UnixNano()), nil
 }
 
 // templateName is a template's file name: its kind (and image), then a hash of the inputs
@@ -107,7 +93,7 @@ func (t *diskTemplates) build(ctx context.Context, tpl string, build func(tmp st
 func (t *diskTemplates) workDisk(ctx context.Context, imageID, seed string, size int64, userKey []byte, dst string) error {
 	seedStamp := "none"
 	if seed != "" {
-		if s, err := fileStamp(seed); err == nil {
+		if s, err := system.FileVersion(seed); err == nil {
 			seedStamp = s
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/internal/api"
-	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
@@ -196,7 +195,7 @@ func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 	buf := make([]byte, 32<<10)
 	// The log is capped by rotation: the older half is console.log.1, shown first.
 	if old, err := os.Open(rec.ConsoleLog + proc.RotatedSuffix); err == nil {
-		_, werr := io.CopyBuffer(system.OnlyWriter{W: w}, old, buf)
+		_, werr := io.Copy(w, old)
 		old.Close()
 		if werr != nil {
 			return nil
@@ -228,7 +227,7 @@ func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 		// follow the new console.log from its start.
 		if rotated(f, rec.ConsoleLog) {
 			if nf, err := os.Open(rec.ConsoleLog); err == nil {
-				if _, werr := io.CopyBuffer(system.OnlyWriter{W: w}, f, buf); werr != nil {
+				if _, werr := io.Copy(w, f); werr != nil {
 					nf.Close()
 					return nil
 				}

@@ -9,7 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
+
+	"github.com/banger-vm/banger/internal/system"
 )
 
 // Cache keeps built initramfs archives in Dir, one file per content key.
@@ -34,31 +35,16 @@ type Memo struct {
 // NewMemo returns an empty Memo.
 func NewMemo() *Memo { return &Memo{m: map[memoKey]Result{}} }
 
-// fileID identifies one version of a file.
-type fileID struct {
-	dev, ino uint64
-	size     int64
-	mtime    int64
-}
-
 type memoKey struct {
 	spec                          string // the spec's own fields
-	initBin, agentBin, mods, deps fileID
+	initBin, agentBin, mods, deps string // system.FileVersion of each
 }
 
-func statID(p string) (fileID, error) {
+func statID(p string) (string, error) {
 	if p == "" {
-		return fileID{}, nil
+		return "", nil
 	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		return fileID{}, err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fileID{}, fmt.Errorf("initramfs: no inode for %s", p)
-	}
-	return fileID{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtime: fi.ModTime().UnixNano()}, nil
+	return system.FileVersion(p)
 }
 
 // key is spec's memo key; ok is false when an input cannot be identified (Ensure then
