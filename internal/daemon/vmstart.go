@@ -72,7 +72,7 @@ func (d *Daemon) startSteps() []startStep {
 			"see qemu.log / the console log in the VM's run dir, and `banger doctor` for the VMM check"},
 			run: d.stepVMM},
 		{stage: stage{stageAgent, agentDeadline,
-			"the guest did not bring its agent up: read the console (`banger vm logs NAME`)"},
+			"the guest did not bring its agent up: read the console (`banger vm logs NAME`); if the VMM exited, its own log is in the VM's run dir"},
 			run: stepAgent},
 		{stage: stage{stageSSH, time.Minute,
 			"the guest's sshd did not answer on its port 22: read the console (`banger vm logs NAME`)"},

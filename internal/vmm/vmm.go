@@ -158,6 +158,8 @@ type Machine interface {
 type Driver interface {
 	Name() string
 	// Start boots spec. If any step fails, nothing is left running and the sockets are gone.
+	// It may return before the VMM has finished setting itself up (the guest boots after
+	// that anyway): a VMM that fails later ends, closing Done, and Exit says why.
 	Start(ctx context.Context, spec MachineSpec) (Machine, error)
 	// Reattach finds a VM started by an earlier daemon from its persisted state. It fails
 	// with ErrGone when the process is no longer that VM.

@@ -48,6 +48,9 @@ type Options struct {
 	// DieWithParent kills the VMM when the daemon dies (bare boots for bench; VMs outlive
 	// the daemon on purpose).
 	DieWithParent bool
+	// ExtraFiles are passed to the VMM as file descriptors 3, 4, ...; the caller closes its
+	// own copies.
+	ExtraFiles []*os.File
 }
 
 // Process is one VMM process: our child (Spawn) or one an earlier daemon started (Attach).
@@ -112,6 +115,7 @@ func Spawn(o Options) (_ *Process, err error) {
 			cmd.Stdout, cmd.Stderr = w, w
 		}
 	}
+	cmd.ExtraFiles = o.ExtraFiles
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if o.DieWithParent {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL

@@ -120,6 +120,9 @@ type argOptions struct {
 	Accel, CPU string
 	TSCKHz     int
 	Sandbox    bool // run under QEMU's seccomp sandbox (sandboxArg)
+	// QMPFD, when > 0, is the file descriptor of a listening QMP socket the caller made and
+	// passes to QEMU; 0 has QEMU create the socket itself (a command line to run by hand).
+	QMPFD int
 }
 
 // qemuArgs is QEMU's argument list (without argv[0]) for spec.
@@ -145,8 +148,12 @@ func qemuArgs(spec vmm.MachineSpec, l layout, o argOptions) []string {
 		// daemon reads, and QEMU holds the guest's UART back when the FIFO is full.
 		"-chardev", "pipe,id=con,path="+opt(l.ConsoleFIFO),
 		"-serial", "chardev:con",
-		"-qmp", "unix:"+opt(l.QMPSocket)+",server=on,wait=off",
 	)
+	if o.QMPFD > 0 {
+		a = append(a, "-chardev", "socket,id=qmp,fd="+strconv.Itoa(o.QMPFD)+",server=on,wait=off", "-mon", "chardev=qmp,mode=control")
+	} else {
+		a = append(a, "-qmp", "unix:"+opt(l.QMPSocket)+",server=on,wait=off")
+	}
 	for _, d := range spec.Drives {
 		drive := fmt.Sprintf("id=%s,file=%s,format=raw,if=none", d.ID, opt(d.Path))
 		if d.ReadOnly {

@@ -36,17 +36,14 @@ func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Bare
 		return vmm.BareBoot{}, err
 	}
 	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
-	args := qemuArgs(spec, l, d.argOpts(sandbox))
-	out := vmm.BareBoot{Argv: append([]string{bin}, args...), SameArgv: true}
-
-	removeSockets(spec.RunDir)
-	// Own session like Start; unlike a VM, a bare boot must not outlive the daemon that
-	// measures it, so it dies with it. The console is copied (and capped) as for a VM: an
-	// unread FIFO would stall the guest.
+	// Own session like Start (spawn); unlike a VM, a bare boot must not outlive the daemon
+	// that measures it, so it dies with it. The console is copied (and capped) as for a VM:
+	// an unread FIFO would stall the guest. The clock starts before the QMP socket is made,
+	// as Start's stage does.
 	start := time.Now()
-	p, err := proc.Spawn(proc.Options{Argv: out.Argv, Dir: spec.RunDir, Log: l.QEMULog, Console: d.console(l), DieWithParent: true})
+	argv, p, _, err := d.spawn(bin, spec, l, sandbox, false, true)
+	out := vmm.BareBoot{Argv: argv, SameArgv: true}
 	if err != nil {
-		removeSockets(spec.RunDir)
 		return out, fmt.Errorf("bare boot %s: %w", spec.Name, err)
 	}
 	defer func() {

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +55,9 @@ type Config struct {
 	// Sandbox is "auto" (default: QEMU's seccomp sandbox when this QEMU has it), "on"
 	// (required: Start fails without it) or "off".
 	Sandbox string
+	// QMPTimeout bounds QEMU's QMP handshake after Start, which goes on in the background:
+	// a QEMU that has not answered by then is killed. 0 means 30s.
+	QMPTimeout time.Duration
 }
 
 // Driver starts and reattaches QEMU VMs. It is safe for concurrent use.
@@ -83,6 +87,9 @@ func New(cfg Config) *Driver {
 	if cfg.Sandbox == "" {
 		cfg.Sandbox = SandboxAuto
 	}
+	if cfg.QMPTimeout <= 0 {
+		cfg.QMPTimeout = startQMPTimeout
+	}
 	if cfg.CPUModel == "" {
 		cfg.CPUModel = "max"
 		if cfg.Accel == AccelKVM {
@@ -102,9 +109,9 @@ func (d *Driver) Name() string { return DriverName }
 
 // Timeouts for QMP to answer.
 const (
-	// startQMPTimeout bounds Start's wait for QEMU's first answer when ctx has no earlier
-	// deadline. QMP answers once the machine is set up (the kernel loaded), well before
-	// the guest boots: milliseconds normally, seconds on a badly loaded host.
+	// startQMPTimeout is the default Config.QMPTimeout. QMP answers once QEMU has set the
+	// machine up (the kernel loaded) and its main loop runs, well before the guest boots:
+	// a few hundred milliseconds normally, seconds on a badly loaded host.
 	startQMPTimeout = 30 * time.Second
 	// reattachQMPTimeout bounds Reattach's QMP handshake.
 	reattachQMPTimeout = 10 * time.Second
@@ -230,8 +237,8 @@ func removeSockets(runDir string) {
 }
 
 // CommandLine returns the QEMU binary and arguments Start would run for spec (with the
-// agent transport picked now), for `banger vm inspect` and for comparing with QEMU run by
-// hand.
+// agent transport picked now), for `banger vm inspect` and for running QEMU by hand: QEMU
+// makes the QMP socket itself there (-qmp), where Start passes it one already listening.
 func (d *Driver) CommandLine(spec vmm.MachineSpec) (string, []string, error) {
 	if err := d.check(spec); err != nil {
 		return "", nil, err
@@ -253,14 +260,58 @@ func (d *Driver) argOpts(sandbox bool) argOptions {
 	return argOptions{Accel: d.cfg.Accel, CPU: d.cfg.CPUModel, TSCKHz: d.tscKHz(), Sandbox: sandbox}
 }
 
+// qmpFD is the descriptor QEMU gets its listening QMP socket on: the first of
+// proc.Options.ExtraFiles.
+const qmpFD = 3
+
+// spawn starts QEMU for spec with its QMP socket made here and passed in (listenQMP). With
+// connect set it also returns a connection to that socket, made before QEMU runs (queued
+// until QEMU's monitor accepts it). On error nothing is left: no process, no sockets.
+func (d *Driver) spawn(bin string, spec vmm.MachineSpec, l layout, sandbox, connect, dieWithParent bool) (argv []string, p *proc.Process, c net.Conn, err error) {
+	o := d.argOpts(sandbox)
+	o.QMPFD = qmpFD
+	argv = append([]string{bin}, qemuArgs(spec, l, o)...)
+	// Sockets left by a VM that died uncleanly would be in the way.
+	removeSockets(spec.RunDir)
+	ln, err := listenQMP(l.QMPSocket)
+	if err != nil {
+		return argv, nil, nil, err
+	}
+	defer ln.Close() // QEMU has its own copy
+	defer func() {
+		if err != nil {
+			if c != nil {
+				c.Close()
+			}
+			removeSockets(spec.RunDir)
+		}
+	}()
+	if connect {
+		if c, err = net.Dial("unix", l.QMPSocket); err != nil {
+			return argv, nil, nil, fmt.Errorf("qmp socket: %w", err)
+		}
+	}
+	p, err = proc.Spawn(proc.Options{Argv: argv, Dir: spec.RunDir, Log: l.QEMULog, Console: d.console(l),
+		ExtraFiles: []*os.File{ln}, DieWithParent: dieWithParent})
+	if err != nil {
+		return argv, nil, nil, err
+	}
+	return argv, p, c, nil
+}
+
 // console is where QEMU's serial console goes: a FIFO copied into the capped console.log.
 func (d *Driver) console(l layout) *proc.Console {
 	return &proc.Console{FIFO: l.ConsoleFIFO, Log: l.ConsoleLog, Cap: d.cfg.ConsoleCap}
 }
 
-// Start boots spec and returns once QMP answers query-status; it does not wait for the
-// guest agent (Agent().WaitReady does). If any step fails, QEMU is killed and its sockets
-// removed; console.log and qemu.log stay in RunDir to explain what happened.
+// Start boots spec and returns once QEMU runs; it waits neither for QEMU's own setup nor
+// for the guest agent (Agent().WaitReady does). QMP's handshake goes on in the background
+// on a connection made before QEMU started: QEMU answers it only once its main loop runs,
+// after it has loaded the kernel, and that is QEMU's own boot, which the caller's wait for
+// the agent already covers. A QEMU that fails from here on ends, closing Done, with Exit
+// saying why (its own words from qemu.log, or that QMP did not answer within
+// Config.QMPTimeout, for which it is killed). If Start fails, QEMU is killed and its
+// sockets removed; console.log and qemu.log stay in RunDir to explain what happened.
 func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine, err error) {
 	if err := d.check(spec); err != nil {
 		return nil, err
@@ -281,13 +332,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		return nil, err
 	}
 	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
-	args := qemuArgs(spec, l, d.argOpts(sandbox))
-
-	// Sockets left by a VM that died uncleanly would make our wait below talk to nothing.
-	removeSockets(spec.RunDir)
-	p, err := proc.Spawn(proc.Options{Argv: append([]string{bin}, args...), Dir: spec.RunDir, Log: l.QEMULog, Console: d.console(l)})
+	_, p, conn, err := d.spawn(bin, spec, l, sandbox, true, false)
 	if err != nil {
-		removeSockets(spec.RunDir)
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
 	st := vmm.State{
@@ -303,22 +349,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		Accel:          d.cfg.Accel,
 	}
 	m := newMachine(st, l, p)
-	defer func() {
-		if err != nil {
-			m.killAndWait()
-			m.Close()
-			removeSockets(spec.RunDir)
-		}
-	}()
-
-	qctx, cancel := context.WithTimeout(ctx, startQMPTimeout)
-	defer cancel()
-	q, err := m.waitQMP(qctx)
-	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
-	}
-	m.setQMP(q)
 	m.agent = agentClient(l)
+	go m.connectQMP(conn, d.cfg.QMPTimeout)
 	return m, nil
 }
 
@@ -369,6 +401,7 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (_ vmm.Machine, err
 		if err != nil {
 			p.Release()
 			m.Close()
+			m.qmpEnded(nil, err)
 		}
 	}()
 	qctx, cancel := context.WithTimeout(ctx, reattachQMPTimeout)
@@ -387,7 +420,7 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (_ vmm.Machine, err
 		}
 		return nil, fmt.Errorf("reattach qemu pid %d: QMP does not answer on %s: %w", st.PID, l.QMPSocket, err)
 	}
-	m.setQMP(q)
 	m.agent = agentClient(l)
+	m.qmpEnded(q, nil)
 	return m, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -31,18 +32,23 @@ type machine struct {
 	agent *agentclient.Client
 
 	mu          sync.Mutex
-	qmp         *qmpConn
+	qmp         *qmpConn      // nil until the handshake succeeded
+	qmpErr      error         // why the handshake failed
 	stopTimeout time.Duration // of the Stop in progress, for the exit reason
+	killNote    string        // why the driver itself killed QEMU, for the exit reason
 	exit        vmm.ExitInfo
 
+	qmpReady  chan struct{} // closed when the QMP handshake ended, either way
+	qmpOnce   sync.Once
 	done      chan struct{} // closed after exit is set
+	closing   chan struct{} // closed by Close
 	closeOnce sync.Once
 }
 
 var _ vmm.Machine = (*machine)(nil)
 
 func newMachine(st vmm.State, l layout, p *proc.Process) *machine {
-	m := &machine{st: st, l: l, p: p, done: make(chan struct{})}
+	m := &machine{st: st, l: l, p: p, done: make(chan struct{}), qmpReady: make(chan struct{}), closing: make(chan struct{})}
 	go func() {
 		<-p.Done()
 		m.finish()
@@ -54,7 +60,6 @@ func (m *machine) State() vmm.State           { return m.st }
 func (m *machine) PID() int                   { return m.st.PID }
 func (m *machine) Agent() *agentclient.Client { return m.agent }
 func (m *machine) Done() <-chan struct{}      { return m.done }
-func (m *machine) setQMP(q *qmpConn)          { m.mu.Lock(); m.qmp = q; m.mu.Unlock() }
 func (m *machine) getQMP() *qmpConn           { m.mu.Lock(); defer m.mu.Unlock(); return m.qmp }
 func (m *machine) exited() bool               { return isClosed(m.done) }
 func isClosed(ch <-chan struct{}) bool {
@@ -78,11 +83,73 @@ func (m *machine) Exit() vmm.ExitInfo {
 	return e
 }
 
+// qmpEnded records how the QMP handshake ended: q connected, or err.
+func (m *machine) qmpEnded(q *qmpConn, err error) {
+	m.qmpOnce.Do(func() {
+		m.mu.Lock()
+		m.qmp, m.qmpErr = q, err
+		m.mu.Unlock()
+		close(m.qmpReady)
+	})
+}
+
+// connectQMP does the QMP handshake on c, a connection made before QEMU started, within
+// timeout. A QEMU that does not answer in time is killed: a VM banger cannot control over
+// QMP must not run on. QEMU exiting, or Close, ends the handshake early.
+func (m *machine) connectQMP(c net.Conn, timeout time.Duration) {
+	ctx, cancel := context.WithTimeoutCause(context.Background(), timeout, fmt.Errorf("QMP did not answer within %s", timeout))
+	defer cancel()
+	go func() {
+		select {
+		case <-m.p.Done():
+			cancel()
+		case <-m.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	q, err := handshakeQMP(ctx, c, m.l.QMPSocket)
+	if err != nil && !m.p.Exited() && !isClosed(m.closing) {
+		m.mu.Lock()
+		m.killNote = err.Error()
+		m.mu.Unlock()
+		_ = m.p.Kill()
+	}
+	if err == nil && isClosed(m.closing) {
+		q.Close() // Close came first: it has nothing to close this with
+	}
+	m.qmpEnded(q, err)
+}
+
+// awaitQMP waits for the QMP handshake and returns the connection, or why there is none.
+func (m *machine) awaitQMP(ctx context.Context) (*qmpConn, error) {
+	select {
+	case <-m.qmpReady:
+	case <-m.done:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.qmp != nil:
+		return m.qmp, nil
+	case m.qmpErr != nil:
+		return nil, m.qmpErr
+	}
+	return nil, errors.New("qemu exited before QMP answered")
+}
+
 // finish records why QEMU ended (the process is gone and its console copied) and closes
 // done.
 func (m *machine) finish() {
-	// QEMU is gone, so everything it wrote is in our socket buffer: let the QMP reader reach
-	// EOF, so a SHUTDOWN event sent just before the exit is seen.
+	// QEMU is gone, so a handshake in flight fails at once (connectQMP watches for it).
+	select {
+	case <-m.qmpReady:
+	case <-time.After(5 * time.Second):
+	}
+	// Everything QEMU wrote is in our socket buffer: let the QMP reader reach EOF, so a
+	// SHUTDOWN event sent just before the exit is seen.
 	q := m.getQMP()
 	var sd *shutdownEvent
 	if q != nil {
@@ -97,6 +164,8 @@ func (m *machine) finish() {
 		note = fmt.Sprintf("the guest did not shut down within %s", m.stopTimeout)
 	case proc.RungCancel:
 		note = "stop was cancelled"
+	default:
+		note = m.killNote
 	}
 	reason, clean := exitReason(m.p.ProcessState(), sd, m.p.Killed(), note, console, proc.TailLines(m.l.QEMULog, 3))
 	m.exit = vmm.ExitInfo{Reason: reason, Clean: clean, ConsoleTail: console, At: time.Now()}
@@ -180,37 +249,6 @@ func exitReason(ps *os.ProcessState, sd *shutdownEvent, killed bool, killNote st
 	return "guest powered off", true
 }
 
-// waitQMP waits for QEMU's QMP socket to answer query-status, or for QEMU to exit.
-func (m *machine) waitQMP(ctx context.Context) (*qmpConn, error) {
-	var last error
-	for {
-		q, err := dialQMP(ctx, m.l.QMPSocket)
-		if err == nil {
-			if _, err = q.queryStatus(ctx); err == nil {
-				return q, nil
-			}
-			q.Close()
-		}
-		last = err
-		t := time.NewTimer(10 * time.Millisecond)
-		select {
-		case <-m.done:
-			t.Stop()
-			return nil, fmt.Errorf("qemu exited: %s", m.Exit().Reason)
-		case <-ctx.Done():
-			t.Stop()
-			// QEMU may have failed in the same moment: its reason is the better error.
-			select {
-			case <-m.done:
-				return nil, fmt.Errorf("qemu exited: %s", m.Exit().Reason)
-			case <-time.After(50 * time.Millisecond):
-			}
-			return nil, fmt.Errorf("QMP on %s did not answer: %w (last attempt: %v)", m.l.QMPSocket, context.Cause(ctx), last)
-		case <-t.C:
-		}
-	}
-}
-
 // Kill ends QEMU at once and waits for it to be gone.
 func (m *machine) Kill() error {
 	if err := m.p.Kill(); err != nil {
@@ -238,11 +276,11 @@ func (m *machine) Stop(ctx context.Context, timeout time.Duration) (vmm.ExitInfo
 	m.mu.Unlock()
 	l := proc.Ladder{
 		Button: func(ctx context.Context) error {
-			q := m.getQMP()
-			if q == nil {
-				return errors.New("no QMP connection")
+			q, err := m.awaitQMP(ctx)
+			if err != nil {
+				return err
 			}
-			_, err := q.run(ctx, "system_powerdown", nil)
+			_, err = q.run(ctx, "system_powerdown", nil)
 			return err
 		},
 	}
@@ -265,6 +303,7 @@ func (m *machine) Stop(ctx context.Context, timeout time.Duration) (vmm.ExitInfo
 // Close drops the QMP and agent connections; QEMU keeps running.
 func (m *machine) Close() error {
 	m.closeOnce.Do(func() {
+		close(m.closing)
 		if q := m.getQMP(); q != nil {
 			q.Close()
 		}

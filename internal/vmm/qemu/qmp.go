@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -57,13 +58,39 @@ type qmpConn struct {
 	closeOnce sync.Once
 }
 
-// dialQMP connects to the QMP socket at path and does the capabilities handshake.
+// listenQMP makes the QMP socket at path, listening, for QEMU to inherit (-chardev
+// socket,fd=): the daemon connects the moment it exists rather than polling for QEMU to make
+// it, and its connection is queued when QEMU's monitor starts. The caller passes the file
+// to QEMU and closes it; the socket stays at path, for Reattach.
+func listenQMP(path string) (*os.File, error) {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("qmp socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false) // the socket is QEMU's once it runs
+	f, err := ln.File()
+	_ = ln.Close()
+	if err != nil {
+		_ = os.Remove(path)
+		return nil, fmt.Errorf("qmp socket: %w", err)
+	}
+	return f, nil
+}
+
+// dialQMP connects to the QMP socket at path and does the handshake (handshakeQMP).
 func dialQMP(ctx context.Context, path string) (*qmpConn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		return nil, err
 	}
+	return handshakeQMP(ctx, c, path)
+}
+
+// handshakeQMP does QMP's capabilities handshake on c and its first query-status in one
+// round trip: both commands are written at once, before the greeting is read (QEMU runs
+// them in order once its main loop starts). On error c is closed.
+func handshakeQMP(ctx context.Context, c net.Conn, path string) (*qmpConn, error) {
 	// The handshake is bounded by ctx: a QEMU that accepts but never greets (e.g. another
 	// client holds the monitor) must not hang us. The deadline is set only once ctx is
 	// done, so the error names ctx's reason rather than a bare i/o timeout.
@@ -77,6 +104,9 @@ func dialQMP(ctx context.Context, path string) (*qmpConn, error) {
 		}
 		return nil, fmt.Errorf("qmp %s: %s: %w", path, what, err)
 	}
+	if _, err := c.Write([]byte(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"query-status"}` + "\n")); err != nil {
+		return fail("send qmp_capabilities", err)
+	}
 	var greet qmpMessage
 	if err := readMessage(r, &greet); err != nil {
 		return fail("read greeting", err)
@@ -84,20 +114,19 @@ func dialQMP(ctx context.Context, path string) (*qmpConn, error) {
 	if greet.QMP == nil {
 		return fail("greeting", errors.New("not a QMP greeting"))
 	}
-	if _, err := c.Write([]byte(`{"execute":"qmp_capabilities"}` + "\n")); err != nil {
-		return fail("send qmp_capabilities", err)
-	}
-	var ans qmpMessage
-	for {
-		if err := readMessage(r, &ans); err != nil {
-			return fail("read qmp_capabilities answer", err)
+	for _, cmd := range []string{"qmp_capabilities", "query-status"} {
+		var ans qmpMessage
+		for {
+			if err := readMessage(r, &ans); err != nil {
+				return fail("read "+cmd+" answer", err)
+			}
+			if ans.Event == "" {
+				break
+			}
 		}
-		if ans.Event == "" {
-			break
+		if ans.Error != nil {
+			return fail(cmd, errors.New(ans.Error.Desc))
 		}
-	}
-	if ans.Error != nil {
-		return fail("qmp_capabilities", errors.New(ans.Error.Desc))
 	}
 	if !stop() {
 		return fail("handshake", context.Cause(ctx))

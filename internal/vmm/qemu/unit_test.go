@@ -1,9 +1,9 @@
 package qemu
 
 import (
-	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -90,7 +90,7 @@ func TestQEMUArgs(t *testing.T) {
 	l = newLayout(spec.RunDir, TransportVsock, 77, spec.AgentPort)
 	got = qemuArgs(spec, l, argOptions{Accel: AccelKVM, CPU: "host", TSCKHz: 2500000})
 	joined := strings.Join(got, " ")
-	for _, w := range []string{"-accel kvm -cpu host", "-device vhost-vsock-device,guest-cid=77", "banger.agent=vsock banger.agent_port=2000"} {
+	for _, w := range []string{"-accel kvm -cpu host", "-device vhost-vsock-device,guest-cid=77", "banger.agent=vsock banger.agent_port=2000", "-qmp unix:/run/b/vm1/qmp.sock,"} {
 		if !strings.Contains(joined, w) {
 			t.Errorf("vsock args lack %q: %s", w, joined)
 		}
@@ -106,6 +106,12 @@ func TestQEMUArgs(t *testing.T) {
 	cl := kernelCmdline(spec, newLayout(spec.RunDir, TransportVsock, 9, 0), AccelTCG, 2500000)
 	if strings.Count(cl, "tsc_early_khz") != 1 || strings.Contains(cl, "agent_port") {
 		t.Errorf("cmdline %q", cl)
+	}
+	// Start's form: QEMU gets its QMP socket already listening, on a descriptor.
+	got = qemuArgs(spec, l, argOptions{Accel: AccelTCG, CPU: "max", QMPFD: 3})
+	joined = strings.Join(got, " ")
+	if !strings.Contains(joined, "-chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control") || strings.Contains(joined, "-qmp") {
+		t.Errorf("args with a passed QMP socket: %s", joined)
 	}
 }
 
@@ -289,8 +295,8 @@ func fakeQMP(t *testing.T, silent bool) string {
 			}
 			go func(c net.Conn) {
 				defer c.Close()
-				if silent {
-					_, _ = bufio.NewReader(c).ReadBytes('\n')
+				if silent { // reads what it is sent, answers nothing
+					_, _ = io.Copy(io.Discard, c)
 					return
 				}
 				write := func(s string) { c.Write([]byte(s + "\r\n")) }
