@@ -76,6 +76,7 @@ type Daemon struct {
 	net    *netState
 	images *image.Manager
 	vms    *vmManager
+	warm   warmUp
 
 	shutdownOnce sync.Once
 	shutdownReq  chan string
@@ -161,6 +162,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.startNetwork(ctx)
+	d.startWarmUp()
+	undo.Add(d.stopWarmUp)
 	d.srv = &http.Server{
 		Handler:           d.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -187,6 +190,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 			d.log.Warn("in-flight requests did not finish in time; closing them", "err", e)
 			_ = d.srv.Close()
 		}
+		d.stopWarmUp()
 		d.closeVMs()
 		d.stopNetwork()
 		// The socket goes before the lock: once the lock is free another daemon may start

@@ -46,12 +46,10 @@ func templateName(kind string, parts ...string) string {
 
 // copyOf copies the template named name to dst, building the template first with build
 // (into a temporary path it is given) when it is missing.
-func (t *diskTemplates) copyOf(ctx context.Context, name, dst string, build func(tmp string) error) error {
-	tpl := filepath.Join(t.dir, name)
-	if _, err := os.Stat(tpl); err != nil {
-		if err := t.build(ctx, tpl, build); err != nil {
-			return err
-		}
+func (t *diskTemplates) copyOf(ctx context.Context, name, dst string, build func(ctx context.Context, tmp string) error) error {
+	tpl, err := t.ensure(ctx, name, build)
+	if err != nil {
+		return err
 	}
 	if _, err := system.CloneFile(ctx, tpl, dst); err != nil {
 		return fmt.Errorf("copy disk template %s: %w", name, err)
@@ -59,7 +57,17 @@ func (t *diskTemplates) copyOf(ctx context.Context, name, dst string, build func
 	return nil
 }
 
-func (t *diskTemplates) build(ctx context.Context, tpl string, build func(tmp string) error) error {
+// ensure returns the path of the template named name, building it with build first when it
+// is missing.
+func (t *diskTemplates) ensure(ctx context.Context, name string, build func(ctx context.Context, tmp string) error) (string, error) {
+	tpl := filepath.Join(t.dir, name)
+	if _, err := os.Stat(tpl); err == nil {
+		return tpl, nil
+	}
+	return tpl, t.build(ctx, tpl, build)
+}
+
+func (t *diskTemplates) build(ctx context.Context, tpl string, build func(ctx context.Context, tmp string) error) error {
 	t.mu.Lock()
 	l := t.locks[tpl]
 	if l == nil {
@@ -77,7 +85,7 @@ func (t *diskTemplates) build(ctx context.Context, tpl string, build func(tmp st
 	}
 	tmp := tpl + templateTmpSuffix
 	_ = os.Remove(tmp) // a killed build's leftover
-	if err := build(tmp); err != nil {
+	if err := build(ctx, tmp); err != nil {
 		_ = os.Remove(tmp)
 		return err
 	}
@@ -91,6 +99,20 @@ func (t *diskTemplates) build(ctx context.Context, tpl string, build func(tmp st
 // workDisk gives dst a fresh work disk of size bytes from the image's seed (none: empty),
 // with userKey authorized for root.
 func (t *diskTemplates) workDisk(ctx context.Context, imageID, seed string, size int64, userKey []byte, dst string) error {
+	name, build := t.workTemplate(imageID, seed, size, userKey)
+	return t.copyOf(ctx, name, dst, build)
+}
+
+// warmWorkDisk builds the image's work disk template of size bytes now, so the image's first
+// VM only copies it.
+func (t *diskTemplates) warmWorkDisk(ctx context.Context, imageID, seed string, size int64, userKey []byte) error {
+	name, build := t.workTemplate(imageID, seed, size, userKey)
+	_, err := t.ensure(ctx, name, build)
+	return err
+}
+
+// workTemplate names the work disk template for its inputs and says how to build it.
+func (t *diskTemplates) workTemplate(imageID, seed string, size int64, userKey []byte) (string, func(ctx context.Context, tmp string) error) {
 	seedStamp := "none"
 	if seed != "" {
 		if s, err := system.FileVersion(seed); err == nil {
@@ -98,24 +120,33 @@ func (t *diskTemplates) workDisk(ctx context.Context, imageID, seed string, size
 		}
 	}
 	name := templateName("work-"+imageID, seed, seedStamp, fmt.Sprint(size), string(userKey))
-	return t.copyOf(ctx, name, dst, func(tmp string) error {
+	return name, func(ctx context.Context, tmp string) error {
 		if _, err := t.ext4.BuildWorkDisk(ctx, ext4.WorkDiskSpec{Path: tmp, SizeBytes: size, SeedPath: seed}); err != nil {
 			return err
 		}
 		return authorizeKey(ctx, t.ext4, tmp, userKey)
-	})
+	}
 }
 
 // layer gives dst a fresh writable layer holding the sshd drop-in that makes sshd serve
 // the VM's own host key (which the caller adds).
 func (t *diskTemplates) layer(ctx context.Context, dst string) error {
-	name := templateName("layer", fmt.Sprint(layerDiskBytes), "banger-layer", sshdDropIn)
-	return t.copyOf(ctx, name, dst, func(tmp string) error {
-		if err := t.ext4.CreateExt4(ctx, tmp, layerDiskBytes, ext4.CreateOptions{Label: "banger-layer"}); err != nil {
-			return err
-		}
-		return t.ext4.WriteExt4Files(ctx, tmp, []ext4.Ext4Entry{sshdDropInEntry("/upper")})
-	})
+	return t.copyOf(ctx, layerTemplateName, dst, t.buildLayer)
+}
+
+// warmLayer builds the writable layer template now.
+func (t *diskTemplates) warmLayer(ctx context.Context) error {
+	_, err := t.ensure(ctx, layerTemplateName, t.buildLayer)
+	return err
+}
+
+var layerTemplateName = templateName("layer", fmt.Sprint(layerDiskBytes), "banger-layer", sshdDropIn)
+
+func (t *diskTemplates) buildLayer(ctx context.Context, tmp string) error {
+	if err := t.ext4.CreateExt4(ctx, tmp, layerDiskBytes, ext4.CreateOptions{Label: "banger-layer"}); err != nil {
+		return err
+	}
+	return t.ext4.WriteExt4Files(ctx, tmp, []ext4.Ext4Entry{sshdDropInEntry("/upper")})
 }
 
 // forgetImage removes the work disk templates of an image (when it is removed).

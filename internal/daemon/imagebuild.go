@@ -59,7 +59,7 @@ func (d *Daemon) handleImageBuild(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return nil, err
 		}
-		return imageToAPI(img), nil
+		return d.imageAdded(ctx, img, p), nil
 	})
 	return nil
 }

@@ -238,7 +238,7 @@ func (d *Daemon) handleImagePull(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return nil, err
 		}
-		return imageToAPI(img), nil
+		return d.imageAdded(ctx, img, p), nil
 	})
 	return nil
 }
@@ -262,7 +262,7 @@ func (d *Daemon) handleImageImport(w http.ResponseWriter, r *http.Request) error
 		if err != nil {
 			return nil, err
 		}
-		return imageToAPI(img), nil
+		return d.imageAdded(ctx, img, p), nil
 	})
 	return nil
 }

@@ -137,6 +137,10 @@ func (d *Daemon) leakRefs(ctx context.Context) (leakRefs, error) {
 // findLeaks scans everything in scope against the references.
 func (d *Daemon) findLeaks(ctx context.Context, sc leakScope) (api.LeaksResponse, error) {
 	res := api.LeaksResponse{Leaks: []api.Leak{}, Checked: map[api.LeakKind]int{}, Skipped: map[api.LeakKind]string{}}
+	// The start's warm-up builds templates: its scratch files are not leftovers.
+	if err := d.waitWarmUp(ctx); err != nil {
+		return res, err
+	}
 	refs, err := d.leakRefs(ctx)
 	if err != nil {
 		return res, fmt.Errorf("list VMs: %w", err)

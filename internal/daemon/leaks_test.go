@@ -34,7 +34,8 @@ func TestLeakHelperProcess(t *testing.T) {
 // qemu-system-x86_64, working directory runDir, a -qmp socket path in it.
 func startStrayVMM(t *testing.T, runDir string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLeakHelperProcess$", "-qmp", "unix:"+filepath.Join(runDir, "qmp.sock")+",server=on,wait=off")
+	// "--": the test binary's flag parsing must stop there, or it exits at once on -qmp.
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLeakHelperProcess$", "--", "-qmp", "unix:"+filepath.Join(runDir, "qmp.sock")+",server=on,wait=off")
 	cmd.Args[0] = "qemu-system-x86_64"
 	cmd.Dir = runDir
 	cmd.Env = append(os.Environ(), "BANGER_LEAK_HELPER=1")

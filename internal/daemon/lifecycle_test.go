@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -483,9 +484,24 @@ func TestCreatesCopyDiskTemplates(t *testing.T) {
 		must(0, tk.CreateExt4(ctx, seed, 64<<20, ext4.CreateOptions{SourceDir: src}))
 		return seed
 	}
+	templates := func() []string {
+		m, _ := filepath.Glob(filepath.Join(e.l.CacheDir, "disks", "*.ext4"))
+		return m
+	}
+	// The daemon start's warm-up built the layer template and img1's work template.
+	must(0, e.d.waitWarmUp(ctx))
+	if got := templates(); len(got) != 2 || !slices.ContainsFunc(got, func(p string) bool { return strings.Contains(filepath.Base(p), "work-img1-") }) {
+		t.Fatalf("templates after the warm-up: %v, want img1's work and the layer", got)
+	}
 	img := must(e.d.store.GetImage(ctx, "img1"))
 	img.WorkSeedPath = seedWith("hello.txt")
 	must(0, e.d.store.PutImage(ctx, img))
+	// Adding an image ends with building its template: the two creates below only copy it.
+	e.d.vms.disks.forgetImage(img.ID)
+	e.d.imageAdded(ctx, img, nil)
+	if got := templates(); len(got) != 2 {
+		t.Fatalf("templates after the image was added: %v", got)
+	}
 
 	fsck := func(disk string) {
 		t.Helper()
@@ -499,8 +515,12 @@ func TestCreatesCopyDiskTemplates(t *testing.T) {
 		}
 	}
 	var hostKeys []string
+	// The default size, which the image's template is built at.
+	create := func(name string) (api.VM, error) {
+		return e.d.createVM(ctx, api.VMCreateRequest{Name: name, Image: "img"}, func(api.Progress) {})
+	}
 	for _, name := range []string{"a", "b"} {
-		must(e.create(name, false))
+		must(create(name))
 		_, rec := e.record(name)
 		fsck(rec.workDisk())
 		fsck(rec.layerDisk())
@@ -523,10 +543,6 @@ func TestCreatesCopyDiskTemplates(t *testing.T) {
 	if hostKeys[0] == hostKeys[1] {
 		t.Error("two VMs got the same host key")
 	}
-	templates := func() []string {
-		m, _ := filepath.Glob(filepath.Join(e.l.CacheDir, "disks", "*.ext4"))
-		return m
-	}
 	if got := templates(); len(got) != 2 {
 		t.Fatalf("templates after two creates: %v, want one work and one layer", got)
 	}
@@ -534,7 +550,7 @@ func TestCreatesCopyDiskTemplates(t *testing.T) {
 	// A rebuilt image has a new seed: the next VM gets its files, not the old template's.
 	img.WorkSeedPath = seedWith("bye.txt")
 	must(0, e.d.store.PutImage(ctx, img))
-	must(e.create("c", false))
+	must(create("c"))
 	_, rec := e.record("c")
 	if _, err := tk.ReadExt4File(ctx, rec.workDisk(), "/bye.txt"); err != nil {
 		t.Errorf("c: new seed's file: %v", err)

@@ -166,6 +166,12 @@ type Driver interface {
 	Reattach(ctx context.Context, st State) (Machine, error)
 }
 
+// Warmer is a driver with one-time work (probes of the host and of the VMM binary) that it
+// can do ahead of the first Start, so that start does not pay for it.
+type Warmer interface {
+	Warm(ctx context.Context) error
+}
+
 // ErrGone means the VMM process of a persisted State no longer exists (or its PID now
 // belongs to another process).
 var ErrGone = errors.New("the VM's process is gone")

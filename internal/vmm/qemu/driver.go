@@ -102,7 +102,22 @@ func New(cfg Config) *Driver {
 var (
 	_ vmm.Driver     = (*Driver)(nil)
 	_ vmm.BareBooter = (*Driver)(nil)
+	_ vmm.Warmer     = (*Driver)(nil)
 )
+
+// Warm does what the first Start would otherwise pay for: it finds QEMU, probes its
+// sandbox support and measures the host's TSC frequency (for TCG guests).
+func (d *Driver) Warm(ctx context.Context) error {
+	bin, err := exec.LookPath(d.cfg.Binary)
+	if err != nil {
+		return fmt.Errorf("qemu: %w (apt-get install qemu-system-x86)", err)
+	}
+	if d.cfg.Accel == AccelTCG {
+		d.tscKHz()
+	}
+	_, err = d.useSandbox(ctx, bin)
+	return err
+}
 
 // Name is "qemu".
 func (d *Driver) Name() string { return DriverName }

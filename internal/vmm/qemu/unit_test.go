@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-vm/banger/internal/hostinfo"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -392,5 +393,31 @@ func TestSandboxProbe(t *testing.T) {
 	}
 	if ok, detail, err := SandboxSupported(ctx, q); !ok || err != nil {
 		t.Errorf("real qemu: %v %q %v", ok, detail, err)
+	}
+}
+
+// TestWarm: Warm does the probes the first Start would (the sandbox, the TSC), so Start
+// finds them done; a missing QEMU is an error that says what to install.
+func TestWarm(t *testing.T) {
+	ctx := context.Background()
+	if err := New(Config{Binary: filepath.Join(t.TempDir(), "no-qemu")}).Warm(ctx); err == nil || !strings.Contains(err.Error(), "apt-get install qemu-system-x86") {
+		t.Errorf("warm without qemu: %v", err)
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("no qemu-system-x86_64 here (apt-get install qemu-system-x86)")
+	}
+	d := New(Config{Accel: AccelTCG})
+	if err := d.Warm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.sandboxMu.Lock()
+	probed := d.sandboxProbed
+	d.sandboxMu.Unlock()
+	if !probed {
+		t.Error("Warm did not probe the sandbox")
+	}
+	// "cpu MHz" may move between reads: that Warm measured it at all is the point.
+	if _, err := hostinfo.TSCKHz(); err == nil && d.tsc <= 0 {
+		t.Errorf("Warm did not measure the TSC (%d kHz) though the host has one", d.tsc)
 	}
 }
