@@ -32,7 +32,7 @@ to the guest agent answering /v1/healthz). Runs alternate which goes first.
 
 Reported: medians (min, max) of create -> agent-ready and -> ssh-ready, of each
 recorded stage, of the host-side part (everything but the wait for the guest's
-own boot; goal <= 100 ms), and the banger/bare ratio to agent-ready (goal <= 1.10).
+own boot; goal <= 100 ms), and the banger/bare ratio to agent-ready (goal <= 1.05).
 Bench VMs are removed afterwards, also on failure or Ctrl-C.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -33,7 +33,7 @@ const (
 	// benchHostSideGoalMS: everything but the guest's own boot, median.
 	benchHostSideGoalMS = 100
 	// benchRatioGoal: banger create->agent-ready over the bare VMM's boot->agent-ready.
-	benchRatioGoal = 1.10
+	benchRatioGoal = 1.05
 	// benchLockName marks a bench scratch directory in use: the leak check leaves a
 	// directory alone while its lock is held (by a running bench).
 	benchLockName = ".bench.lock"

@@ -92,7 +92,7 @@ func TestBenchCreate(t *testing.T) {
 
 	t.Run("table", func(t *testing.T) {
 		r := e.must("bench", "create", "--runs", "1", "--image", "bb", "--memory", "512M")
-		for _, want := range []string{"create -> agent-ready", "host-side", "bare qemu -> agent-ready", "ratio banger/bare", "goal <= 100 ms", "goal <= 1.1"} {
+		for _, want := range []string{"create -> agent-ready", "host-side", "bare qemu -> agent-ready", "ratio banger/bare", "goal <= 100 ms", "goal <= 1.05"} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("table lacks %q:\n%s", want, r.stdout)
 			}

@@ -87,6 +87,10 @@ func (m *machine) Exit() vmm.ExitInfo {
 func (m *machine) qmpEnded(q *qmpConn, err error) {
 	m.qmpOnce.Do(func() {
 		m.mu.Lock()
+		if q != nil && isClosed(m.closing) {
+			q.Close() // Close came first and had nothing to close yet
+			q, err = nil, errors.New("qmp: the connection was closed")
+		}
 		m.qmp, m.qmpErr = q, err
 		m.mu.Unlock()
 		close(m.qmpReady)
@@ -114,9 +118,6 @@ func (m *machine) connectQMP(c net.Conn, timeout time.Duration) {
 		m.killNote = err.Error()
 		m.mu.Unlock()
 		_ = m.p.Kill()
-	}
-	if err == nil && isClosed(m.closing) {
-		q.Close() // Close came first: it has nothing to close this with
 	}
 	m.qmpEnded(q, err)
 }
@@ -303,8 +304,13 @@ func (m *machine) Stop(ctx context.Context, timeout time.Duration) (vmm.ExitInfo
 // Close drops the QMP and agent connections; QEMU keeps running.
 func (m *machine) Close() error {
 	m.closeOnce.Do(func() {
+		// Under mu, so a handshake ending now either sees closing or leaves its
+		// connection here to be closed.
+		m.mu.Lock()
 		close(m.closing)
-		if q := m.getQMP(); q != nil {
+		q := m.qmp
+		m.mu.Unlock()
+		if q != nil {
 			q.Close()
 		}
 		if m.agent != nil {
