@@ -58,6 +58,10 @@ type MachineSpec struct {
 	RunDir string
 	// AgentPort is the guest agent's vsock port (default 1024).
 	AgentPort uint32
+	// MemoryFile, when set, is a file the guest's RAM lives in (created at MemoryMiB) rather
+	// than anonymous memory, shared with the VMM's mapping: a snapshot of the VM then needs
+	// to save no RAM (Snapshotter), and clones map the file copy-on-write (Restorer).
+	MemoryFile string
 }
 
 // Validate reports the first problem with the spec in words a user can act on.
@@ -133,6 +137,9 @@ type State struct {
 	VsockCID       uint32 `json:"vsock_cid,omitempty"`
 	AgentPort      uint32 `json:"agent_port,omitempty"`
 	Accel          string `json:"accel,omitempty"`
+	// MemoryFile is the file the guest's RAM is in (MachineSpec.MemoryFile, or the
+	// snapshot's a clone maps), "" for anonymous memory.
+	MemoryFile string `json:"memory_file,omitempty"`
 }
 
 // Machine is a running VM.
@@ -164,6 +171,31 @@ type Driver interface {
 	// Reattach finds a VM started by an earlier daemon from its persisted state. It fails
 	// with ErrGone when the process is no longer that VM.
 	Reattach(ctx context.Context, st State) (Machine, error)
+}
+
+// Snapshot is a paused VM saved to files, to restore clones of it from.
+type Snapshot struct {
+	Driver string `json:"driver"`
+	// MemoryFile is the guest's RAM as of the snapshot. Clones map it copy-on-write, so it
+	// must not change while any clone runs.
+	MemoryFile string `json:"memory_file"`
+	// StateFile is the VMM's device and vCPU state.
+	StateFile string `json:"state_file"`
+}
+
+// Snapshotter is a Machine that can be saved as a Snapshot: Snapshot pauses the guest and
+// writes its state into dir; the VM stays paused (the caller usually kills it). The VM must
+// have been started with MachineSpec.MemoryFile.
+type Snapshotter interface {
+	Snapshot(ctx context.Context, dir string) (Snapshot, error)
+}
+
+// Restorer is a Driver that starts clones of a Snapshot: spec says where the clone's own
+// files are (its disks, which must be copies of the snapshotted VM's as of the snapshot, its
+// run dir, its NICs); its shape must be the snapshotted VM's. The clone runs when Restore
+// returns, its agent reachable on the clone's own channel.
+type Restorer interface {
+	Restore(ctx context.Context, spec MachineSpec, snap Snapshot) (Machine, error)
 }
 
 // Warmer is a driver with one-time work (probes of the host and of the VMM binary) that it

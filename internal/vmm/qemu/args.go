@@ -123,12 +123,21 @@ type argOptions struct {
 	// QMPFD, when > 0, is the file descriptor of a listening QMP socket the caller made and
 	// passes to QEMU; 0 has QEMU create the socket itself (a command line to run by hand).
 	QMPFD int
+	// PrivateMemory maps spec.MemoryFile copy-on-write (a clone) instead of shared (a VM to
+	// snapshot).
+	PrivateMemory bool
+	// Incoming starts QEMU waiting for a migration stream (-incoming defer): a restore.
+	Incoming bool
 }
 
 // qemuArgs is QEMU's argument list (without argv[0]) for spec.
 func qemuArgs(spec vmm.MachineSpec, l layout, o argOptions) []string {
+	machine := "microvm,acpi=on"
+	if spec.MemoryFile != "" {
+		machine += ",memory-backend=ram"
+	}
 	a := []string{
-		"-M", "microvm,acpi=on",
+		"-M", machine,
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 	}
 	if o.Sandbox {
@@ -139,6 +148,16 @@ func qemuArgs(spec vmm.MachineSpec, l layout, o argOptions) []string {
 		"-smp", strconv.Itoa(spec.VCPUs), "-m", strconv.Itoa(spec.MemoryMiB),
 		"-kernel", spec.Kernel,
 	)
+	if spec.MemoryFile != "" {
+		share := "on"
+		if o.PrivateMemory {
+			share = "off"
+		}
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=%s,share=%s", spec.MemoryMiB, opt(spec.MemoryFile), share))
+	}
+	if o.Incoming {
+		a = append(a, "-incoming", "defer")
+	}
 	if spec.Initramfs != "" {
 		a = append(a, "-initrd", spec.Initramfs)
 	}

@@ -41,7 +41,7 @@ func (d *Driver) BootBare(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Bare
 	// an unread FIFO would stall the guest. The clock starts before the QMP socket is made,
 	// as Start's stage does.
 	start := time.Now()
-	argv, p, _, err := d.spawn(bin, spec, l, sandbox, false, true)
+	argv, p, _, err := d.spawn(bin, spec, l, d.argOpts(sandbox), false, true)
 	out := vmm.BareBoot{Argv: argv, SameArgv: true}
 	if err != nil {
 		return out, fmt.Errorf("bare boot %s: %w", spec.Name, err)

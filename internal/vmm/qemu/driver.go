@@ -282,8 +282,7 @@ const qmpFD = 3
 // spawn starts QEMU for spec with its QMP socket made here and passed in (listenQMP). With
 // connect set it also returns a connection to that socket, made before QEMU runs (queued
 // until QEMU's monitor accepts it). On error nothing is left: no process, no sockets.
-func (d *Driver) spawn(bin string, spec vmm.MachineSpec, l layout, sandbox, connect, dieWithParent bool) (argv []string, p *proc.Process, c net.Conn, err error) {
-	o := d.argOpts(sandbox)
+func (d *Driver) spawn(bin string, spec vmm.MachineSpec, l layout, o argOptions, connect, dieWithParent bool) (argv []string, p *proc.Process, c net.Conn, err error) {
 	o.QMPFD = qmpFD
 	argv = append([]string{bin}, qemuArgs(spec, l, o)...)
 	// Sockets left by a VM that died uncleanly would be in the way.
@@ -327,7 +326,17 @@ func (d *Driver) console(l layout) *proc.Console {
 // saying why (its own words from qemu.log, or that QMP did not answer within
 // Config.QMPTimeout, for which it is killed). If Start fails, QEMU is killed and its
 // sockets removed; console.log and qemu.log stay in RunDir to explain what happened.
-func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine, err error) {
+func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (vmm.Machine, error) {
+	m, err := d.launch(ctx, spec, false)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// launch spawns QEMU for spec, booting it or (restore) waiting for a migration stream with
+// the memory file mapped copy-on-write, and starts the QMP handshake in the background.
+func (d *Driver) launch(ctx context.Context, spec vmm.MachineSpec, restore bool) (*machine, error) {
 	if err := d.check(spec); err != nil {
 		return nil, err
 	}
@@ -347,7 +356,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		return nil, err
 	}
 	l := newLayout(spec.RunDir, transport, cid, spec.AgentPort)
-	_, p, conn, err := d.spawn(bin, spec, l, sandbox, true, false)
+	o := d.argOpts(sandbox)
+	o.PrivateMemory, o.Incoming = restore, restore
+	_, p, conn, err := d.spawn(bin, spec, l, o, true, false)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
@@ -362,6 +373,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		VsockCID:       l.CID,
 		AgentPort:      l.AgentPort,
 		Accel:          d.cfg.Accel,
+		MemoryFile:     spec.MemoryFile,
 	}
 	m := newMachine(st, l, p)
 	m.agent = agentClient(l)

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // QMP, the QEMU Machine Protocol, is one JSON object per line over the socket: a greeting,
@@ -191,6 +193,11 @@ func (q *qmpConn) lastShutdown() *shutdownEvent {
 
 // run executes one QMP command and returns its "return" value.
 func (q *qmpConn) run(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.runFD(ctx, cmd, args, nil)
+}
+
+// runFD is run with f passed along the command (SCM_RIGHTS), as getfd needs; f may be nil.
+func (q *qmpConn) runFD(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	q.nextID++
 	id := "banger-" + strconv.FormatUint(q.nextID, 10)
@@ -216,7 +223,16 @@ func (q *qmpConn) run(ctx context.Context, cmd string, args any) (json.RawMessag
 		dl = time.Now().Add(10 * time.Second)
 	}
 	_ = q.c.SetWriteDeadline(dl)
-	_, err = q.c.Write(append(req, '\n'))
+	if f != nil {
+		uc, ok := q.c.(*net.UnixConn)
+		if !ok {
+			q.wmu.Unlock()
+			return nil, fmt.Errorf("qmp %s: passing a file needs a Unix socket", cmd)
+		}
+		_, _, err = uc.WriteMsgUnix(append(req, '\n'), unix.UnixRights(int(f.Fd())), nil)
+	} else {
+		_, err = q.c.Write(append(req, '\n'))
+	}
 	q.wmu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)

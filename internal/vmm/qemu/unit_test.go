@@ -108,6 +108,29 @@ func TestQEMUArgs(t *testing.T) {
 	if strings.Count(cl, "tsc_early_khz") != 1 || strings.Contains(cl, "agent_port") {
 		t.Errorf("cmdline %q", cl)
 	}
+	// RAM in a file: shared for a VM to snapshot, copy-on-write and waiting for the state
+	// for a clone.
+	spec.MemoryFile = "/snap/mem,x"
+	for _, c := range []struct {
+		o    argOptions
+		want []string
+		not  string
+	}{
+		{argOptions{Accel: AccelTCG}, []string{"-M microvm,acpi=on,memory-backend=ram ", "-object memory-backend-file,id=ram,size=512M,mem-path=/snap/mem,,x,share=on"}, "-incoming"},
+		{argOptions{Accel: AccelTCG, PrivateMemory: true, Incoming: true}, []string{"mem-path=/snap/mem,,x,share=off", "-incoming defer"}, "share=on"},
+	} {
+		joined := strings.Join(qemuArgs(spec, l, c.o), " ")
+		for _, w := range c.want {
+			if !strings.Contains(joined, w) {
+				t.Errorf("memory file args lack %q: %s", w, joined)
+			}
+		}
+		if strings.Contains(joined, c.not) {
+			t.Errorf("memory file args have %q: %s", c.not, joined)
+		}
+	}
+	spec.MemoryFile = ""
+
 	// Start's form: QEMU gets its QMP socket already listening, on a descriptor.
 	got = qemuArgs(spec, l, argOptions{Accel: AccelTCG, CPU: "max", QMPFD: 3})
 	joined = strings.Join(got, " ")

@@ -1,0 +1,170 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/vmm"
+)
+
+// TestSnapshotAndClones boots a real guest with its RAM in a file, snapshots it, and runs
+// two clones of it at once, each on its own copies of the disks: both come up with the
+// template's memory (its boot_id, a file it wrote to its RAM-only /dev/shm) without
+// booting, and what one clone writes the other does not see.
+func TestSnapshotAndClones(t *testing.T) {
+	f, qemu := getFixture(t)
+	d := testDriver(qemu, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	snapDir := t.TempDir()
+	tv, spec := newVM(t, f)
+	spec.MemoryFile = filepath.Join(snapDir, "memory")
+	m := start(t, d, spec)
+	waitReady(t, m)
+	bootID := execOut(t, m.Agent(), "cat", "/proc/sys/kernel/random/boot_id")
+	execOut(t, m.Agent(), "sh", "-c", "mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm 2>/dev/null; echo in-ram > /dev/shm/marker")
+
+	snap, err := m.(vmm.Snapshotter).Snapshot(ctx, snapDir)
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	fi, err := os.Stat(snap.StateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("state file %d bytes", fi.Size())
+	if fi.Size() > 16<<20 {
+		t.Errorf("state file is %d bytes: the RAM went into it (x-ignore-shared not in effect)", fi.Size())
+	}
+	// The clones' disks are the template's as of the snapshot: copied while it is paused.
+	type clone struct {
+		spec vmm.MachineSpec
+		m    vmm.Machine
+	}
+	var clones []clone
+	for i := range 2 {
+		cv, cspec := newVM(t, f)
+		for _, p := range [][2]string{{tv.layer, cv.layer}, {tv.work, cv.work}} {
+			if err := os.Remove(p[1]); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := system.CloneFile(ctx, p[0], p[1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cspec.Name = "clone" + string(rune('a'+i))
+		clones = append(clones, clone{spec: cspec})
+	}
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range clones {
+		c := &clones[i]
+		began := time.Now()
+		cm, err := d.Restore(ctx, c.spec, snap)
+		if err != nil {
+			t.Fatalf("restore %s: %v", c.spec.Name, err)
+		}
+		c.m = cm
+		t.Cleanup(func() { cm.Kill(); cm.Close() })
+		waitReady(t, cm)
+		t.Logf("%s: agent ready %s after Restore was called", c.spec.Name, time.Since(began).Round(time.Millisecond))
+		if got := execOut(t, cm.Agent(), "cat", "/proc/sys/kernel/random/boot_id"); got != bootID {
+			t.Errorf("%s: boot_id %q, template's %q: the clone booted instead of resuming", c.spec.Name, got, bootID)
+		}
+		if got := execOut(t, cm.Agent(), "cat", "/dev/shm/marker"); got != "in-ram\n" {
+			t.Errorf("%s: the template's RAM-only file reads %q", c.spec.Name, got)
+		}
+		if st := cm.State(); st.MemoryFile != snap.MemoryFile {
+			t.Errorf("%s: state memory file %q", c.spec.Name, st.MemoryFile)
+		}
+	}
+	execOut(t, clones[0].m.Agent(), "sh", "-c", "echo mine > /dev/shm/only-a && echo mine > /root/only-a")
+	if out := execOut(t, clones[1].m.Agent(), "sh", "-c", "ls /dev/shm /root"); strings.Contains(out, "only-a") {
+		t.Errorf("clone b sees clone a's files: %q", out)
+	}
+	// The template's memory file is not written by its clones (share=off).
+	ver, err := system.FileVersion(snap.MemoryFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execOut(t, clones[0].m.Agent(), "sh", "-c", "dd if=/dev/zero of=/dev/shm/big bs=1M count=8 2>/dev/null; sync")
+	if ver2, _ := system.FileVersion(snap.MemoryFile); ver2 != ver {
+		t.Errorf("a clone changed the template's memory file (%s -> %s)", ver, ver2)
+	}
+}
+
+// TestRestoreRejects: a snapshot of another driver or shape is refused before QEMU runs.
+func TestRestoreRejects(t *testing.T) {
+	dir := t.TempDir()
+	mem := filepath.Join(dir, "memory")
+	if err := os.WriteFile(mem, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := vmm.MachineSpec{Name: "c", MemoryMiB: 512}
+	d := New(Config{})
+	for _, c := range []struct {
+		snap vmm.Snapshot
+		want string
+	}{
+		{vmm.Snapshot{Driver: "firecracker", MemoryFile: mem}, `the snapshot is "firecracker"'s`},
+		{vmm.Snapshot{Driver: DriverName, MemoryFile: filepath.Join(dir, "none")}, "memory file: stat"},
+		{vmm.Snapshot{Driver: DriverName, MemoryFile: mem, StateFile: filepath.Join(dir, "state")}, "the snapshot is of another shape"},
+	} {
+		if _, err := d.Restore(context.Background(), spec, c.snap); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("restore of %+v: %v, want %q", c.snap, err, c.want)
+		}
+	}
+}
+
+// BenchmarkRestoreVsBoot times to agent-ready a clone restored from a snapshot and a cold
+// boot of the same guest, alternating, and reports their medians and ratio. The disks are
+// copied with the clock stopped. Run with -benchtime 5x.
+func BenchmarkRestoreVsBoot(b *testing.B) {
+	f, qemu := getFixture(b)
+	d := testDriver(qemu, f)
+	ctx := context.Background()
+	snapDir := b.TempDir()
+	tv, spec := newVM(b, f)
+	spec.MemoryFile = filepath.Join(snapDir, "memory")
+	m := start(b, d, spec)
+	waitReady(b, m)
+	snap, err := m.(vmm.Snapshotter).Snapshot(ctx, snapDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var restored, booted []float64
+	for i := 0; i < b.N; i++ {
+		cv, cspec := newVM(b, f)
+		for _, p := range [][2]string{{tv.layer, cv.layer}, {tv.work, cv.work}} {
+			if err := os.Remove(p[1]); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := system.CloneFile(ctx, p[0], p[1]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		began := time.Now()
+		cm, err := d.Restore(ctx, cspec, snap)
+		if err != nil {
+			b.Fatal(err)
+		}
+		waitReady(b, cm)
+		restored = append(restored, float64(time.Since(began).Microseconds())/1000)
+		cm.Kill()
+		cm.Close()
+		booted = append(booted, bootDriver(b, d, f))
+	}
+	m.Kill()
+	r, c := median(restored), median(booted)
+	b.ReportMetric(r, "restore-ms")
+	b.ReportMetric(c, "boot-ms")
+	b.ReportMetric(c/r, "boot/restore")
+	b.ReportMetric(0, "ns/op")
+	b.Logf("n=%d restore %v boot %v", len(restored), restored, booted)
+}
