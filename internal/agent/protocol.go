@@ -35,6 +35,8 @@ const (
 	// guest's loopback (query "port") and then carries that connection's bytes both ways.
 	// The host reaches the guest's sshd this way with or without a guest network.
 	PathForward = "/v1/forward"
+	// PathIdentity (POST, IdentityRequest) makes a clone of a snapshot its own machine.
+	PathIdentity = "/v1/identity"
 )
 
 // ForwardUpgradeProtocol is the Upgrade header value of a forwarded TCP connection.
@@ -223,4 +225,54 @@ func StatusForCode(code string) int {
 	default:
 		return http.StatusInternalServerError
 	}
+}
+
+// IdentityRequest is what a clone of a snapshot takes on right after it is restored, before
+// it counts as ready: the template's hostname, machine-id, SSH host key, address, clock and
+// random state are all still in its memory.
+type IdentityRequest struct {
+	Hostname string `json:"hostname"`
+	// Network, when set, replaces eth0's address, MAC and default route and resolv.conf.
+	Network *IdentityNetwork `json:"network,omitempty"`
+	// SSHHostKey, when set, replaces the ed25519 host key sshd serves, and sshd reloads.
+	SSHHostKey *SSHHostKey `json:"ssh_host_key,omitempty"`
+	// Entropy is host randomness (MinIdentityEntropy-MaxIdentityEntropy bytes) mixed into
+	// the guest's pool, which is then reseeded: clones must not share the template's.
+	Entropy []byte `json:"entropy"`
+	// UnixNano is the host's wall clock when it sent the request: the guest's clock stopped
+	// with the snapshot.
+	UnixNano int64 `json:"unix_nano"`
+}
+
+// Bounds of IdentityRequest.Entropy.
+const (
+	MinIdentityEntropy = 32
+	MaxIdentityEntropy = 4096
+)
+
+// IdentityNetwork is a clone's own network configuration.
+type IdentityNetwork struct {
+	Address string   `json:"address"` // IPv4 CIDR, e.g. 172.30.0.5/24
+	Gateway string   `json:"gateway,omitempty"`
+	DNS     []string `json:"dns,omitempty"`
+	MAC     string   `json:"mac,omitempty"`
+}
+
+// SSHHostKey is an ed25519 host key pair in OpenSSH's formats.
+type SSHHostKey struct {
+	Private string `json:"private"` // "-----BEGIN OPENSSH PRIVATE KEY-----" ...
+	Public  string `json:"public"`  // "ssh-ed25519 AAAA..."
+}
+
+// IdentityResponse says what the guest did, step by step.
+type IdentityResponse struct {
+	MachineID string         `json:"machine_id"`
+	Steps     []IdentityStep `json:"steps"`
+}
+
+// IdentityStep is one step of taking on an identity; Note says why it was skipped.
+type IdentityStep struct {
+	Name       string  `json:"name"`
+	DurationMS float64 `json:"duration_ms"`
+	Note       string  `json:"note,omitempty"`
 }

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/banger-vm/banger/internal/guestident"
 )
 
 // Config is what banger-init reads from the kernel command line (banger.* keys).
@@ -99,7 +101,7 @@ func keySpecs() map[string]keySpec {
 			return nil
 		}},
 		"banger.hostname": {"guest hostname", func(c *Config, v string) error {
-			if !validHostname(v) {
+			if !guestident.ValidHostname(v) {
 				return fmt.Errorf("%q is not a valid hostname (letters, digits, '-', at most 63 characters)", v)
 			}
 			c.Hostname = v
@@ -252,18 +254,6 @@ func validSerial(s string) bool {
 	}
 	for _, r := range s {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			return false
-		}
-	}
-	return true
-}
-
-func validHostname(s string) bool {
-	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
 			return false
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/banger-vm/banger/internal/guestident"
 	"golang.org/x/sys/unix"
 )
 
@@ -396,21 +397,12 @@ func (b *boot) configureIdentity() error {
 		if err := unix.Sethostname([]byte(h)); err != nil {
 			return fmt.Errorf("set hostname: %w", err)
 		}
-		if err := replaceFile(filepath.Join(newRoot, "etc/hostname"), h+"\n"); err != nil {
-			return err
-		}
-		hosts := "127.0.0.1\tlocalhost\n127.0.1.1\t" + h + "\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-		if err := replaceFile(filepath.Join(newRoot, "etc/hosts"), hosts); err != nil {
+		if err := guestident.WriteHostname(newRoot, h); err != nil {
 			return err
 		}
 	}
 	if len(b.cfg.DNS) > 0 {
-		var sb strings.Builder
-		sb.WriteString("# written by banger-init\n")
-		for _, a := range b.cfg.DNS {
-			sb.WriteString("nameserver " + a.String() + "\n")
-		}
-		if err := replaceFile(filepath.Join(newRoot, "etc/resolv.conf"), sb.String()); err != nil {
+		if err := guestident.ReplaceFile(filepath.Join(newRoot, "etc/resolv.conf"), guestident.ResolvConf("written by banger-init", b.cfg.DNS), 0o644); err != nil {
 			return err
 		}
 	}
@@ -436,33 +428,14 @@ func (b *boot) configureIdentityRW() error {
 		b.logf("image build: /etc/resolv.conf is not a plain file; keeping the image's")
 		return nil
 	}
-	var sb strings.Builder
-	sb.WriteString("# written by banger-init for an image build (not part of the image)\n")
-	for _, a := range b.cfg.DNS {
-		sb.WriteString("nameserver " + a.String() + "\n")
-	}
 	src := filepath.Join(bangerRun, "resolv.conf")
-	if err := os.WriteFile(src, []byte(sb.String()), 0o644); err != nil {
+	if err := os.WriteFile(src, []byte(guestident.ResolvConf("written by banger-init for an image build (not part of the image)", b.cfg.DNS)), 0o644); err != nil {
 		return err
 	}
 	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s over /etc/resolv.conf: %w", src, err)
 	}
 	return nil
-}
-
-// replaceFile writes content at path, replacing a symlink (resolv.conf often is one) rather
-// than following it out of the image.
-func replaceFile(path, content string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-		if err := os.Remove(path); err != nil {
-			return err
-		}
-	}
-	return os.WriteFile(path, []byte(content), 0o644)
 }
 
 func (b *boot) installAgent() error {

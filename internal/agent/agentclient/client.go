@@ -302,6 +302,23 @@ func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer) (*agent
 	return fi, nil
 }
 
+// Identity has a clone of a snapshot take on its own identity (agent.IdentityRequest).
+func (c *Client) Identity(ctx context.Context, req agent.IdentityRequest) (*agent.IdentityResponse, error) {
+	body, hdr, err := jsonBody(req)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(ctx, http.MethodPost, agent.PathIdentity, nil, body, hdr)
+	if err != nil {
+		return nil, err
+	}
+	var ir agent.IdentityResponse
+	if err := decodeJSON(resp, http.StatusOK, &ir); err != nil {
+		return nil, err
+	}
+	return &ir, nil
+}
+
 // Power asks the guest to power off or reboot (agent.PowerOff, agent.PowerReboot). The
 // agent answers before it acts; the VM going away is the caller's to watch.
 func (c *Client) Power(ctx context.Context, action string) (*agent.PowerResponse, error) {

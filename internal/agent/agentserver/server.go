@@ -39,6 +39,9 @@ type Config struct {
 	// PowerHook, when set, replaces the real power action (signal to PID 1 or reboot(2)):
 	// it is called after the 202 answer with the action and the method the agent chose.
 	PowerHook func(action, method string)
+	// IdentityRoot is the root filesystem /v1/identity writes the guest's identity files
+	// into (default "/").
+	IdentityRoot string
 	// PowerDelay is how long the agent waits after answering /v1/power before acting
 	// (default 300ms), so the answer reaches the host first.
 	PowerDelay time.Duration
@@ -61,6 +64,9 @@ type Server struct {
 func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if cfg.IdentityRoot == "" {
+		cfg.IdentityRoot = "/"
 	}
 	if cfg.BootStagesPath == "" {
 		cfg.BootStagesPath = agent.BootStagesPath
@@ -145,6 +151,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		route(http.MethodPost, s.handlePower)
 	case agent.PathForward:
 		route(http.MethodPost, s.handleForward)
+	case agent.PathIdentity:
+		route(http.MethodPost, s.handleIdentity)
 	default:
 		writeError(w, agent.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	}

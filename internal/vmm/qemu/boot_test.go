@@ -206,9 +206,15 @@ func assertNothingLeft(t *testing.T, runDir string) {
 }
 
 // makeTAP creates a TAP device for the test, or returns "" when it cannot (not root).
-func makeTAP(t *testing.T) string {
+func makeTAP(t *testing.T) string { t.Helper(); return makeTAPn(t, 0) }
+
+// makeTAPn is makeTAP for the test's n-th TAP (0-9).
+func makeTAPn(t *testing.T, n int) string {
 	t.Helper()
 	name := fmt.Sprintf("bgrq%d", os.Getpid()%100000)
+	if n > 0 {
+		name = fmt.Sprintf("bgrq%d-%d", os.Getpid()%100000, n)
+	}
 	if out, err := exec.Command("ip", "tuntap", "add", "dev", name, "mode", "tap").CombinedOutput(); err != nil {
 		t.Logf("no TAP for the NIC check (%v: %s)", err, bytes.TrimSpace(out))
 		return ""

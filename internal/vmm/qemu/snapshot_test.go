@@ -2,12 +2,18 @@ package qemu
 
 import (
 	"context"
+	"crypto/rand"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/banger-vm/banger/internal/agent"
+	"github.com/banger-vm/banger/internal/sshkeys"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -24,8 +30,16 @@ func TestSnapshotAndClones(t *testing.T) {
 	snapDir := t.TempDir()
 	tv, spec := newVM(t, f)
 	spec.MemoryFile = filepath.Join(snapDir, "memory")
+	// With TAPs (root), the template has a NIC and each clone gets its own address and MAC.
+	taps := []string{makeTAPn(t, 1), makeTAPn(t, 2), makeTAPn(t, 3)}
+	withNIC := taps[0] != "" && taps[1] != "" && taps[2] != ""
+	if withNIC {
+		spec.NICs = []vmm.NIC{{TAP: taps[0], MAC: net.HardwareAddr{2, 0xbb, 0, 0, 0, 1}}}
+		spec.Cmdline += " banger.ip=10.213.99.1/24"
+	}
 	m := start(t, d, spec)
 	waitReady(t, m)
+	templateMachineID := execOut(t, m.Agent(), "sh", "-c", "cat /etc/machine-id 2>/dev/null; true")
 	bootID := execOut(t, m.Agent(), "cat", "/proc/sys/kernel/random/boot_id")
 	execOut(t, m.Agent(), "sh", "-c", "mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm 2>/dev/null; echo in-ram > /dev/shm/marker")
 
@@ -58,6 +72,9 @@ func TestSnapshotAndClones(t *testing.T) {
 			}
 		}
 		cspec.Name = "clone" + string(rune('a'+i))
+		if withNIC {
+			cspec.NICs = []vmm.NIC{{TAP: taps[1+i], MAC: net.HardwareAddr{2, 0xbb, 0, 0, 0, byte(2 + i)}}}
+		}
 		clones = append(clones, clone{spec: cspec})
 	}
 	if err := m.Kill(); err != nil {
@@ -82,6 +99,51 @@ func TestSnapshotAndClones(t *testing.T) {
 		}
 		if st := cm.State(); st.MemoryFile != snap.MemoryFile {
 			t.Errorf("%s: state memory file %q", c.spec.Name, st.MemoryFile)
+		}
+
+		// The clone takes on its own identity.
+		priv, pub, err := sshkeys.NewKey("banger vm " + c.spec.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entropy := make([]byte, 64)
+		rand.Read(entropy)
+		req := agent.IdentityRequest{Hostname: c.spec.Name, Entropy: entropy, UnixNano: time.Now().UnixNano(),
+			SSHHostKey: &agent.SSHHostKey{Private: string(priv), Public: string(pub)}}
+		ip := fmt.Sprintf("10.213.99.%d", 10+i)
+		if withNIC {
+			req.Network = &agent.IdentityNetwork{Address: ip + "/24", Gateway: "10.213.99.254", DNS: []string{"10.213.99.254"}, MAC: c.spec.NICs[0].MAC.String()}
+		}
+		res, err := cm.Agent().Identity(ctx, req)
+		if err != nil {
+			t.Fatalf("%s: identity: %v", c.spec.Name, err)
+		}
+		t.Logf("%s: identity %+v", c.spec.Name, res)
+		if got := strings.TrimSpace(execOut(t, cm.Agent(), "hostname")); got != c.spec.Name {
+			t.Errorf("%s: hostname %q", c.spec.Name, got)
+		}
+		if got := execOut(t, cm.Agent(), "cat", "/etc/machine-id"); strings.TrimSpace(got) != res.MachineID || got == templateMachineID || len(res.MachineID) != 32 {
+			t.Errorf("%s: machine-id %q (answer %q, template %q)", c.spec.Name, got, res.MachineID, templateMachineID)
+		}
+		if got := execOut(t, cm.Agent(), "cat", "/etc/ssh/ssh_host_ed25519_key.pub"); strings.TrimSpace(got) != strings.TrimSpace(string(pub)) {
+			t.Errorf("%s: host key %q, want %q", c.spec.Name, got, pub)
+		}
+		// The clock stopped with the template; now it is the host's (give or take the
+		// exec round trip under TCG).
+		out := strings.TrimSpace(execOut(t, cm.Agent(), "date", "+%s"))
+		if secs, err := strconv.ParseInt(out, 10, 64); err != nil || time.Since(time.Unix(secs, 0)).Abs() > time.Minute {
+			t.Errorf("%s: guest clock %q, host %d", c.spec.Name, out, time.Now().Unix())
+		}
+		if withNIC {
+			got := execOut(t, cm.Agent(), "sh", "-c", "ip -4 addr show eth0; cat /sys/class/net/eth0/address; ip route; cat /etc/resolv.conf")
+			for _, w := range []string{ip + "/24", c.spec.NICs[0].MAC.String(), "default via 10.213.99.254", "nameserver 10.213.99.254"} {
+				if !strings.Contains(got, w) {
+					t.Errorf("%s: network lacks %q:\n%s", c.spec.Name, w, got)
+				}
+			}
+			if strings.Contains(got, "10.213.99.1/24") {
+				t.Errorf("%s: still has the template's address:\n%s", c.spec.Name, got)
+			}
 		}
 	}
 	execOut(t, clones[0].m.Agent(), "sh", "-c", "echo mine > /dev/shm/only-a && echo mine > /root/only-a")
