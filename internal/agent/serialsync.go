@@ -36,7 +36,8 @@ import (
 // Each time the guest (re)opens the port it first writes GuestResetLine. A host still in a
 // yamux session with a previous agent (the guest rebooted, or the agent restarted) fails at
 // once on it (it is not a yamux header) and reconnects, instead of waiting for keepalives.
-// A host in the handshake ignores it.
+// A host in the handshake sends its HELLO again at once: the guest is listening now (after a
+// restore from a snapshot, the guest's first act is to fail the template's stale session).
 
 const (
 	helloMagic = "BANGER-AGENT-HELLO1 "
@@ -46,7 +47,9 @@ const (
 )
 
 // GuestResetLine is what the guest writes when it starts listening for a new session.
-const GuestResetLine = "\nBANGER-AGENT-RESET1\n"
+const GuestResetLine = "\n" + guestResetMagic + "\n"
+
+const guestResetMagic = "BANGER-AGENT-RESET1"
 
 // HelloInterval is how often the host repeats its HELLO until the guest answers.
 const HelloInterval = 250 * time.Millisecond
@@ -99,6 +102,7 @@ func HostHandshake(ctx context.Context, conn net.Conn) (io.Reader, error) {
 		werr     error
 		quit     = make(chan struct{})
 		finished = make(chan struct{})
+		again    = make(chan struct{}, 1) // the guest reset: say HELLO now
 	)
 	go func() {
 		defer close(finished)
@@ -120,6 +124,8 @@ func HostHandshake(ctx context.Context, conn net.Conn) (io.Reader, error) {
 			wmu.Unlock()
 			select {
 			case <-t.C:
+			case <-again:
+				t.Reset(HelloInterval)
 			case <-quit:
 				return
 			}
@@ -151,6 +157,12 @@ func HostHandshake(ctx context.Context, conn net.Conn) (io.Reader, error) {
 		}
 		if n, ok := findNonce(line, ackMagic); ok && n == nonce {
 			break
+		}
+		if bytes.Contains(line, []byte(guestResetMagic)) {
+			select {
+			case again <- struct{}{}:
+			default:
+			}
 		}
 	}
 	wmu.Lock()

@@ -200,7 +200,7 @@ func BenchmarkRestoreVsBoot(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var restored, booted []float64
+	var restored, returned, booted []float64
 	for i := 0; i < b.N; i++ {
 		cv, cspec := newVM(b, f)
 		for _, p := range [][2]string{{tv.layer, cv.layer}, {tv.work, cv.work}} {
@@ -216,6 +216,7 @@ func BenchmarkRestoreVsBoot(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		returned = append(returned, float64(time.Since(began).Microseconds())/1000)
 		waitReady(b, cm)
 		restored = append(restored, float64(time.Since(began).Microseconds())/1000)
 		cm.Kill()
@@ -225,6 +226,7 @@ func BenchmarkRestoreVsBoot(b *testing.B) {
 	m.Kill()
 	r, c := median(restored), median(booted)
 	b.ReportMetric(r, "restore-ms")
+	b.ReportMetric(median(returned), "restore-returned-ms")
 	b.ReportMetric(c, "boot-ms")
 	b.ReportMetric(c/r, "boot/restore")
 	b.ReportMetric(0, "ns/op")
