@@ -97,3 +97,26 @@ func PidfdKill(pidfd int) error {
 	}
 	return err
 }
+
+// ReadPSS returns a process's proportional set size in bytes (/proc/PID/smaps_rollup):
+// its private memory plus its share of pages it maps with others, such as the clones of
+// one snapshot mapping its memory file.
+func ReadPSS(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 2 && f[1] == "kB" {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("smaps_rollup of %d: %w", pid, err)
+				}
+				return kb << 10, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("smaps_rollup of %d: no Pss line", pid)
+}

@@ -38,3 +38,13 @@ func TestSameProcess(t *testing.T) {
 		t.Errorf("missing pid: %v", err)
 	}
 }
+
+func TestReadPSS(t *testing.T) {
+	pss, err := ReadPSS(os.Getpid())
+	if err != nil || pss <= 0 {
+		t.Fatalf("own PSS: %d, %v", pss, err)
+	}
+	if _, err := ReadPSS(1 << 30); err == nil {
+		t.Error("PSS of a process that does not exist")
+	}
+}
