@@ -179,6 +179,59 @@ func (c *Client) PatchVM(ctx context.Context, s VMState) error {
 	return c.call(ctx, http.MethodPatch, "/vm", VM{State: s}, nil)
 }
 
+// SnapshotCreateParams is PUT /snapshot/create's body: the guest memory and the microVM
+// state go into two files (the VM must be paused).
+type SnapshotCreateParams struct {
+	MemFilePath  string `json:"mem_file_path"`
+	SnapshotPath string `json:"snapshot_path"`
+	SnapshotType string `json:"snapshot_type,omitempty"` // SnapshotFull (default) or "Diff"
+}
+
+// SnapshotFull is a snapshot of all the guest's memory.
+const SnapshotFull = "Full"
+
+// MemoryBackend is where a restored VM's memory comes from: BackendType "File" maps
+// BackendPath privately (clones of one snapshot share its pages).
+type MemoryBackend struct {
+	BackendType string `json:"backend_type"`
+	BackendPath string `json:"backend_path"`
+}
+
+// MemoryBackendFile is MemoryBackend.BackendType for a memory file.
+const MemoryBackendFile = "File"
+
+// NetworkOverride gives a restored interface another TAP (a clone's own).
+type NetworkOverride struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+}
+
+// VsockOverride gives a restored vsock device another Unix socket (a clone's own).
+type VsockOverride struct {
+	UDSPath string `json:"uds_path"`
+}
+
+// SnapshotLoadParams is PUT /snapshot/load's body, sent to a fresh Firecracker.
+type SnapshotLoadParams struct {
+	SnapshotPath     string            `json:"snapshot_path"`
+	MemBackend       *MemoryBackend    `json:"mem_backend,omitempty"`
+	ResumeVM         bool              `json:"resume_vm,omitempty"`
+	NetworkOverrides []NetworkOverride `json:"network_overrides,omitempty"`
+	VsockOverride    *VsockOverride    `json:"vsock_override,omitempty"`
+	// ClockRealtime advances kvmclock by the wall-clock time since the snapshot (x86_64).
+	ClockRealtime bool `json:"clock_realtime,omitempty"`
+}
+
+// CreateSnapshot writes a snapshot of the paused VM.
+func (c *Client) CreateSnapshot(ctx context.Context, p SnapshotCreateParams) error {
+	return c.call(ctx, http.MethodPut, "/snapshot/create", p, nil)
+}
+
+// LoadSnapshot restores a snapshot into this (fresh) Firecracker.
+func (c *Client) LoadSnapshot(ctx context.Context, p SnapshotLoadParams) error {
+	return c.call(ctx, http.MethodPut, "/snapshot/load", p, nil)
+}
+
 // InstanceInfo asks GET /.
 func (c *Client) InstanceInfo(ctx context.Context) (InstanceInfo, error) {
 	var ii InstanceInfo

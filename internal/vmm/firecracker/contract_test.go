@@ -226,6 +226,16 @@ var clientCalls = map[string]func(context.Context, *Client) error{
 		}
 		return c.PatchVM(ctx, VMResumed)
 	},
+	"CreateSnapshot": func(ctx context.Context, c *Client) error {
+		return c.CreateSnapshot(ctx, SnapshotCreateParams{MemFilePath: "/snap/memory", SnapshotPath: "/snap/state", SnapshotType: SnapshotFull})
+	},
+	"LoadSnapshot": func(ctx context.Context, c *Client) error {
+		return c.LoadSnapshot(ctx, SnapshotLoadParams{
+			SnapshotPath: "/snap/state", MemBackend: &MemoryBackend{BackendType: MemoryBackendFile, BackendPath: "/snap/memory"},
+			ResumeVM: true, NetworkOverrides: []NetworkOverride{{IfaceID: "eth0", HostDevName: "bgtap7"}},
+			VsockOverride: &VsockOverride{UDSPath: "/run/clone/vsock.sock"}, ClockRealtime: true,
+		})
+	},
 	"InstanceInfo": func(ctx context.Context, c *Client) error {
 		ii, err := c.InstanceInfo(ctx)
 		if err == nil && ii.State != "Not started" {
@@ -313,6 +323,10 @@ func TestContractRejectsWrongRequests(t *testing.T) {
 		{"wrong method", "POST", "/actions", `{"action_type":"InstanceStart"}`},
 		{"unknown path", "PUT", "/vsocks", `{"guest_cid":3,"uds_path":"/v"}`},
 		{"no body", "PUT", "/actions", ``},
+		{"snapshot without state path", "PUT", "/snapshot/create", `{"mem_file_path":"/m"}`},
+		{"half snapshot", "PUT", "/snapshot/create", `{"mem_file_path":"/m","snapshot_path":"/s","snapshot_type":"Half"}`},
+		{"memory backend of no type", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_path":"/m"}}`},
+		{"override without a TAP", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"network_overrides":[{"iface_id":"eth0"}]}`},
 	}
 	for _, b := range bad {
 		var body []byte
