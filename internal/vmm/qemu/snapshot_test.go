@@ -63,14 +63,7 @@ func TestSnapshotAndClones(t *testing.T) {
 	var clones []clone
 	for i := range 2 {
 		cv, cspec := newVM(t, f)
-		for _, p := range [][2]string{{tv.layer, cv.layer}, {tv.work, cv.work}} {
-			if err := os.Remove(p[1]); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := system.CloneFile(ctx, p[0], p[1]); err != nil {
-				t.Fatal(err)
-			}
-		}
+		copyDisks(t, tv, cv)
 		cspec.Name = "clone" + string(rune('a'+i))
 		if withNIC {
 			cspec.NICs = []vmm.NIC{{TAP: taps[1+i], MAC: net.HardwareAddr{2, 0xbb, 0, 0, 0, byte(2 + i)}}}
@@ -209,14 +202,7 @@ func BenchmarkRestoreVsBoot(b *testing.B) {
 	var restored, returned, booted, clonePSS, bootPSS []float64
 	for i := 0; i < b.N; i++ {
 		cv, cspec := newVM(b, f)
-		for _, p := range [][2]string{{tv.layer, cv.layer}, {tv.work, cv.work}} {
-			if err := os.Remove(p[1]); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := system.CloneFile(ctx, p[0], p[1]); err != nil {
-				b.Fatal(err)
-			}
-		}
+		copyDisks(b, tv, cv)
 		began := time.Now()
 		cm, err := d.Restore(ctx, cspec, snap)
 		if err != nil {
@@ -254,4 +240,17 @@ func BenchmarkRestoreVsBoot(b *testing.B) {
 	b.ReportMetric(c/r, "boot/restore")
 	b.ReportMetric(0, "ns/op")
 	b.Logf("n=%d restore %v boot %v", len(restored), restored, booted)
+}
+
+// copyDisks replaces clone's writable disks with copies of template's, as of its snapshot.
+func copyDisks(t testing.TB, template, clone vmFiles) {
+	t.Helper()
+	for _, p := range [][2]string{{template.layer, clone.layer}, {template.work, clone.work}} {
+		if err := os.Remove(p[1]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := system.CloneFile(context.Background(), p[0], p[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
