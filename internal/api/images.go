@@ -44,6 +44,41 @@ type ImageInspect struct {
 	PackageFormat string          `json:"package_format"`
 	Packages      []Package       `json:"packages"`
 	Kernel        json.RawMessage `json:"kernel,omitempty"`
+	// Templates are the image's warm-start templates (booted snapshots new VMs restore).
+	Templates []Template `json:"templates"`
+}
+
+// Template is a booted, paused snapshot of a fresh VM of an image, for one kernel, VMM and
+// machine shape: VMs of that shape start as its clones.
+type Template struct {
+	Key       string    `json:"key"`
+	Image     string    `json:"image"`
+	Kernel    string    `json:"kernel"`
+	Driver    string    `json:"driver"`
+	Accel     string    `json:"accel,omitempty"`
+	CPUs      int       `json:"cpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskBytes int64     `json:"disk_bytes"`
+	Network   bool      `json:"network"`
+	Dir       string    `json:"dir"`
+	SizeBytes int64     `json:"size_bytes"`
+	CreatedAt time.Time `json:"created_at"`
+	BuildMS   float64   `json:"build_ms"`
+	Clones    []string  `json:"clones,omitempty"` // running VMs that map its memory
+	// Current is false for a template of older guest binaries or another VMM: no VM
+	// restores it, and it is removed once no clone maps it.
+	Current bool `json:"current"`
+}
+
+// ImageWarmRequest is POST /v1/images/warm: build (or confirm) the image's template for a
+// machine shape; "" fields are the VM defaults.
+type ImageWarmRequest struct {
+	Name     string `json:"name"`
+	CPUs     int    `json:"cpus,omitempty"`
+	Memory   string `json:"memory,omitempty"`
+	DiskSize string `json:"disk_size,omitempty"`
+	// Rebuild replaces an existing template.
+	Rebuild bool `json:"rebuild,omitempty"`
 }
 
 // ImagePullRequest is POST /v1/images/pull.
@@ -153,6 +188,11 @@ func (c *Client) Catalog(ctx context.Context) ([]json.RawMessage, error) {
 // PullImage pulls an image, calling progress for each report; cancel ctx to abort it.
 func (c *Client) PullImage(ctx context.Context, req ImagePullRequest, progress func(Progress)) (Image, error) {
 	return streamed[Image](ctx, c, "/images/pull", req, progress)
+}
+
+// WarmImage builds (or finds) an image's warm-start template for a machine shape.
+func (c *Client) WarmImage(ctx context.Context, req ImageWarmRequest, progress func(Progress)) (Template, error) {
+	return streamed[Template](ctx, c, "/images/warm", req, progress)
 }
 
 // ImportImage imports a local tar or ext4 file as an image.

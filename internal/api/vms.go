@@ -27,6 +27,8 @@ type VMCreateRequest struct {
 	// caller that only uses the agent, like vm run -- CMD).
 	Start       bool `json:"start,omitempty"`
 	SkipSSHWait bool `json:"skip_ssh_wait,omitempty"`
+	// Cold boots the VM even when a template of its image and shape could be restored.
+	Cold bool `json:"cold,omitempty"`
 }
 
 // VMRequest names a VM (start, health, ...).
@@ -102,11 +104,26 @@ type VM struct {
 	Network      VMNetwork `json:"network"`
 	SSH          VMSSH     `json:"ssh"`
 	Disks        []VMDisk  `json:"disks"`
+	// Boot says how the last start booted the VM, and why.
+	Boot *VMBoot `json:"boot,omitempty"`
 	// Stages are the timed stages of the last start.
 	Stages    []Stage   `json:"stages,omitempty"`
 	LastExit  string    `json:"last_exit,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Boot modes of VMBoot.
+const (
+	BootWarm = "warm" // restored from a template (a booted snapshot of the image)
+	BootCold = "cold" // booted the kernel
+)
+
+// VMBoot is how a start booted a VM: warm (a clone of Template) or cold, with the reason.
+type VMBoot struct {
+	Mode     string `json:"mode"`
+	Reason   string `json:"reason"`
+	Template string `json:"template,omitempty"`
 }
 
 // VMsResponse answers GET /v1/vms.

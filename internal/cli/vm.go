@@ -52,6 +52,7 @@ type createFlags struct {
 func (f *createFlags) add(cmd *cobra.Command) {
 	addBootFlags(cmd, &f.req.Image, &f.req.Kernel, &f.req.CPUs, &f.req.Memory)
 	cmd.Flags().StringVar(&f.req.DiskSize, "disk-size", "", "size of the work disk at /root, like 8G (default 8G, sparse)")
+	cmd.Flags().BoolVar(&f.req.Cold, "cold", false, "boot the kernel even when a warm-start template of the image and shape exists")
 }
 
 // addBootFlags adds the flags that say what a VM boots and with how much: --image,
@@ -267,6 +268,9 @@ func (a *app) vmInspectCommand() *cobra.Command {
 			fmt.Fprintf(w, "name:      %s (%s)\nstate:     %s\nimage:     %s\nkernel:    %s\n", vm.Name, vm.ID, vm.State, vm.Image, vm.Kernel)
 			fmt.Fprintf(w, "driver:    %s %s (%s)\n", vm.Driver, vm.Accel, vm.DriverReason)
 			fmt.Fprintf(w, "resources: %d vCPUs, %d MiB\n", vm.CPUs, vm.MemoryMiB)
+			if vm.Boot != nil {
+				fmt.Fprintf(w, "boot:      %s (%s)\n", vm.Boot.Mode, vm.Boot.Reason)
+			}
 			if vm.Network.IP != "" {
 				fmt.Fprintf(w, "network:   %s via %s (tap %s, mac %s)\n", vm.Network.IP, vm.Network.Gateway, orDash(vm.Network.TAP), vm.Network.MAC)
 			} else {

@@ -25,6 +25,7 @@ type Config struct {
 	DataDir string
 	Daemon  Daemon
 	VMM     VMM
+	VM      VM
 	Runtime Runtime
 	Doctor  Doctor
 	Network Network
@@ -49,6 +50,13 @@ type Daemon struct {
 // VMM picks the virtual machine monitor.
 type VMM struct {
 	Driver string // auto, firecracker, qemu
+}
+
+// VM configures how VMs start.
+type VM struct {
+	// WarmStart restores new VMs from a booted snapshot of their image (a template) instead
+	// of cold-booting them, and builds the templates in the background.
+	WarmStart bool
 }
 
 // Runtime is the runtime bundle: the host binaries and guest artifacts banger runs VMs with.
@@ -131,6 +139,7 @@ func Defaults() Config {
 		LogLevel: "info",
 		Daemon:   Daemon{Autostart: true, ShutdownTimeout: 10 * time.Second},
 		VMM:      VMM{Driver: "auto"},
+		VM:       VM{WarmStart: true},
 		Doctor:   Doctor{MinFreeSpace: 10 << 30},
 		Network: Network{Bridge: "banger0", Subnet: DefaultSubnet, TAPPoolSize: 4, IsolateVMs: true,
 			HelperSocket: "/run/banger/helper.sock"},
@@ -257,6 +266,7 @@ func keys(c *Config) []key {
 		boolKey("daemon.autostart", "start a detached daemon when a command needs one and none runs", &c.Daemon.Autostart),
 		durationKey("daemon.shutdown_timeout", "how long the daemon waits for in-flight requests on SIGTERM", &c.Daemon.ShutdownTimeout),
 		enumKey("vmm.driver", "virtual machine monitor: auto picks firecracker, else qemu", &c.VMM.Driver, "auto", "firecracker", "qemu"),
+		boolKey("vm.warm_start", "start new VMs as clones of a booted template of their image (built in the background) instead of cold boots", &c.VM.WarmStart),
 		pathKey("runtime.firecracker_path", "firecracker binary (default: firecracker on PATH)", &c.Runtime.FirecrackerPath),
 		pathKey("runtime.qemu_path", "qemu-system-x86_64 binary (default: on PATH)", &c.Runtime.QEMUPath),
 		pathKey("runtime.kernel_path", "guest kernel (default: banger's managed kernel)", &c.Runtime.KernelPath),

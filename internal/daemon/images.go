@@ -63,6 +63,7 @@ func (d *Daemon) addImageRoutes(table map[string]map[string]handlerFunc) {
 	table["/images/import"] = map[string]handlerFunc{http.MethodPost: d.handleImageImport}
 	table["/images/build"] = map[string]handlerFunc{http.MethodPost: d.handleImageBuild}
 	table["/images/rm"] = map[string]handlerFunc{http.MethodPost: d.handleImageRemove}
+	table["/images/warm"] = map[string]handlerFunc{http.MethodPost: d.handleImageWarm}
 	table["/kernels"] = map[string]handlerFunc{http.MethodGet: d.handleKernelList}
 	table["/kernels/pull"] = map[string]handlerFunc{http.MethodPost: d.handleKernelPull}
 	table["/kernels/rm"] = map[string]handlerFunc{http.MethodPost: d.handleKernelRemove}
@@ -118,6 +119,7 @@ func (d *Daemon) handleImageInspect(w http.ResponseWriter, r *http.Request) erro
 			out.Kernel, _ = json.Marshal(k)
 		}
 	}
+	out.Templates = d.templatesToAPI(r.Context(), img)
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
@@ -145,6 +147,7 @@ func (d *Daemon) handleImageRemove(w http.ResponseWriter, r *http.Request) error
 		return imageAPIError(err)
 	}
 	d.vms.disks.forgetImage(img.ID)
+	d.removeTemplatesOf(img.ID)
 	writeJSON(w, http.StatusOK, map[string]string{"removed": req.Name})
 	return nil
 }

@@ -138,6 +138,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	defer unlock()
 	rec := d.newVMRecord(id, p, choice)
 	rec.Creating = true
+	warm, coldBoot := d.pickBoot(ctx, req, p)
 	row := store.VM{ID: id, Name: p.name, ImageID: p.img.ID, State: store.VMCreated, VMM: choice.Driver, Spec: rec.raw()}
 
 	r := revert.New()
@@ -156,7 +157,13 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	timings := lifecycle.New("vm.create", id, d.log, d.store).Deferred()
 	defer timings.Flush(context.WithoutCancel(ctx))
 	if err := runStage(ctx, timings, progress, disksStage(), func(ctx context.Context) error {
-		hostKey, err := d.buildDisks(ctx, rec.vmSpec, p)
+		var hostKey []byte
+		var err error
+		if warm != nil {
+			hostKey, err = d.cloneDisks(ctx, rec.vmSpec, warm)
+		} else {
+			hostKey, err = d.buildDisks(ctx, rec.vmSpec, p)
+		}
 		if err != nil {
 			return err
 		}
@@ -179,6 +186,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 		if err != nil {
 			return api.VM{}, err
 		}
+		profile.warm, profile.boot = warm, coldBoot
 		if row, err = d.startLocked(ctx, row, timings, progress, profile); err != nil {
 			return api.VM{}, err
 		}

@@ -5,6 +5,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"sync"
 
 	"github.com/banger-vm/banger/internal/initramfs"
@@ -30,6 +31,8 @@ type vmManager struct {
 	initrd *initramfs.Memo
 	// disks holds the fresh work disk and layer every create copies.
 	disks *diskTemplates
+	// tpl holds the warm-start templates new VMs restore.
+	tpl *templates
 }
 
 // vmLock serializes the operations on one VM. It lives while someone holds or waits for
@@ -54,8 +57,10 @@ func (d *Daemon) initVMs(ctx context.Context) {
 		host:      sync.OnceValue(host),
 		initrd:    initramfs.NewMemo(),
 		disks:     newDiskTemplates(d.leakScope().disks, d.images.Ext4),
+		tpl:       newTemplates(filepath.Join(d.opts.Layout.DataDir, "templates")),
 	}
 	d.reconcileVMs(ctx)
+	d.gcTemplates(ctx)
 }
 
 // lockVM serializes operations on one VM; the returned func unlocks.

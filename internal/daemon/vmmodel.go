@@ -46,6 +46,8 @@ type vmSpec struct {
 	// read-write): only the build starts it, and reconcile removes it with the build.
 	Builder bool   `json:"builder,omitempty"`
 	Rootfs  string `json:"rootfs,omitempty"`
+	// Template, on a builder, is the key of the warm-start template it builds.
+	Template string `json:"template,omitempty"`
 }
 
 // vmNetwork is the network part of a VM's status; "tap" is what network.go's reconcile reads.
@@ -68,6 +70,7 @@ type vmStatus struct {
 	VMM          *vmm.State  `json:"vmm,omitempty"`
 	ConsoleLog   string      `json:"console_log,omitempty"`
 	Stages       []api.Stage `json:"stages,omitempty"`
+	Boot         *api.VMBoot `json:"boot,omitempty"`
 	LastExit     string      `json:"last_exit,omitempty"`
 	SSHReady     bool        `json:"ssh_ready,omitempty"`
 	SSHAbsent    bool        `json:"ssh_absent,omitempty"` // no sshd or no banger key: vm ssh cannot work
@@ -166,7 +169,7 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 	rec, err := parseRecord(vm)
 	out := api.VM{ID: vm.ID, Name: vm.Name, Kernel: rec.Kernel, State: string(vm.State), Driver: vm.VMM,
 		Accel: rec.Accel, DriverReason: rec.DriverReason, CPUs: rec.CPUs, MemoryMiB: rec.MemoryMiB,
-		Dir: rec.Dir, RunDir: rec.RunDir, ConsoleLog: rec.ConsoleLog, Stages: rec.Stages, LastExit: rec.LastExit,
+		Dir: rec.Dir, RunDir: rec.RunDir, ConsoleLog: rec.ConsoleLog, Stages: rec.Stages, Boot: rec.Boot, LastExit: rec.LastExit,
 		CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, Disks: []api.VMDisk{},
 		Network: api.VMNetwork{TAP: rec.Network.TAP, IP: rec.Network.IP, Gateway: rec.Network.Gateway, MAC: rec.Network.MAC,
 			DNS: rec.Network.DNS, Note: rec.Network.Note},

@@ -35,6 +35,8 @@ type stage struct {
 // Stage names that other parts of the daemon (bench) look for in a VM's timings.
 const (
 	stageAgent = "waiting for the agent"
+	// stageIdentity is a clone's: the agent takes on the VM's own identity.
+	stageIdentity = "taking on its identity"
 	stageSSH   = "waiting for sshd"
 )
 
@@ -74,6 +76,9 @@ func (d *Daemon) startSteps() []startStep {
 		{stage: stage{stageAgent, agentDeadline,
 			"the guest did not bring its agent up: read the console (`banger vm logs NAME`); if the VMM exited, its own log is in the VM's run dir"},
 			run: stepAgent},
+		{stage: stage{stageIdentity, 30 * time.Second,
+			"the clone's agent did not take on the VM's identity: read the console (`banger vm logs NAME`), or create it with --cold"},
+			when: func(_ context.Context, b *boot) bool { return b.profile.warm != nil }, run: d.stepIdentity},
 		{stage: stage{stageSSH, time.Minute,
 			"the guest's sshd did not answer on its port 22: read the console (`banger vm logs NAME`)"},
 			when: d.needSSHWait, run: func(ctx context.Context, b *boot) error { return waitSSH(ctx, b.m.Agent()) },
@@ -96,6 +101,12 @@ type bootProfile struct {
 	drives  func(modules []vmm.Drive) []vmm.Drive
 	cmdline string
 	ssh     sshPolicy
+	// memoryFile puts the guest's RAM in a file (a template's builder, to snapshot it).
+	memoryFile string
+	// warm, when set, restores the VM from a template instead of booting it.
+	warm *warmStart
+	// boot is what the start records of its choice (cold, and why, unless warm).
+	boot api.VMBoot
 }
 
 // vmBootProfile is a normal VM's boot: the image read-only under the VM's writable layer,
@@ -113,7 +124,8 @@ func (d *Daemon) vmBootProfile(ctx context.Context, vm store.VM, skipSSHWait boo
 	if err != nil {
 		return bootProfile{}, err
 	}
-	p := bootProfile{drives: func(mods []vmm.Drive) []vmm.Drive { return vmDrives(img.RootfsPath, rec.vmSpec, mods) }}
+	p := bootProfile{drives: func(mods []vmm.Drive) []vmm.Drive { return vmDrives(img.RootfsPath, rec.vmSpec, mods) },
+		boot: api.VMBoot{Mode: api.BootCold, Reason: "only a new VM's first start restores a template: later starts boot the VM's own disks"}}
 	if skipSSHWait {
 		p.ssh = sshSkip
 	}
@@ -273,6 +285,11 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycl
 		}
 	}()
 	b.vm.State = store.VMStarting
+	choiceOfBoot := profile.boot
+	if profile.warm != nil {
+		choiceOfBoot = profile.warm.boot
+	}
+	b.rec.Boot = &choiceOfBoot
 	if err := d.save(ctx, b); err != nil {
 		return b.vm, err
 	}
@@ -421,10 +438,19 @@ func (d *Daemon) stepVMM(ctx context.Context, b *boot) error {
 		Name: b.vm.Name, Kernel: b.kernel.BzImage, Initramfs: b.initrd, Cmdline: strings.Join(cmdline, " "),
 		Drives: b.profile.drives(b.modules),
 		NICs:   b.nics, VCPUs: b.rec.CPUs, MemoryMiB: b.rec.MemoryMiB, RunDir: b.rec.RunDir,
+		MemoryFile: b.profile.memoryFile,
 	}
-	m, err := b.drv.Start(ctx, ms)
-	if err != nil {
-		return err
+	var m vmm.Machine
+	var err error
+	if b.profile.warm != nil {
+		if m, err = d.restoreClone(ctx, b, ms); err != nil {
+			return err
+		}
+	}
+	if m == nil {
+		if m, err = b.drv.Start(ctx, ms); err != nil {
+			return err
+		}
 	}
 	// The VMM runs from here on: its undo is registered before anything else can fail.
 	b.m = m

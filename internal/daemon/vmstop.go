@@ -50,10 +50,15 @@ func (d *Daemon) afterStop(ctx context.Context, vm store.VM, kind stopKind, reas
 		}
 	}
 	removeRunSockets(rec.RunDir)
+	clone := rec.VMM != nil && rec.VMM.MemoryFile != ""
 	rec.Network.TAP, rec.VMM, rec.LastExit = "", nil, reason
 	vm.State, vm.Spec = kind.state(), rec.raw()
 	if err := d.store.PutVM(ctx, vm); err != nil {
 		d.log.Warn("could not record the VM's stop", "vm", vm.Name, "err", err)
+	}
+	if clone {
+		// It may have been the last clone of a retired template.
+		d.gcTemplates(ctx)
 	}
 	return vm
 }

@@ -50,6 +50,9 @@ type warmUp struct {
 // stopWarmUp cancels the warm-up and waits for it (it writes in the cache and reads the
 // store, which Shutdown is about to close).
 func (d *Daemon) stopWarmUp() {
+	if d.vms != nil && d.vms.tpl != nil {
+		d.vms.tpl.stop()
+	}
 	if d.warm.cancel == nil {
 		return
 	}
@@ -107,6 +110,8 @@ func (d *Daemon) imageAdded(ctx context.Context, img store.Image, p image.Progre
 	} else if p != nil {
 		p(image.Progress{Stage: stage, Message: fmt.Sprintf("%.1f ms", lifecycle.Millis(time.Since(start)))})
 	}
+	// The template boots a VM: built in the background, it does not hold up the add.
+	d.warmImageTemplate(ctx, img)
 	return imageToAPI(img)
 }
 
