@@ -37,7 +37,7 @@ const (
 	stageAgent = "waiting for the agent"
 	// stageIdentity is a clone's: the agent takes on the VM's own identity.
 	stageIdentity = "taking on its identity"
-	stageSSH   = "waiting for sshd"
+	stageSSH      = "waiting for sshd"
 )
 
 // agentDeadline bounds a boot to the agent answering: TCG boots take seconds; a loaded host
