@@ -162,7 +162,12 @@ func splitUser(t *testing.T) *syscall.Credential {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 }
 
-func setup(t *testing.T) *env {
+// setup is the harness with warm start off: the other tests exercise the cold path, and a
+// background template build would race their checks.
+func setup(t *testing.T) *env { return setupWith(t, "[vm]\nwarm_start = false\n") }
+
+// setupWith is the harness with extra config (TOML sections).
+func setupWith(t *testing.T, extraCfg string) *env {
 	assets := testsupport.GuestAssets(t)
 	testsupport.RequireQEMU(t)
 	// Short: VM sockets live under XDG_RUNTIME_DIR and sun_path is 108 bytes.
@@ -186,6 +191,7 @@ func setup(t *testing.T) *env {
 		e.subnet = "10.213.77.0/24"
 		cfg += fmt.Sprintf("[network]\nhelper_socket = %q\nbridge = \"bge0\"\nsubnet = %q\n", e.helperSocket(), e.subnet)
 	}
+	cfg += extraCfg
 	if err := os.WriteFile(filepath.Join(dir, "cfg/banger/config.toml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

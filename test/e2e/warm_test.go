@@ -1,0 +1,227 @@
+//go:build integration
+
+package e2e
+
+// Warm start from the built binary: a template of the busybox test image, two clones of it
+// started at once, each its own machine, and the fallbacks to a cold boot.
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/internal/api"
+)
+
+func (e *env) inspectImage(name string) api.ImageInspect {
+	e.t.Helper()
+	var in api.ImageInspect
+	if err := json.Unmarshal([]byte(e.must("image", "inspect", name, "--json").stdout), &in); err != nil {
+		e.t.Fatal(err)
+	}
+	return in
+}
+
+func (e *env) inspectVM(name string) api.VM {
+	e.t.Helper()
+	var vm api.VM
+	if err := json.Unmarshal([]byte(e.must("vm", "inspect", name, "--json").stdout), &vm); err != nil {
+		e.t.Fatal(err)
+	}
+	return vm
+}
+
+// templateSums is the sha256 of each file of a template directory.
+func templateSums(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, en := range ents {
+		f, err := os.Open(filepath.Join(dir, en.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[en.Name()] = hex.EncodeToString(h.Sum(nil))
+	}
+	return out
+}
+
+func TestWarmStart(t *testing.T) {
+	e := setupWith(t, "")
+	shape := []string{"--image", "bb", "--memory", "512M"}
+	r := e.must(append([]string{"image", "warm", "bb", "--json"}, shape[2:]...)...)
+	var tpl api.Template
+	if err := json.Unmarshal([]byte(r.stdout), &tpl); err != nil {
+		t.Fatalf("image warm output: %v\n%s", err, r.stdout)
+	}
+	if tpl.MemoryMiB != 512 || !tpl.Current || tpl.Dir == "" {
+		t.Fatalf("template %+v", tpl)
+	}
+	found := false
+	for _, it := range e.inspectImage("bb").Templates {
+		found = found || it.Key == tpl.Key
+	}
+	if !found {
+		t.Fatalf("image inspect does not list template %s", tpl.Key)
+	}
+	before := templateSums(t, tpl.Dir)
+
+	// Two clones at once.
+	names := []string{"warm-a", "warm-b"}
+	var wg sync.WaitGroup
+	results := make([]result, len(names))
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = e.run(append([]string{"vm", "create", n, "--start"}, shape...)...)
+		}()
+	}
+	wg.Wait()
+	type seen struct {
+		vm              api.VM
+		machineID, rand string
+	}
+	var got []seen
+	for i, n := range names {
+		if results[i].code != 0 {
+			t.Fatalf("create %s: %s", n, results[i].stderr)
+		}
+		vm := e.inspectVM(n)
+		if vm.Boot == nil || vm.Boot.Mode != api.BootWarm || vm.Boot.Template != tpl.Key {
+			t.Fatalf("%s boot %+v, want warm from %s", n, vm.Boot, tpl.Key)
+		}
+		if !strings.Contains(e.must("vm", "inspect", n).stdout, "boot:      warm") {
+			t.Errorf("%s: vm inspect does not show the warm boot", n)
+		}
+		stages := []string{}
+		for _, s := range vm.Stages {
+			stages = append(stages, s.Name)
+		}
+		if !strings.Contains(strings.Join(stages, ","), "taking on its identity") {
+			t.Errorf("%s stages %v lack the identity stage", n, stages)
+		}
+		// getrandom just after the restore, the clock, the hostname, the machine-id.
+		hostBefore := time.Now().Unix()
+		out := e.must("vm", "exec", n, "--", "sh", "-c",
+			"head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; hostname; cat /etc/machine-id").stdout
+		hostAfter := time.Now().Unix()
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 4 {
+			t.Fatalf("%s exec output %q", n, out)
+		}
+		if secs, err := strconv.ParseInt(lines[1], 10, 64); err != nil || secs < hostBefore-1 || secs > hostAfter+1 {
+			t.Errorf("%s: guest clock %q, host %d-%d", n, lines[1], hostBefore, hostAfter)
+		}
+		if lines[2] != n {
+			t.Errorf("%s: hostname %q", n, lines[2])
+		}
+		got = append(got, seen{vm: vm, rand: lines[0], machineID: lines[3]})
+		e.checkNetwork(vm)
+	}
+	a, b := got[0], got[1]
+	if a.rand == b.rand || len(a.rand) != 32 {
+		t.Errorf("getrandom after restore: %q and %q", a.rand, b.rand)
+	}
+	if a.machineID == b.machineID || len(a.machineID) != 32 {
+		t.Errorf("machine-ids %q and %q", a.machineID, b.machineID)
+	}
+	if a.vm.SSH.HostKey == b.vm.SSH.HostKey || a.vm.SSH.HostKey == "" {
+		t.Errorf("host keys %q and %q", a.vm.SSH.HostKey, b.vm.SSH.HostKey)
+	}
+	if e.netns != "" && (a.vm.Network.IP == b.vm.Network.IP || a.vm.Network.MAC == b.vm.Network.MAC) {
+		t.Errorf("networks %+v and %+v", a.vm.Network, b.vm.Network)
+	}
+	// Each clone serves its own host key (the guest's file is the pinned one).
+	for _, s := range got {
+		key := strings.TrimSpace(e.must("vm", "exec", s.vm.Name, "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout)
+		if f := strings.Fields(key); len(f) < 2 || !strings.Contains(s.vm.SSH.HostKey, f[1]) {
+			t.Errorf("%s: guest host key %q, pinned %q", s.vm.Name, key, s.vm.SSH.HostKey)
+		}
+	}
+	e.must("vm", "exec", "warm-a", "--", "sh", "-c", "echo mine > /root/only-a && sync")
+	if r := e.run("vm", "exec", "warm-b", "--", "cat", "/root/only-a"); r.code == 0 {
+		t.Errorf("warm-b sees warm-a's /root file: %q", r.stdout)
+	}
+	// The template is untouched by its clones.
+	for f, sum := range templateSums(t, tpl.Dir) {
+		if before[f] != sum {
+			t.Errorf("template file %s changed while clones ran", f)
+		}
+	}
+	for _, n := range names {
+		e.must("vm", "rm", "--force", n)
+	}
+
+	t.Run("--cold", func(t *testing.T) {
+		e.must(append([]string{"vm", "create", "cold-a", "--start", "--cold"}, shape...)...)
+		if vm := e.inspectVM("cold-a"); vm.Boot == nil || vm.Boot.Mode != api.BootCold || !strings.Contains(vm.Boot.Reason, "--cold") {
+			t.Errorf("boot %+v", vm.Boot)
+		}
+		e.must("vm", "rm", "--force", "cold-a")
+	})
+	t.Run("corrupt state file", func(t *testing.T) {
+		// Rewrite the state with garbage of the same size: the VMM rejects it on restore.
+		var meta struct {
+			StateFile string `json:"state_file"`
+		}
+		b, err := os.ReadFile(filepath.Join(tpl.Dir, "template.json"))
+		if err != nil || json.Unmarshal(b, &meta) != nil {
+			t.Fatalf("template.json: %v", err)
+		}
+		state := filepath.Join(tpl.Dir, meta.StateFile)
+		fi, err := os.Stat(state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(state, []byte(strings.Repeat("x", int(fi.Size()))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e.must(append([]string{"vm", "create", "corrupt-a", "--start"}, shape...)...)
+		vm := e.inspectVM("corrupt-a")
+		if vm.Boot == nil || vm.Boot.Mode != api.BootCold || !strings.Contains(vm.Boot.Reason, "restoring the template failed") {
+			t.Errorf("boot %+v", vm.Boot)
+		}
+		if r := e.must("vm", "exec", "corrupt-a", "--", "hostname"); strings.TrimSpace(r.stdout) != "corrupt-a" {
+			t.Errorf("the cold fallback's hostname %q", r.stdout)
+		}
+		if _, err := os.Stat(tpl.Dir); err == nil {
+			t.Errorf("the broken template %s is still registered", tpl.Dir)
+		}
+		e.must("vm", "rm", "--force", "corrupt-a")
+	})
+	t.Run("missing memory file", func(t *testing.T) {
+		r := e.must(append([]string{"image", "warm", "bb", "--json"}, shape[2:]...)...)
+		var tpl2 api.Template
+		if err := json.Unmarshal([]byte(r.stdout), &tpl2); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(tpl2.Dir, "memory")); err != nil {
+			t.Fatal(err)
+		}
+		e.must(append([]string{"vm", "create", "nomem-a", "--start"}, shape...)...)
+		vm := e.inspectVM("nomem-a")
+		if vm.Boot == nil || vm.Boot.Mode != api.BootCold || !strings.Contains(vm.Boot.Reason, "memory is missing") {
+			t.Errorf("boot %+v", vm.Boot)
+		}
+		e.must("vm", "rm", "--force", "nomem-a")
+	})
+	e.requireNoLeaks()
+}
