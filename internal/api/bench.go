@@ -11,6 +11,33 @@ type BenchCreateRequest struct {
 	Kernel string `json:"kernel,omitempty"`
 	CPUs   int    `json:"cpus,omitempty"`
 	Memory string `json:"memory,omitempty"`
+	// NoWarm skips the warm-start side (no template is built).
+	NoWarm bool `json:"no_warm,omitempty"`
+	// Parallel, when > 0, also times that many `vm run -- true` at once, warm then cold.
+	Parallel int `json:"parallel,omitempty"`
+}
+
+// BenchWarm is the warm-start side of a create benchmark: clones of the image's template
+// beside the cold creates of the same rounds.
+type BenchWarm struct {
+	Template string `json:"template"`
+	// AgentReady is a warm create -> agent-ready; Ratio is its median over the cold
+	// creates' (BenchCreateResult.AgentReady).
+	AgentReady BenchStat `json:"agent_ready"`
+	Ratio      float64   `json:"ratio"`
+	// RunTrue is `vm run -- true` end to end in the daemon: a warm create without the sshd
+	// wait, the command through the agent, the VM removed.
+	RunTrue BenchStat `json:"run_true"`
+	// ClonePSSMiB and ColdPSSMiB are the medians of the VMMs' PSS at agent-ready.
+	ClonePSSMiB float64 `json:"clone_pss_mib"`
+	ColdPSSMiB  float64 `json:"cold_pss_mib"`
+	// Stages are the warm creates' stages.
+	Stages []BenchStageStat `json:"stages"`
+	// ParallelWarmMS and ParallelColdMS are the wall times of Parallel `vm run -- true`
+	// started at once.
+	Parallel       int     `json:"parallel,omitempty"`
+	ParallelWarmMS float64 `json:"parallel_warm_ms,omitempty"`
+	ParallelColdMS float64 `json:"parallel_cold_ms,omitempty"`
 }
 
 // BenchStat summarizes one measure over the runs, in milliseconds.
@@ -35,6 +62,13 @@ type BenchRun struct {
 	BangerFirst bool    `json:"banger_first"`
 	VM          string  `json:"vm"`
 	Stages      []Stage `json:"stages"`
+	// WarmAgentReadyMS is a warm create's request -> the agent answered (0: no warm side);
+	// WarmRunTrueMS its `vm run -- true`; the PSS figures are at agent-ready.
+	WarmAgentReadyMS float64 `json:"warm_agent_ready_ms,omitempty"`
+	WarmRunTrueMS    float64 `json:"warm_run_true_ms,omitempty"`
+	WarmStages       []Stage `json:"warm_stages,omitempty"`
+	ClonePSSMiB      float64 `json:"clone_pss_mib,omitempty"`
+	ColdPSSMiB       float64 `json:"cold_pss_mib,omitempty"`
 	// AgentReadyMS is create request -> the agent answered; SSHReadyMS -> sshd answered
 	// (0 when the VM has no SSH); HostSideMS is AgentReadyMS minus the wait for the agent.
 	AgentReadyMS float64 `json:"agent_ready_ms"`
@@ -82,6 +116,10 @@ type BenchCreateResult struct {
 	Pass  bool        `json:"pass"`
 
 	RunDetails []BenchRun `json:"run_details"`
+
+	// Warm is the warm-start side, unless skipped (WarmNote says why).
+	Warm     *BenchWarm `json:"warm,omitempty"`
+	WarmNote string     `json:"warm_note,omitempty"`
 }
 
 // BenchCreate runs the create benchmark in the daemon, reporting progress. Cancelling ctx

@@ -51,6 +51,8 @@ Bench VMs are removed afterwards, also on failure or Ctrl-C.`,
 	}
 	cmd.Flags().IntVar(&req.Runs, "runs", 3, "rounds (each one banger create and one bare boot)")
 	addBootFlags(cmd, &req.Image, &req.Kernel, &req.CPUs, &req.Memory)
+	cmd.Flags().BoolVar(&req.NoWarm, "no-warm", false, "skip the warm-start side (clones of the image's template)")
+	cmd.Flags().IntVar(&req.Parallel, "parallel", 0, "also time N `vm run -- true` started at once, warm then cold")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON (no progress)")
 	return cmd
 }
@@ -97,6 +99,23 @@ func (a *app) printBench(r api.BenchCreateResult, asJSON bool) error {
 		fmt.Fprintf(w, "\nssh-ready: %s\n", r.SSHNote)
 	}
 	fmt.Fprintf(w, "\nratio banger/bare to agent-ready (medians): %.3f\n\n", r.Ratio)
+	if wm := r.Warm; wm != nil {
+		fmt.Fprintf(w, "warm start (clones of template %s):\n", wm.Template)
+		rows := [][]string{{"STAGE (ms)", "MEDIAN", "MIN", "MAX"}}
+		for _, s := range wm.Stages {
+			rows = append(rows, statRow("  "+s.Name, s.BenchStat))
+		}
+		rows = append(rows, statRow("warm create -> ready", wm.AgentReady), statRow("cold create -> agent-ready", r.AgentReady),
+			statRow("warm `vm run -- true`", wm.RunTrue))
+		table(w, rows)
+		fmt.Fprintf(w, "\nratio warm/cold to ready (medians): %.3f\nPSS at ready (medians): clone %.1f MiB, cold %.1f MiB\n", wm.Ratio, wm.ClonePSSMiB, wm.ColdPSSMiB)
+		if wm.Parallel > 0 {
+			fmt.Fprintf(w, "%d parallel `vm run -- true`: warm %.1f s, cold %.1f s\n", wm.Parallel, wm.ParallelWarmMS/1000, wm.ParallelColdMS/1000)
+		}
+		fmt.Fprintln(w)
+	} else if r.WarmNote != "" {
+		fmt.Fprintf(w, "%s\n\n", r.WarmNote)
+	}
 	for _, g := range r.Goals {
 		verdict := "PASS"
 		if !g.Pass {

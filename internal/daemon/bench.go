@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/lifecycle"
 	"github.com/banger-vm/banger/internal/vmm"
@@ -34,6 +36,12 @@ const (
 	benchHostSideGoalMS = 100
 	// benchRatioGoal: banger create->agent-ready over the bare VMM's boot->agent-ready.
 	benchRatioGoal = 1.05
+	// The warm-start goals: a clone ready in a tenth of a cold create, `vm run -- true`
+	// within a second, an idle clone of a 1 GiB guest within 150 MB (it shares the
+	// template's pages).
+	benchWarmRatioGoal   = 0.10
+	benchWarmRunGoalMS   = 1000
+	benchClonePSSGoalMiB = 143 // 150 MB
 	// benchLockName marks a bench scratch directory in use: the leak check leaves a
 	// directory alone while its lock is held (by a running bench).
 	benchLockName = ".bench.lock"
@@ -77,7 +85,9 @@ func (d *Daemon) handleBenchCreate(w http.ResponseWriter, r *http.Request) error
 }
 
 func benchCreateRequest(req api.BenchCreateRequest, name string) api.VMCreateRequest {
-	return api.VMCreateRequest{Name: name, Image: req.Image, Kernel: req.Kernel, CPUs: req.CPUs, Memory: req.Memory, Start: true}
+	// Cold: the banger side is compared with a bare boot of the same kernel; the warm side
+	// (benchWarmRun) is timed beside it.
+	return api.VMCreateRequest{Name: name, Image: req.Image, Kernel: req.Kernel, CPUs: req.CPUs, Memory: req.Memory, Start: true, Cold: true}
 }
 
 // benchCreate runs the rounds and summarizes them.
@@ -103,6 +113,25 @@ func (d *Daemon) benchCreate(ctx context.Context, req api.BenchCreateRequest, pr
 	res := api.BenchCreateResult{Runs: req.Runs, Driver: choice.Driver, Accel: choice.Accel, Image: p.img.Name, Kernel: p.kernel.ID,
 		BareNote: "the bare boot has no NIC (a TAP needs the root helper) and no QMP handshake, store or SSH key work"}
 	var bangerArgv, bareArgv []string // normalized: paths and names replaced, no NICs
+	warm := !req.NoWarm && d.opts.Config.VM.WarmStart
+	if warm {
+		res.Warm = &api.BenchWarm{Parallel: req.Parallel}
+		progress(api.Progress{Stage: "building the warm-start template"})
+		tpl, err := d.buildTemplate(ctx, p.img, p.kernel, d.shapeOf(p), false, func(pr api.Progress) {
+			pr.Stage = "template: " + pr.Stage
+			progress(pr)
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return api.BenchCreateResult{}, err
+			}
+			warm, res.Warm, res.WarmNote = false, nil, "no warm side: "+err.Error()
+		} else {
+			res.Warm.Template = tpl.meta.Key
+		}
+	} else {
+		res.WarmNote = "no warm side: --no-warm, or [vm] warm_start = false"
+	}
 	for i := range req.Runs {
 		run := api.BenchRun{Index: i + 1, BangerFirst: i%2 == 0}
 		tag := fmt.Sprintf("run %d/%d", i+1, req.Runs)
@@ -127,6 +156,14 @@ func (d *Daemon) benchCreate(ctx context.Context, req api.BenchCreateRequest, pr
 		if !run.BangerFirst {
 			slices.Reverse(sides)
 		}
+		if warm {
+			sides = append(sides, func() error {
+				return d.benchWarmRun(ctx, req, &run, func(pr api.Progress) {
+					pr.Stage = tag + " warm: " + pr.Stage
+					progress(pr)
+				})
+			})
+		}
 		for _, side := range sides {
 			if err := side(); err != nil {
 				return api.BenchCreateResult{}, err
@@ -135,6 +172,21 @@ func (d *Daemon) benchCreate(ctx context.Context, req api.BenchCreateRequest, pr
 		res.RunDetails = append(res.RunDetails, run)
 	}
 	summarizeBench(&res)
+	if warm && req.Parallel > 0 {
+		for _, cold := range []bool{false, true} {
+			what := map[bool]string{false: "warm", true: "cold"}[cold]
+			progress(api.Progress{Stage: fmt.Sprintf("%d parallel %s `vm run -- true`", req.Parallel, what)})
+			ms, err := d.benchParallel(ctx, req, cold)
+			if err != nil {
+				return api.BenchCreateResult{}, fmt.Errorf("parallel %s runs: %w", what, err)
+			}
+			if cold {
+				res.Warm.ParallelColdMS = round2(ms)
+			} else {
+				res.Warm.ParallelWarmMS = round2(ms)
+			}
+		}
+	}
 	if bangerArgv != nil && bareArgv != nil && !slices.Equal(bangerArgv, bareArgv) {
 		res.BareNote += "; WARNING: the bare command line differs from the banger VM's beyond paths and network: " + firstArgvDiff(bangerArgv, bareArgv)
 		d.log.Warn("bench: bare command line differs from the banger VM's", "banger", bangerArgv, "bare", bareArgv)
@@ -204,6 +256,9 @@ func (d *Daemon) benchBangerRun(ctx context.Context, req api.BenchCreateRequest,
 	}
 	defer d.benchRemoveVM(ctx, vm.ID)
 	run.VM, run.Stages = vm.Name, vm.Stages
+	if pss, err := vmm.ReadPSS(vm.PID); err == nil {
+		run.ColdPSSMiB = round2(float64(pss) / (1 << 20))
+	}
 	// Compared with the bare argv only where the bare boot runs the same command line.
 	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", vm.PID)); err == nil && vm.PID > 0 {
 		*bangerArgv = normalizeArgv(strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00"), vm.Name, vm.Dir, vm.RunDir)
@@ -234,6 +289,92 @@ func (d *Daemon) benchBangerRun(ctx context.Context, req api.BenchCreateRequest,
 	run.AgentReadyMS, run.SSHReadyMS = round2(run.AgentReadyMS), round2(run.SSHReadyMS)
 	d.log.Debug("bench banger run", "vm", vm.Name, "total", total, "agent_ready_ms", run.AgentReadyMS)
 	return nil
+}
+
+// benchWarmRun is `vm run -- true` from the template: a warm create without the sshd wait
+// (timed to the clone being ready: agent up, identity taken), its PSS, the command through
+// the agent, and the removal.
+func (d *Daemon) benchWarmRun(ctx context.Context, req api.BenchCreateRequest, run *api.BenchRun, progress progressFunc) error {
+	creq := benchCreateRequest(req, "bench-"+randomHex(4))
+	creq.Cold, creq.SkipSSHWait = false, true
+	var readyAt time.Time
+	t0 := time.Now()
+	vm, err := d.createVM(ctx, creq, func(pr api.Progress) {
+		if pr.Message != "" && (pr.Stage == stageAgent || pr.Stage == stageIdentity) {
+			readyAt = time.Now()
+		}
+		progress(pr)
+	})
+	if err != nil {
+		return fmt.Errorf("run %d, warm: %w", run.Index, err)
+	}
+	removed := false
+	defer func() {
+		if !removed {
+			d.benchRemoveVM(ctx, vm.ID)
+		}
+	}()
+	if vm.Boot == nil || vm.Boot.Mode != api.BootWarm {
+		return fmt.Errorf("run %d, warm: the VM booted cold: %s", run.Index, bootReason(vm.Boot))
+	}
+	run.WarmAgentReadyMS, run.WarmStages = round2(lifecycle.Millis(readyAt.Sub(t0))), vm.Stages
+	if pss, err := vmm.ReadPSS(vm.PID); err == nil {
+		run.ClonePSSMiB = round2(float64(pss) / (1 << 20))
+	}
+	if err := d.benchExecTrue(ctx, vm.ID); err != nil {
+		return fmt.Errorf("run %d, warm: %w", run.Index, err)
+	}
+	d.benchRemoveVM(ctx, vm.ID)
+	removed = true
+	run.WarmRunTrueMS = round2(lifecycle.Millis(time.Since(t0)))
+	return nil
+}
+
+func bootReason(b *api.VMBoot) string {
+	if b == nil {
+		return "no boot recorded"
+	}
+	return b.Reason
+}
+
+// benchExecTrue runs `true` in a VM through its agent.
+func (d *Daemon) benchExecTrue(ctx context.Context, id string) error {
+	m := d.machine(id)
+	if m == nil {
+		return errors.New("the VM stopped")
+	}
+	st, err := m.Agent().Exec(ctx, agent.ExecRequest{Argv: []string{"true"}}, nil, io.Discard, io.Discard)
+	if err != nil {
+		return err
+	}
+	if st.Code != 0 {
+		return fmt.Errorf("true exited %d", st.Code)
+	}
+	return nil
+}
+
+// benchParallel starts req.Parallel `vm run -- true` at once (warm, or cold) and returns
+// the wall time until all of them are done and removed.
+func (d *Daemon) benchParallel(ctx context.Context, req api.BenchCreateRequest, cold bool) (float64, error) {
+	errs := make(chan error, req.Parallel)
+	t0 := time.Now()
+	for range req.Parallel {
+		go func() {
+			creq := benchCreateRequest(req, "bench-"+randomHex(4))
+			creq.Cold, creq.SkipSSHWait = cold, true
+			vm, err := d.createVM(ctx, creq, func(api.Progress) {})
+			if err == nil {
+				err = d.benchExecTrue(ctx, vm.ID)
+				d.benchRemoveVM(ctx, vm.ID)
+			}
+			errs <- err
+		}()
+	}
+	var all []error
+	for range req.Parallel {
+		all = append(all, <-errs)
+	}
+	return lifecycle.Millis(time.Since(t0)), errors.Join(all...)
 }
 
 // benchRemoveVM kills a bench VM (its guest state does not matter) and removes it.
@@ -379,9 +520,39 @@ func summarizeBench(res *api.BenchCreateResult) {
 	if res.BareAgentReady.MedianMS > 0 {
 		res.Ratio = float64(int64(res.AgentReady.MedianMS/res.BareAgentReady.MedianMS*1000+0.5)) / 1000
 	}
+	if w := res.Warm; w != nil {
+		var ready, runTrue, clonePSS, coldPSS []float64
+		byStage := map[string][]float64{}
+		var worder []string
+		for _, r := range res.RunDetails {
+			ready, runTrue = append(ready, r.WarmAgentReadyMS), append(runTrue, r.WarmRunTrueMS)
+			clonePSS, coldPSS = append(clonePSS, r.ClonePSSMiB), append(coldPSS, r.ColdPSSMiB)
+			for _, s := range r.WarmStages {
+				if _, ok := byStage[s.Name]; !ok {
+					worder = append(worder, s.Name)
+				}
+				byStage[s.Name] = append(byStage[s.Name], s.DurationMS)
+			}
+		}
+		w.AgentReady, w.RunTrue = stat(ready), stat(runTrue)
+		w.ClonePSSMiB, w.ColdPSSMiB = stat(clonePSS).MedianMS, stat(coldPSS).MedianMS
+		w.Stages = nil
+		for _, n := range worder {
+			w.Stages = append(w.Stages, api.BenchStageStat{Name: n, Guest: guestStage(n), BenchStat: stat(byStage[n])})
+		}
+		if res.AgentReady.MedianMS > 0 {
+			w.Ratio = float64(int64(w.AgentReady.MedianMS/res.AgentReady.MedianMS*1000+0.5)) / 1000
+		}
+	}
 	res.Goals = []api.BenchGoal{
 		{Name: "host-side stages (median)", Value: res.HostSide.MedianMS, Limit: benchHostSideGoalMS, Unit: "ms", Pass: res.HostSide.MedianMS <= benchHostSideGoalMS},
 		{Name: "banger/bare to agent-ready (medians)", Value: res.Ratio, Limit: benchRatioGoal, Unit: "x", Pass: res.Ratio > 0 && res.Ratio <= benchRatioGoal},
+	}
+	if w := res.Warm; w != nil {
+		res.Goals = append(res.Goals,
+			api.BenchGoal{Name: "warm/cold create to agent-ready (medians)", Value: w.Ratio, Limit: benchWarmRatioGoal, Unit: "x", Pass: w.Ratio > 0 && w.Ratio <= benchWarmRatioGoal},
+			api.BenchGoal{Name: "warm `vm run -- true` (median)", Value: w.RunTrue.MedianMS, Limit: benchWarmRunGoalMS, Unit: "ms", Pass: w.RunTrue.MedianMS > 0 && w.RunTrue.MedianMS <= benchWarmRunGoalMS},
+			api.BenchGoal{Name: "idle clone PSS (median)", Value: w.ClonePSSMiB, Limit: benchClonePSSGoalMiB, Unit: "MiB", Pass: w.ClonePSSMiB > 0 && w.ClonePSSMiB <= benchClonePSSGoalMiB})
 	}
 	res.Pass = true
 	for _, g := range res.Goals {
