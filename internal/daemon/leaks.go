@@ -33,6 +33,7 @@ type leakScope struct {
 	stagingIn  []string // dirs whose ".staging-*" entries are interrupted builds
 	initramfs  string   // the initramfs cache (".initramfs-*.tmp" are partial writes)
 	disks      string   // the disk templates ("*.building" are partial builds)
+	templates  string   // warm-start templates (".staging-*" no builder VM owns are leftovers)
 	tmpDirs    []string // where disk builds stage (/dev/shm, the temp dir)
 	keep       []string // sockets that are not VMs' (the daemon's, the helper's)
 }
@@ -44,6 +45,7 @@ func (d *Daemon) leakScope() leakScope {
 		stagingIn: []string{l.ImagesDir, filepath.Join(l.DataDir, "kernels")},
 		initramfs: filepath.Join(l.CacheDir, "initramfs"),
 		disks:     filepath.Join(l.CacheDir, "disks"),
+		templates: filepath.Join(l.DataDir, "templates"),
 		tmpDirs:   []string{"/dev/shm", os.TempDir()},
 		keep:      []string{l.Socket, d.opts.Config.Network.HelperSocket},
 	}
@@ -253,6 +255,12 @@ func (d *Daemon) findLeaks(ctx context.Context, sc leakScope) (api.LeaksResponse
 	for _, dir := range sc.tmpDirs {
 		d.stagingEntries(dir, isDiskStaging, "disk build staging", false, &res)
 	}
+	// A template build in progress is its builder VM's directory; any other staging is a
+	// killed build's.
+	d.stagingEntries(sc.templates, func(name string) bool {
+		_, owned := refs.dirs[filepath.Join(sc.templates, name)]
+		return strings.HasPrefix(name, templateStaging) && !owned
+	}, "interrupted warm-start template build", true, &res)
 	return res, nil
 }
 

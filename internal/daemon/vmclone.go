@@ -164,6 +164,11 @@ func (d *Daemon) stepIdentity(ctx context.Context, b *boot) error {
 	if err != nil {
 		return err
 	}
+	var took []any
+	for _, st := range res.Steps {
+		took = append(took, termutil.SanitizeString(truncate(st.Name, 64)), st.DurationMS)
+	}
+	d.log.Debug("clone took on its identity", append([]any{"vm", b.vm.Name}, took...)...)
 	for _, st := range res.Steps {
 		if st.Note != "" {
 			// The guest's words: bounded and made inert before they reach a log or terminal.
