@@ -28,9 +28,12 @@ type BenchWarm struct {
 	// RunTrue is `vm run -- true` end to end in the daemon: a warm create without the sshd
 	// wait, the command through the agent, the VM removed.
 	RunTrue BenchStat `json:"run_true"`
-	// ClonePSSMiB and ColdPSSMiB are the medians of the VMMs' PSS at agent-ready.
-	ClonePSSMiB float64 `json:"clone_pss_mib"`
-	ColdPSSMiB  float64 `json:"cold_pss_mib"`
+	// ClonePSSMiB is the median PSS of an idle clone (after its command) while a second
+	// clone of the template runs, ClonePSSLoneMiB the same clone's alone (charged all the
+	// template pages it maps), ColdPSSMiB a cold-booted VM's at ready.
+	ClonePSSMiB     float64 `json:"clone_pss_mib"`
+	ClonePSSLoneMiB float64 `json:"clone_pss_lone_mib"`
+	ColdPSSMiB      float64 `json:"cold_pss_mib"`
 	// Stages are the warm creates' stages.
 	Stages []BenchStageStat `json:"stages"`
 	// ParallelWarmMS and ParallelColdMS are the wall times of Parallel `vm run -- true`
@@ -63,11 +66,12 @@ type BenchRun struct {
 	VM          string  `json:"vm"`
 	Stages      []Stage `json:"stages"`
 	// WarmAgentReadyMS is a warm create's request -> the agent answered (0: no warm side);
-	// WarmRunTrueMS its `vm run -- true`; the PSS figures are at agent-ready.
+	// WarmRunTrueMS its `vm run -- true`; the PSS figures are as in BenchWarm.
 	WarmAgentReadyMS float64 `json:"warm_agent_ready_ms,omitempty"`
 	WarmRunTrueMS    float64 `json:"warm_run_true_ms,omitempty"`
 	WarmStages       []Stage `json:"warm_stages,omitempty"`
 	ClonePSSMiB      float64 `json:"clone_pss_mib,omitempty"`
+	ClonePSSLoneMiB  float64 `json:"clone_pss_lone_mib,omitempty"`
 	ColdPSSMiB       float64 `json:"cold_pss_mib,omitempty"`
 	// AgentReadyMS is create request -> the agent answered; SSHReadyMS -> sshd answered
 	// (0 when the VM has no SSH); HostSideMS is AgentReadyMS minus the wait for the agent.

@@ -108,7 +108,7 @@ func (a *app) printBench(r api.BenchCreateResult, asJSON bool) error {
 		rows = append(rows, statRow("warm create -> ready", wm.AgentReady), statRow("cold create -> agent-ready", r.AgentReady),
 			statRow("warm `vm run -- true`", wm.RunTrue))
 		table(w, rows)
-		fmt.Fprintf(w, "\nratio warm/cold to ready (medians): %.3f\nPSS at ready (medians): clone %.1f MiB, cold %.1f MiB\n", wm.Ratio, wm.ClonePSSMiB, wm.ColdPSSMiB)
+		fmt.Fprintf(w, "\nratio warm/cold to ready (medians): %.3f\nPSS (medians): idle clone %.1f MiB with a second clone up (%.1f MiB alone), cold VM at ready %.1f MiB\n", wm.Ratio, wm.ClonePSSMiB, wm.ClonePSSLoneMiB, wm.ColdPSSMiB)
 		if wm.Parallel > 0 {
 			fmt.Fprintf(w, "%d parallel `vm run -- true`: warm %.1f s, cold %.1f s\n", wm.Parallel, wm.ParallelWarmMS/1000, wm.ParallelColdMS/1000)
 		}

@@ -292,19 +292,34 @@ func (d *Daemon) benchBangerRun(ctx context.Context, req api.BenchCreateRequest,
 }
 
 // benchWarmRun is `vm run -- true` from the template: a warm create without the sshd wait
-// (timed to the clone being ready: agent up, identity taken), its PSS, the command through
-// the agent, and the removal.
+// (timed to the clone being ready: agent up, identity taken), the command through the
+// agent, and the removal; their sum is the run's time. Between the command and the removal,
+// untimed, the clone's PSS is read alone and then with a second clone of the template up:
+// PSS splits the pages clones share, so a lone clone is charged all of them.
 func (d *Daemon) benchWarmRun(ctx context.Context, req api.BenchCreateRequest, run *api.BenchRun, progress progressFunc) error {
-	creq := benchCreateRequest(req, "bench-"+randomHex(4))
-	creq.Cold, creq.SkipSSHWait = false, true
 	var readyAt time.Time
-	t0 := time.Now()
-	vm, err := d.createVM(ctx, creq, func(pr api.Progress) {
-		if pr.Message != "" && (pr.Stage == stageAgent || pr.Stage == stageIdentity) {
-			readyAt = time.Now()
+	create := func() (api.VM, time.Duration, error) {
+		creq := benchCreateRequest(req, "bench-"+randomHex(4))
+		creq.Cold, creq.SkipSSHWait = false, true
+		t0 := time.Now()
+		vm, err := d.createVM(ctx, creq, func(pr api.Progress) {
+			if pr.Message != "" && (pr.Stage == stageAgent || pr.Stage == stageIdentity) {
+				readyAt = time.Now()
+			}
+			progress(pr)
+		})
+		if err != nil {
+			return api.VM{}, 0, err
 		}
-		progress(pr)
-	})
+		took := time.Since(t0)
+		if vm.Boot == nil || vm.Boot.Mode != api.BootWarm {
+			d.benchRemoveVM(ctx, vm.ID)
+			return api.VM{}, 0, fmt.Errorf("the VM booted cold: %s", bootReason(vm.Boot))
+		}
+		run.WarmAgentReadyMS = round2(lifecycle.Millis(readyAt.Sub(t0)))
+		return vm, took, nil
+	}
+	vm, createTook, err := create()
 	if err != nil {
 		return fmt.Errorf("run %d, warm: %w", run.Index, err)
 	}
@@ -314,19 +329,29 @@ func (d *Daemon) benchWarmRun(ctx context.Context, req api.BenchCreateRequest, r
 			d.benchRemoveVM(ctx, vm.ID)
 		}
 	}()
-	if vm.Boot == nil || vm.Boot.Mode != api.BootWarm {
-		return fmt.Errorf("run %d, warm: the VM booted cold: %s", run.Index, bootReason(vm.Boot))
-	}
-	run.WarmAgentReadyMS, run.WarmStages = round2(lifecycle.Millis(readyAt.Sub(t0))), vm.Stages
-	if pss, err := vmm.ReadPSS(vm.PID); err == nil {
-		run.ClonePSSMiB = round2(float64(pss) / (1 << 20))
-	}
+	run.WarmStages = vm.Stages
+	ready := run.WarmAgentReadyMS
+	t1 := time.Now()
 	if err := d.benchExecTrue(ctx, vm.ID); err != nil {
 		return fmt.Errorf("run %d, warm: %w", run.Index, err)
 	}
+	execTook := time.Since(t1)
+	if pss, err := vmm.ReadPSS(vm.PID); err == nil {
+		run.ClonePSSLoneMiB = round2(float64(pss) / (1 << 20))
+	}
+	sibling, _, err := create()
+	if err != nil {
+		return fmt.Errorf("run %d, warm (a second clone for the PSS): %w", run.Index, err)
+	}
+	run.WarmAgentReadyMS = ready
+	if pss, err := vmm.ReadPSS(vm.PID); err == nil {
+		run.ClonePSSMiB = round2(float64(pss) / (1 << 20))
+	}
+	d.benchRemoveVM(ctx, sibling.ID)
+	t2 := time.Now()
 	d.benchRemoveVM(ctx, vm.ID)
 	removed = true
-	run.WarmRunTrueMS = round2(lifecycle.Millis(time.Since(t0)))
+	run.WarmRunTrueMS = round2(lifecycle.Millis(createTook + execTook + time.Since(t2)))
 	return nil
 }
 
@@ -521,12 +546,13 @@ func summarizeBench(res *api.BenchCreateResult) {
 		res.Ratio = float64(int64(res.AgentReady.MedianMS/res.BareAgentReady.MedianMS*1000+0.5)) / 1000
 	}
 	if w := res.Warm; w != nil {
-		var ready, runTrue, clonePSS, coldPSS []float64
+		var ready, runTrue, clonePSS, lonePSS, coldPSS []float64
 		byStage := map[string][]float64{}
 		var worder []string
 		for _, r := range res.RunDetails {
 			ready, runTrue = append(ready, r.WarmAgentReadyMS), append(runTrue, r.WarmRunTrueMS)
 			clonePSS, coldPSS = append(clonePSS, r.ClonePSSMiB), append(coldPSS, r.ColdPSSMiB)
+			lonePSS = append(lonePSS, r.ClonePSSLoneMiB)
 			for _, s := range r.WarmStages {
 				if _, ok := byStage[s.Name]; !ok {
 					worder = append(worder, s.Name)
@@ -535,7 +561,7 @@ func summarizeBench(res *api.BenchCreateResult) {
 			}
 		}
 		w.AgentReady, w.RunTrue = stat(ready), stat(runTrue)
-		w.ClonePSSMiB, w.ColdPSSMiB = stat(clonePSS).MedianMS, stat(coldPSS).MedianMS
+		w.ClonePSSMiB, w.ClonePSSLoneMiB, w.ColdPSSMiB = stat(clonePSS).MedianMS, stat(lonePSS).MedianMS, stat(coldPSS).MedianMS
 		w.Stages = nil
 		for _, n := range worder {
 			w.Stages = append(w.Stages, api.BenchStageStat{Name: n, Guest: guestStage(n), BenchStat: stat(byStage[n])})
@@ -552,7 +578,7 @@ func summarizeBench(res *api.BenchCreateResult) {
 		res.Goals = append(res.Goals,
 			api.BenchGoal{Name: "warm/cold create to agent-ready (medians)", Value: w.Ratio, Limit: benchWarmRatioGoal, Unit: "x", Pass: w.Ratio > 0 && w.Ratio <= benchWarmRatioGoal},
 			api.BenchGoal{Name: "warm `vm run -- true` (median)", Value: w.RunTrue.MedianMS, Limit: benchWarmRunGoalMS, Unit: "ms", Pass: w.RunTrue.MedianMS > 0 && w.RunTrue.MedianMS <= benchWarmRunGoalMS},
-			api.BenchGoal{Name: "idle clone PSS (median)", Value: w.ClonePSSMiB, Limit: benchClonePSSGoalMiB, Unit: "MiB", Pass: w.ClonePSSMiB > 0 && w.ClonePSSMiB <= benchClonePSSGoalMiB})
+			api.BenchGoal{Name: "idle clone PSS, 2 clones up (median)", Value: w.ClonePSSMiB, Limit: benchClonePSSGoalMiB, Unit: "MiB", Pass: w.ClonePSSMiB > 0 && w.ClonePSSMiB <= benchClonePSSGoalMiB})
 	}
 	res.Pass = true
 	for _, g := range res.Goals {

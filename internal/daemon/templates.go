@@ -326,6 +326,15 @@ func (d *Daemon) bootAndSnapshot(ctx context.Context, row store.VM, rec vmRecord
 		_, _ = d.stopLocked(ctx, row.ID, 0, true)
 		return vmm.Snapshot{}, errors.New("the builder VM cannot be snapshotted")
 	}
+	if err := runStage(ctx, timings, progress, stage{"letting the guest settle", settleMax + 10*time.Second,
+		"the builder's agent stopped answering: read the console (`banger vm logs`) of the image's VMs"}, func(ctx context.Context) error {
+		note, err := settleGuest(ctx, m)
+		d.log.Info("template guest settled", "vm", p.name, "note", note)
+		return err
+	}); err != nil {
+		_, _ = d.stopLocked(ctx, row.ID, 0, true)
+		return vmm.Snapshot{}, err
+	}
 	var snap vmm.Snapshot
 	err = runStage(ctx, timings, progress, stage{"saving the template", time.Minute, "check free space in the data dir"}, func(ctx context.Context) error {
 		if err := d.fault("template snapshot"); err != nil {

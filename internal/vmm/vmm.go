@@ -60,7 +60,9 @@ type MachineSpec struct {
 	AgentPort uint32
 	// MemoryFile, when set, is a file the guest's RAM lives in (created at MemoryMiB) rather
 	// than anonymous memory, shared with the VMM's mapping: a snapshot of the VM then needs
-	// to save no RAM (Snapshotter), and clones map the file copy-on-write (Restorer).
+	// to save no RAM (Snapshotter), and clones map the file copy-on-write (Restorer). A VMM
+	// that cannot boot with RAM in a file (Firecracker) writes the RAM there when the VM is
+	// snapshotted, and sets the VM up so that clones can be restored from it.
 	MemoryFile string
 }
 
@@ -196,6 +198,12 @@ type Snapshotter interface {
 // returns, its agent reachable on the clone's own channel.
 type Restorer interface {
 	Restore(ctx context.Context, spec MachineSpec, snap Snapshot) (Machine, error)
+}
+
+// RestoreProber is a Restorer that can say up front whether restores work on this host
+// (a VMM too old for them, say), so that no template is built for nothing.
+type RestoreProber interface {
+	CanRestore(ctx context.Context) error
 }
 
 // Warmer is a driver with one-time work (probes of the host and of the VMM binary) that it

@@ -175,10 +175,13 @@ func (c *Client) Health(ctx context.Context) (*agent.Health, error) {
 	return &h, nil
 }
 
-// Readiness polling.
+// Readiness polling: a restored clone's agent answers within milliseconds of the VMM
+// resuming, a cold guest's after seconds; the wait between attempts starts short and
+// doubles up to readyIntervalMax.
 const (
-	readyInterval   = 200 * time.Millisecond
-	readyAttemptMax = 5 * time.Second
+	readyIntervalMin = 5 * time.Millisecond
+	readyIntervalMax = 200 * time.Millisecond
+	readyAttemptMax  = 5 * time.Second
 )
 
 // WaitReady polls Health until it succeeds or ctx is done; then the error says what the
@@ -186,6 +189,7 @@ const (
 func (c *Client) WaitReady(ctx context.Context) (*agent.Health, error) {
 	var last error
 	c.lastDialErr.Store(nil)
+	interval := readyIntervalMin
 	for {
 		actx, cancel := context.WithTimeout(ctx, readyAttemptMax)
 		h, err := c.Health(actx)
@@ -206,7 +210,8 @@ func (c *Client) WaitReady(ctx context.Context) (*agent.Health, error) {
 			}
 		}
 		c.lastDialErr.Store(nil)
-		t := time.NewTimer(readyInterval)
+		t := time.NewTimer(interval)
+		interval = min(2*interval, readyIntervalMax)
 		select {
 		case <-ctx.Done():
 			t.Stop()

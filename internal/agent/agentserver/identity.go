@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -127,25 +128,24 @@ func (s *Server) handleIdentity(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res := agent.IdentityResponse{Steps: []agent.IdentityStep{}}
-	step := func(name string, fn func() (note string, err error)) error {
-		start := time.Now()
-		note, err := fn()
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		res.Steps = append(res.Steps, agent.IdentityStep{Name: name, DurationMS: float64(time.Since(start).Microseconds()) / 1000, Note: note})
-		return nil
-	}
 	root := s.cfg.IdentityRoot
-	steps := []struct {
+	type identityStep struct {
 		name string
 		fn   func() (string, error)
-	}{
+	}
+	// The clock and the random pool come first, in order: what follows (the machine-id)
+	// draws random bytes. The rest touch separate files and the network, and run at once:
+	// a restored guest's first writes are slow (copy-on-write faults, cold code), and
+	// each step waits on its own.
+	first := []identityStep{
 		{"set the clock", func() (string, error) {
 			ts := unix.NsecToTimespec(p.now.UnixNano())
 			return "", unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
 		}},
 		{"reseed the random pool", func() (string, error) { return reseed(p.entropy) }},
+	}
+	var machineID string
+	rest := []identityStep{
 		{"set the hostname", func() (string, error) {
 			if err := unix.Sethostname([]byte(p.hostname)); err != nil {
 				return "", err
@@ -154,7 +154,7 @@ func (s *Server) handleIdentity(w http.ResponseWriter, r *http.Request) {
 		}},
 		{"new machine-id", func() (string, error) {
 			id, err := guestident.NewMachineID(root)
-			res.MachineID = id
+			machineID = id
 			return "", err
 		}},
 		{"configure the network", func() (string, error) {
@@ -170,13 +170,43 @@ func (s *Server) handleIdentity(w http.ResponseWriter, r *http.Request) {
 			return s.installHostKey(root, *p.key)
 		}},
 	}
-	for _, st := range steps {
-		if err := step(st.name, st.fn); err != nil {
-			s.log.Error("identity", "err", err)
-			writeError(w, agent.CodeInternal, err.Error())
+	run := func(st identityStep) (agent.IdentityStep, error) {
+		start := time.Now()
+		note, err := st.fn()
+		if err != nil {
+			return agent.IdentityStep{}, fmt.Errorf("%s: %w", st.name, err)
+		}
+		return agent.IdentityStep{Name: st.name, DurationMS: float64(time.Since(start).Microseconds()) / 1000, Note: note}, nil
+	}
+	fail := func(err error) {
+		s.log.Error("identity", "err", err)
+		writeError(w, agent.CodeInternal, err.Error())
+	}
+	for _, st := range first {
+		done, err := run(st)
+		if err != nil {
+			fail(err)
 			return
 		}
+		res.Steps = append(res.Steps, done)
 	}
+	results := make([]agent.IdentityStep, len(rest))
+	errs := make([]error, len(rest))
+	var wg sync.WaitGroup
+	for i, st := range rest {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = run(st)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		fail(err)
+		return
+	}
+	res.Steps = append(res.Steps, results...)
+	res.MachineID = machineID
 	s.log.Info("took on a new identity", "hostname", p.hostname, "machine_id", res.MachineID)
 	writeJSON(w, http.StatusOK, res)
 }
@@ -268,31 +298,40 @@ func (s *Server) installHostKey(root string, k agent.SSHHostKey) (string, error)
 }
 
 // listeningSSHDs are the sshd processes whose parent is PID 1: the listeners, not the
-// per-connection children.
+// per-connection children. sshd's PID file names the listener at once; without one, every
+// process is looked at (slow in a just-restored clone, where each new code path costs).
 func (s *Server) listeningSSHDs() []int {
+	if b, err := os.ReadFile(filepath.Join(s.cfg.IdentityRoot, "run/sshd.pid")); err == nil && len(b) < 32 {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 && s.isListeningSSHD(strconv.Itoa(pid)) {
+			return []int{pid}
+		}
+	}
 	ents, err := os.ReadDir(s.cfg.ProcDir)
 	if err != nil {
 		return nil
 	}
 	var out []int
 	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		comm, err := os.ReadFile(filepath.Join(s.cfg.ProcDir, e.Name(), "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != "sshd" {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join(s.cfg.ProcDir, e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the last ')': state, then ppid.
-		i := strings.LastIndexByte(string(stat), ')')
-		if f := strings.Fields(string(stat[i+1:])); i >= 0 && len(f) > 1 && f[1] == "1" {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && s.isListeningSSHD(e.Name()) {
 			out = append(out, pid)
 		}
 	}
 	return out
+}
+
+// isListeningSSHD reports whether process pid (a decimal string) is an sshd whose parent
+// is PID 1.
+func (s *Server) isListeningSSHD(pid string) bool {
+	comm, err := os.ReadFile(filepath.Join(s.cfg.ProcDir, pid, "comm"))
+	if err != nil || strings.TrimSpace(string(comm)) != "sshd" {
+		return false
+	}
+	stat, err := os.ReadFile(filepath.Join(s.cfg.ProcDir, pid, "stat"))
+	if err != nil {
+		return false
+	}
+	// Fields after the last ')': state, then ppid.
+	i := strings.LastIndexByte(string(stat), ')')
+	f := strings.Fields(string(stat[i+1:]))
+	return i >= 0 && len(f) > 1 && f[1] == "1"
 }

@@ -84,3 +84,32 @@ func TestIdentityRejectsBadRequests(t *testing.T) {
 	}
 	wantError(t, do(t, s, "GET", agent.PathIdentity, nil, nil), 405, agent.CodeMethodNotAllowed)
 }
+
+// TestListeningSSHDs: sshd's PID file is trusted only when it names a listening sshd;
+// otherwise (a stale, hostile or garbage file) the process table decides.
+func TestListeningSSHDs(t *testing.T) {
+	root, proc := t.TempDir(), t.TempDir()
+	ps := func(pid, comm, ppid string) {
+		dir := proc + "/" + pid
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(dir+"/comm", []byte(comm+"\n"), 0o644)
+		os.WriteFile(dir+"/stat", []byte(pid+" ("+comm+") S "+ppid+" 1 1 0"), 0o644)
+	}
+	ps("1", "systemd", "0")
+	ps("40", "sshd", "1")      // the listener
+	ps("41", "sshd", "40")     // a session's child
+	ps("50", "bash", "1")      // not sshd
+	ps("60", "sshd) S 1", "7") // a comm crafted to fake its ppid
+	s := New(Config{IdentityRoot: root, ProcDir: proc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	os.MkdirAll(root+"/run", 0o755)
+	for _, pidFile := range []string{"", "40\n", "50\n", "41", "1", "../../1", "garbage", strings.Repeat("4", 100)} {
+		if pidFile != "" {
+			os.WriteFile(root+"/run/sshd.pid", []byte(pidFile), 0o644)
+		}
+		if got := s.listeningSSHDs(); len(got) != 1 || got[0] != 40 {
+			t.Errorf("pid file %q: listeners %v, want [40]", pidFile, got)
+		}
+	}
+}
