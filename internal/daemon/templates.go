@@ -32,6 +32,7 @@ import (
 	"github.com/banger-vm/banger/internal/lifecycle"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/units"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -211,7 +212,7 @@ func (d *Daemon) shapeOf(p createParams) templateShape {
 }
 
 // restorer is the driver of choice when it can restore snapshots, with why not otherwise.
-func (d *Daemon) restorer(choice vmm.Choice) (vmm.Restorer, string) {
+func (d *Daemon) restorer(ctx context.Context, choice vmm.Choice) (vmm.Restorer, string) {
 	drv, err := d.driver(choice.Driver, choice.Accel)
 	if err != nil {
 		return nil, err.Error()
@@ -219,6 +220,11 @@ func (d *Daemon) restorer(choice vmm.Choice) (vmm.Restorer, string) {
 	r, ok := drv.(vmm.Restorer)
 	if !ok {
 		return nil, fmt.Sprintf("the %s driver cannot restore snapshots here", choice.Driver)
+	}
+	if p, ok := drv.(vmm.RestoreProber); ok {
+		if err := p.CanRestore(ctx); err != nil {
+			return nil, err.Error()
+		}
 	}
 	return r, ""
 }
@@ -231,7 +237,7 @@ func (d *Daemon) buildTemplate(ctx context.Context, img store.Image, k image.Ker
 	if err != nil {
 		return nil, err
 	}
-	if _, why := d.restorer(choice); why != "" {
+	if _, why := d.restorer(ctx, choice); why != "" {
 		return nil, api.Errorf(api.CodeUnavailable, "VMs of this host cold-boot; see `banger doctor`", "cannot build a template: %s", why)
 	}
 	in, err := d.templateInputs(ctx, img, k, choice, shape)
@@ -247,6 +253,12 @@ func (d *Daemon) buildTemplate(ctx context.Context, img store.Image, k image.Ker
 		return tpl, nil
 	}
 	if err := os.MkdirAll(t.dir, 0o700); err != nil {
+		return nil, err
+	}
+	// The memory file fills as the guest touches its RAM: a disk that runs full under it
+	// kills the VMM (SIGBUS) mid-boot, so room for all of it is asked for up front.
+	if err := checkFreeSpace(t.dir, int64(shape.MemoryMiB)<<20+templateSpaceSlack,
+		fmt.Sprintf("a template of %d MiB of RAM (its memory file, disks and state)", shape.MemoryMiB)); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, templateBuildDeadline)
@@ -328,6 +340,7 @@ func (d *Daemon) bootAndSnapshot(ctx context.Context, row store.VM, rec vmRecord
 	}
 	if err := runStage(ctx, timings, progress, stage{"letting the guest settle", settleMax + 10*time.Second,
 		"the builder's agent stopped answering: read the console (`banger vm logs`) of the image's VMs"}, func(ctx context.Context) error {
+		d.log.Info("letting the template's guest settle", "vm", p.name)
 		note, err := settleGuest(ctx, m)
 		d.log.Info("template guest settled", "vm", p.name, "note", note)
 		return err
@@ -340,6 +353,9 @@ func (d *Daemon) bootAndSnapshot(ctx context.Context, row store.VM, rec vmRecord
 		if err := d.fault("template snapshot"); err != nil {
 			return err
 		}
+		if err := checkFreeSpace(rec.Dir, templateSaveSlack, "saving the template's state"); err != nil {
+			return err
+		}
 		var err error
 		snap, err = s.Snapshot(ctx, rec.Dir)
 		return err
@@ -349,6 +365,26 @@ func (d *Daemon) bootAndSnapshot(ctx context.Context, row store.VM, rec vmRecord
 		err = kerr
 	}
 	return snap, err
+}
+
+// Free space a template build asks for beyond its memory file, and that its save needs.
+const (
+	templateSpaceSlack = 64 << 20
+	templateSaveSlack  = 16 << 20
+)
+
+// checkFreeSpace fails with what to do when dir's filesystem has less than need bytes
+// free for what.
+func checkFreeSpace(dir string, need int64, what string) error {
+	free, err := system.FreeBytes(dir)
+	if err != nil {
+		return err
+	}
+	if free < uint64(need) {
+		return api.Errorf(api.CodeUnavailable, "free space there, build a smaller shape, or turn warm start off ([vm] warm_start = false)",
+			"not enough free space in %s: %s free, %s needs %s", dir, units.FormatSize(int64(free)), what, units.FormatSize(need))
+	}
+	return nil
 }
 
 // registerTemplate writes staging's template.json and renames it into place; a template
@@ -529,7 +565,7 @@ func (d *Daemon) warmImageTemplate(ctx context.Context, img store.Image) {
 	if err != nil {
 		return
 	}
-	if _, why := d.restorer(choice); why != "" {
+	if _, why := d.restorer(ctx, choice); why != "" {
 		return
 	}
 	shape := d.shapeOf(p)

@@ -53,7 +53,7 @@ func (d *Daemon) pickBoot(ctx context.Context, req api.VMCreateRequest, p create
 	if err != nil {
 		return cold("%v", err)
 	}
-	r, why := d.restorer(choice)
+	r, why := d.restorer(ctx, choice)
 	if why != "" {
 		return cold("%s", why)
 	}

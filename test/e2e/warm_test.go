@@ -9,8 +9,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,7 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/system"
 )
 
 func (e *env) inspectImage(name string) api.ImageInspect {
@@ -225,5 +230,206 @@ func TestWarmStart(t *testing.T) {
 		}
 		e.must("vm", "rm", "--force", "nomem-a")
 	})
+	t.Run("changed agent build", func(t *testing.T) {
+		// The fallbacks above queued rebuilds: start from a registered, whole template.
+		var current api.Template
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+			if current = e.currentTemplate("bb", 512); current.Key != "" {
+				if _, err := os.Stat(filepath.Join(current.Dir, "memory")); err == nil {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no whole template of bb after the fallbacks: %+v", e.inspectImage("bb").Templates)
+			}
+		}
+		// Trailing bytes change the agent's content (so the initramfs and the template key)
+		// without changing what it does: an ELF's loader ignores them.
+		agentBin := filepath.Join(e.bin, "banger-agent")
+		f, err := os.OpenFile(agentBin, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.WriteString("\nbanger e2e: another agent build\n")
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.must(append([]string{"vm", "create", "newagent-a", "--start"}, shape...)...)
+		vm := e.inspectVM("newagent-a")
+		if vm.Boot == nil || vm.Boot.Mode != api.BootCold || !strings.Contains(vm.Boot.Reason, "guest agent build") {
+			t.Errorf("boot with a changed agent: %+v", vm.Boot)
+		}
+		e.must("vm", "rm", "--force", "newagent-a")
+		// The cold boot queued a rebuild: the new template replaces the old one.
+		deadline := time.Now().Add(3 * time.Minute)
+		var rebuilt api.Template
+		for {
+			if rebuilt = e.currentTemplate("bb", 512); rebuilt.Key != "" && rebuilt.Key != current.Key {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no template of the new agent build after 3 minutes: %+v", e.inspectImage("bb").Templates)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		e.must(append([]string{"vm", "create", "newagent-b", "--start"}, shape...)...)
+		if vm := e.inspectVM("newagent-b"); vm.Boot == nil || vm.Boot.Mode != api.BootWarm || vm.Boot.Template != rebuilt.Key {
+			t.Errorf("boot after the rebuild: %+v, want warm from %s", vm.Boot, rebuilt.Key)
+		}
+		e.must("vm", "rm", "--force", "newagent-b")
+		if _, err := os.Stat(current.Dir); err == nil {
+			t.Errorf("the superseded template %s is still registered", current.Dir)
+		}
+	})
+	t.Run("daemon killed while it builds a template", func(t *testing.T) {
+		// Another shape, so no template of it exists yet.
+		warm := e.command("image", "warm", "bb", "--memory", "384M")
+		if err := warm.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = warm.Process.Kill(); _ = warm.Wait() }()
+		templates := filepath.Join(e.dir, "data/banger/templates")
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			staged, _ := filepath.Glob(filepath.Join(templates, ".staging-*"))
+			if len(staged) > 0 && len(vmmProcesses(filepath.Join(templates, ".staging-"))) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the template's builder VM never ran (staging %v)", staged)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		e.killDaemon()
+		_ = warm.Wait()
+		e.daemon("start")
+		waitNoVMM(t, filepath.Join(templates, ".staging-"))
+		if tpl := e.currentTemplate("bb", 384); tpl.Key != "" {
+			t.Errorf("a template was registered by the killed build: %+v", tpl)
+		}
+		if ents, _ := filepath.Glob(filepath.Join(templates, ".staging-*")); len(ents) != 0 {
+			t.Errorf("staging left after the restart: %v", ents)
+		}
+		if vms := e.vms(); len(vms) != 0 {
+			t.Errorf("VMs after the restart: %+v", vms)
+		}
+		// And the same build works afterwards.
+		e.must("image", "warm", "bb", "--memory", "384M")
+		if tpl := e.currentTemplate("bb", 384); tpl.Key == "" {
+			t.Errorf("no template after the rebuild: %+v", e.inspectImage("bb").Templates)
+		}
+	})
+	t.Run("full disk while saving", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root, to mount a small tmpfs for the templates")
+		}
+		uid, gid := uint32(0), uint32(0)
+		if e.cred != nil {
+			uid, gid = e.cred.Uid, e.cred.Gid
+		}
+		// The templates on a filesystem of their own, room for one small build. The daemon
+		// may run in a mount namespace of its own (ip netns exec makes one): the tmpfs is
+		// mounted there, and the test reaches it through /proc/PID/root.
+		templates := filepath.Join(e.dir, "data/banger/templates")
+		opts := fmt.Sprintf("size=448m,mode=0700,uid=%d,gid=%d", uid, gid)
+		pid := e.daemonPID()
+		inNS := func(argv ...string) {
+			t.Helper()
+			if e.netns != "" {
+				argv = append([]string{"nsenter", "-t", strconv.Itoa(pid), "-m", "--"}, argv...)
+			}
+			if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v\n%s", argv, err, out)
+			}
+		}
+		inNS("mount", "-t", "tmpfs", "-o", opts, "tmpfs", templates)
+		defer inNS("umount", "-l", templates)
+		seenTemplates := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), templates)
+		logPath := filepath.Join(e.dir, "state/banger/daemon.log")
+		settling := "letting the template's guest settle"
+		seen := logCount(logPath, settling)
+		warm := e.command("image", "warm", "bb", "--memory", "256M")
+		var stderr strings.Builder
+		warm.Stderr = &stderr
+		if err := warm.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Once the guest is booted and settling, fill the disk: the save has no room.
+		for deadline := time.Now().Add(2 * time.Minute); logCount(logPath, settling) == seen; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the build never reached its settle stage: %s", stderr.String())
+			}
+		}
+		free, err := system.FreeBytes(seenTemplates)
+		if err != nil {
+			t.Fatal(err)
+		}
+		filler, err := os.Create(filepath.Join(seenTemplates, "filler"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.Fallocate(int(filler.Fd()), 0, 0, int64(free)-4<<20)
+		filler.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		werr := warm.Wait()
+		if werr == nil || !strings.Contains(stderr.String(), "not enough free space") {
+			t.Fatalf("image warm on a full disk: %v\n%s", werr, stderr.String())
+		}
+		t.Logf("image warm said: %s", strings.TrimSpace(stderr.String()))
+		waitNoVMM(t, filepath.Join(templates, ".staging-"))
+		left, _ := os.ReadDir(seenTemplates)
+		for _, en := range left {
+			if en.Name() != "filler" {
+				t.Errorf("left on the full disk: %s", en.Name())
+			}
+		}
+		if tpl := e.currentTemplate("bb", 256); tpl.Key != "" {
+			t.Errorf("a template was registered: %+v", tpl)
+		}
+		if vms := e.vms(); len(vms) != 0 {
+			t.Errorf("VMs after the failed build: %+v", vms)
+		}
+		// With the space back, the same build works.
+		if err := os.Remove(filepath.Join(seenTemplates, "filler")); err != nil {
+			t.Fatal(err)
+		}
+		e.must("image", "warm", "bb", "--memory", "256M")
+		if tpl := e.currentTemplate("bb", 256); tpl.Key == "" {
+			t.Errorf("no template after the space came back: %+v", e.inspectImage("bb").Templates)
+		}
+	})
 	e.requireNoLeaks()
+}
+
+// daemonPID is the running daemon's pid.
+func (e *env) daemonPID() int {
+	e.t.Helper()
+	var st struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(e.must("daemon", "status", "--json").stdout), &st); err != nil || st.PID == 0 {
+		e.t.Fatalf("daemon status: %v", err)
+	}
+	return st.PID
+}
+
+// logCount is how many times the daemon log at path says s.
+func logCount(path, s string) int {
+	data, _ := os.ReadFile(path)
+	return strings.Count(string(data), s)
+}
+
+// currentTemplate is the image's current template of memMiB (the other shape fields at
+// their defaults), or a zero Template.
+func (e *env) currentTemplate(image string, memMiB int) api.Template {
+	e.t.Helper()
+	for _, t := range e.inspectImage(image).Templates {
+		if t.Current && t.MemoryMiB == memMiB {
+			return t
+		}
+	}
+	return api.Template{}
 }

@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/banger-vm/banger/internal/agent"
@@ -72,9 +71,11 @@ type Config struct {
 	ConsoleCap int64
 }
 
-// Driver starts Firecracker VMs. It holds no state besides its configuration.
+// Driver starts Firecracker VMs. It holds its configuration and what it learnt of the
+// binary's version.
 type Driver struct {
-	cfg Config
+	cfg      Config
+	versions versionCache
 }
 
 // New returns a driver.
@@ -125,6 +126,8 @@ type layout struct {
 	chrootDir, chrootRoot  string // jailer only
 	kernelGuest, initGuest string
 	driveGuest             []string
+	// driveLinks: the drives are links in the run dir (linkDrives), removed with the VM.
+	driveLinks bool
 }
 
 // Start implements vmm.Driver: spawn, wait for the API, configure, boot. On any failure
@@ -157,31 +160,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		return nil, err
 	}
 
-	lay := layout{console: filepath.Join(spec.RunDir, consoleLogName)}
-	var argv []string
-	var jailID string
-	if j := d.cfg.Jailer; j != nil {
-		jailID = jailerID(spec.Name, spec.RunDir)
-		lay.chrootDir = j.chrootDir(bin, jailID)
-		lay.chrootRoot = j.chrootRoot(bin, jailID)
-		lay.apiGuest, lay.vsockGuest = "/"+apiSocketName, "/"+vsockSocketName
-		lay.apiHost = filepath.Join(lay.chrootRoot, apiSocketName)
-		lay.vsockHost = filepath.Join(lay.chrootRoot, vsockSocketName)
-		if argv, err = jailerArgv(*j, jailID, bin, []string{"--api-sock", lay.apiGuest}); err != nil {
-			return nil, err
-		}
-	} else {
-		lay.apiHost = filepath.Join(spec.RunDir, apiSocketName)
-		lay.vsockHost = filepath.Join(spec.RunDir, vsockSocketName)
-		lay.apiGuest, lay.vsockGuest = lay.apiHost, lay.vsockHost
-		argv = []string{bin, "--api-sock", lay.apiHost}
-	}
-	for _, p := range []string{lay.apiHost, lay.vsockHost} {
-		if err := proc.CheckSocketPath(p); err != nil {
-			return nil, err
-		}
-	}
-	if err := clearStaleSockets(lay.apiHost, lay.vsockHost); err != nil {
+	lay, argv, err := d.spawnLayout(bin, spec)
+	if err != nil {
 		return nil, err
 	}
 
@@ -195,8 +175,16 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		}
 	} else {
 		lay.kernelGuest, lay.initGuest = vmlinux, spec.Initramfs
-		for _, dr := range spec.Drives {
-			lay.driveGuest = append(lay.driveGuest, dr.Path)
+		if spec.MemoryFile != "" {
+			// To be snapshotted: see linkDrives.
+			undo.Add(func() { unlinkDrives(spec.RunDir) })
+			if err := linkDrives(&lay, spec); err != nil {
+				return nil, err
+			}
+		} else {
+			for _, dr := range spec.Drives {
+				lay.driveGuest = append(lay.driveGuest, dr.Path)
+			}
 		}
 	}
 
@@ -207,6 +195,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	m := newMachine(d, p, lay, spec.RunDir, spec.AgentPort)
+	m.st.MemoryFile = spec.MemoryFile // where Snapshot writes the RAM
 	undo.Add(func() { m.Kill() })
 	if m.st.StartTime == 0 {
 		return nil, m.withConsole(fmt.Errorf("firecracker (pid %d) exited at once", m.pid))
@@ -223,6 +212,37 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 	}
 	undo.Success()
 	return m, nil
+}
+
+// spawnLayout says where a VM's sockets are, on the host and as Firecracker sees them, and
+// gives the command that starts Firecracker (under the jailer when configured). Sockets an
+// earlier Firecracker of the run dir left are cleared.
+func (d *Driver) spawnLayout(bin string, spec vmm.MachineSpec) (layout, []string, error) {
+	lay := layout{console: filepath.Join(spec.RunDir, consoleLogName)}
+	var argv []string
+	if j := d.cfg.Jailer; j != nil {
+		jailID := jailerID(spec.Name, spec.RunDir)
+		lay.chrootDir, lay.chrootRoot = j.chrootDir(bin, jailID), j.chrootRoot(bin, jailID)
+		lay.apiGuest, lay.vsockGuest = "/"+apiSocketName, "/"+vsockSocketName
+		lay.apiHost, lay.vsockHost = filepath.Join(lay.chrootRoot, apiSocketName), filepath.Join(lay.chrootRoot, vsockSocketName)
+		var err error
+		if argv, err = jailerArgv(*j, jailID, bin, []string{"--api-sock", lay.apiGuest}); err != nil {
+			return lay, nil, err
+		}
+	} else {
+		lay.apiHost, lay.vsockHost = filepath.Join(spec.RunDir, apiSocketName), filepath.Join(spec.RunDir, vsockSocketName)
+		lay.apiGuest, lay.vsockGuest = lay.apiHost, lay.vsockHost
+		argv = []string{bin, "--api-sock", lay.apiHost}
+	}
+	for _, p := range []string{lay.apiHost, lay.vsockHost} {
+		if err := proc.CheckSocketPath(p); err != nil {
+			return lay, nil, err
+		}
+	}
+	if err := clearStaleSockets(lay.apiHost, lay.vsockHost); err != nil {
+		return lay, nil, err
+	}
+	return lay, argv, nil
 }
 
 // console is where Firecracker's stdout goes.
@@ -254,34 +274,17 @@ func stageJail(lay *layout, vmlinux string, spec vmm.MachineSpec) error {
 	if err := os.MkdirAll(lay.chrootRoot, 0o755); err != nil {
 		return fmt.Errorf("jail: %w", err)
 	}
-	link := func(src, name string) (string, error) {
-		dst := filepath.Join(lay.chrootRoot, name)
-		os.Remove(dst)
-		if err := os.Link(src, dst); err != nil {
-			if errors.Is(err, syscall.EXDEV) {
-				return "", fmt.Errorf("jail: %s is on another filesystem than the jailer's chroot base: put them on the same filesystem", src)
-			}
-			return "", fmt.Errorf("jail: %w", err)
-		}
-		return "/" + name, nil
-	}
-	var err error
-	if lay.kernelGuest, err = link(vmlinux, "vmlinux"); err != nil {
+	if err := linkIntoJail(lay.chrootRoot, vmlinux, "vmlinux"); err != nil {
 		return err
 	}
+	lay.kernelGuest = "/vmlinux"
 	if spec.Initramfs != "" {
-		if lay.initGuest, err = link(spec.Initramfs, "initrd"); err != nil {
+		if err := linkIntoJail(lay.chrootRoot, spec.Initramfs, "initrd"); err != nil {
 			return err
 		}
+		lay.initGuest = "/initrd"
 	}
-	for _, dr := range spec.Drives {
-		p, err := link(dr.Path, "drive-"+dr.ID)
-		if err != nil {
-			return err
-		}
-		lay.driveGuest = append(lay.driveGuest, p)
-	}
-	return nil
+	return stageJailDrives(lay, spec)
 }
 
 // Reattach implements vmm.Driver.
@@ -294,6 +297,7 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (vmm.Machine, error
 		return nil, fmt.Errorf("reattach firecracker: %w", err)
 	}
 	lay := layout{apiHost: st.ControlSocket, vsockHost: st.AgentSocket, console: st.ConsoleLog}
+	lay.driveLinks = st.MemoryFile != "" && d.cfg.Jailer == nil
 	if j := d.cfg.Jailer; j != nil {
 		// The API socket sits in <chroot dir>/root/.
 		if dir := filepath.Dir(filepath.Dir(st.ControlSocket)); strings.HasPrefix(dir, j.chrootBase()+string(filepath.Separator)) {

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -51,6 +52,14 @@ func fakeFirecracker(args []string, modes string) int {
 		mode[k] = v
 	}
 	behaviour := vmmtest.ParseModes(modes)
+	if len(args) == 1 && args[0] == "--version" {
+		v := mode["version"]
+		if v == "" {
+			v = "1.13.1"
+		}
+		fmt.Printf("Firecracker v%s\n\nSupported snapshot data format versions: v5.0.0\n", v)
+		return 0
+	}
 	var sock string
 	for i := 0; i+1 < len(args); i++ {
 		if args[i] == "--api-sock" {
@@ -76,6 +85,15 @@ func fakeFirecracker(args []string, modes string) int {
 	exit := make(chan int, 1)
 	var booted sync.Once
 	var vsockPath string
+	var st fakeState
+	logLine := func(rec recorded) {
+		if logf != nil {
+			logMu.Lock()
+			b, _ := json.Marshal(rec)
+			logf.Write(append(b, '\n'))
+			logMu.Unlock()
+		}
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -84,12 +102,7 @@ func fakeFirecracker(args []string, modes string) int {
 		if len(body) > 0 {
 			rec.Body = body
 		}
-		if logf != nil {
-			logMu.Lock()
-			b, _ := json.Marshal(rec)
-			logf.Write(append(b, '\n'))
-			logMu.Unlock()
-		}
+		logLine(rec)
 		if v, ok := mode["fail"]; ok && v == r.Method+" "+r.URL.Path {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusBadRequest)
@@ -104,6 +117,63 @@ func fakeFirecracker(args []string, modes string) int {
 			var v Vsock
 			json.Unmarshal(body, &v)
 			vsockPath = v.UDSPath
+			st.Vsock = v.UDSPath
+		case r.Method == http.MethodPut && r.URL.Path == "/machine-config":
+			var mc MachineConfig
+			json.Unmarshal(body, &mc)
+			st.MemMiB = mc.MemSizeMiB
+		case r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/drives/"):
+			var d Drive
+			json.Unmarshal(body, &d)
+			st.Drives = append(st.Drives, d.PathOnHost)
+		case r.Method == http.MethodPut && r.URL.Path == "/snapshot/create":
+			// Like Firecracker: the paths as given, relative ones in the working directory.
+			var p SnapshotCreateParams
+			json.Unmarshal(body, &p)
+			b, _ := json.Marshal(st)
+			if err := os.WriteFile(p.SnapshotPath, b, 0o600); err != nil {
+				fakeFault(w, err)
+				return
+			}
+			if err := os.WriteFile(p.MemFilePath, nil, 0o600); err != nil || os.Truncate(p.MemFilePath, int64(st.MemMiB)<<20) != nil {
+				fakeFault(w, fmt.Errorf("memory file: %v", err))
+				return
+			}
+		case r.Method == http.MethodPut && r.URL.Path == "/snapshot/load":
+			var p SnapshotLoadParams
+			json.Unmarshal(body, &p)
+			b, err := os.ReadFile(p.SnapshotPath)
+			if err == nil {
+				err = json.Unmarshal(b, &st)
+			}
+			if err == nil && p.MemBackend != nil {
+				_, err = os.Stat(p.MemBackend.BackendPath)
+			}
+			if err != nil {
+				fakeFault(w, err)
+				return
+			}
+			// Reopen the drives at their recorded paths, as Firecracker does, and say
+			// which files they turned out to be.
+			var opened []string
+			for _, d := range st.Drives {
+				real, err := filepath.EvalSymlinks(d)
+				if err != nil {
+					fakeFault(w, err)
+					return
+				}
+				opened = append(opened, real)
+			}
+			b, _ = json.Marshal(opened)
+			logLine(recorded{Method: "FAKE", Path: "opened drives", Body: b})
+			vsockPath = st.Vsock
+			if p.VsockOverride != nil {
+				vsockPath = p.VsockOverride.UDSPath
+			}
+			booted.Do(func() {
+				fmt.Println("[    5.000000] restored from a snapshot")
+				go fakeAgent(vsockPath, mode, exit)
+			})
 		case r.Method == http.MethodPut && r.URL.Path == "/actions":
 			var a InstanceActionInfo
 			json.Unmarshal(body, &a)
@@ -128,6 +198,19 @@ func fakeFirecracker(args []string, modes string) int {
 	})
 	go http.Serve(ln, mux)
 	return <-exit
+}
+
+// fakeState is the fake's "snapshot": what a restore must find again.
+type fakeState struct {
+	MemMiB int      `json:"mem_mib"`
+	Drives []string `json:"drives"`
+	Vsock  string   `json:"vsock"`
+}
+
+func fakeFault(w http.ResponseWriter, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadRequest)
+	json.NewEncoder(w).Encode(map[string]string{"fault_message": "fake: " + err.Error()})
 }
 
 // fakeAgent serves a minimal banger-agent behind Firecracker's hybrid vsock handshake.

@@ -137,6 +137,9 @@ func (m *machine) finish() {
 	// Firecracker leaves its sockets behind; nothing may be left once the VM is gone.
 	os.Remove(m.lay.apiHost)
 	os.Remove(m.lay.vsockHost)
+	if m.lay.driveLinks {
+		unlinkDrives(m.st.RunDir)
+	}
 	if m.lay.chrootDir != "" {
 		os.RemoveAll(m.lay.chrootDir)
 	}
