@@ -36,8 +36,9 @@ import (
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
-// templateFormat is bumped when what a template holds changes.
-const templateFormat = 1
+// templateFormat is bumped when what a template holds changes. 2: QEMU names the RAM
+// block microvm.ram (it was "ram"), so templates of 1 would not restore.
+const templateFormat = 2
 
 const (
 	templateMetaName  = "template.json"

@@ -192,10 +192,19 @@ type Snapshotter interface {
 	Snapshot(ctx context.Context, dir string) (Snapshot, error)
 }
 
+// StateSaver is a Machine that can be saved whole, RAM included, to resume the same VM
+// later (vm pause): SaveState pauses the guest and writes all its state to path; the VM
+// stays paused (the caller usually kills it). The Snapshot it returns has no MemoryFile:
+// its RAM is in the state file.
+type StateSaver interface {
+	SaveState(ctx context.Context, path string) (Snapshot, error)
+}
+
 // Restorer is a Driver that starts clones of a Snapshot: spec says where the clone's own
 // files are (its disks, which must be copies of the snapshotted VM's as of the snapshot, its
 // run dir, its NICs); its shape must be the snapshotted VM's. The clone runs when Restore
-// returns, its agent reachable on the clone's own channel.
+// returns, its agent reachable on the clone's own channel. A Snapshot without a MemoryFile
+// (StateSaver) brings back the saved VM itself, its RAM read from the state.
 type Restorer interface {
 	Restore(ctx context.Context, spec MachineSpec, snap Snapshot) (Machine, error)
 }

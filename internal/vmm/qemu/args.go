@@ -130,11 +130,16 @@ type argOptions struct {
 	Incoming bool
 }
 
+// ramBackendID names a file-backed RAM backend as QEMU names the microvm machine's default
+// RAM: a migration stream names its RAM blocks, so a VM saved whole (vm pause) resumes
+// into plain RAM whether it ran from a memory file (a clone) or not.
+const ramBackendID = "microvm.ram"
+
 // qemuArgs is QEMU's argument list (without argv[0]) for spec.
 func qemuArgs(spec vmm.MachineSpec, l layout, o argOptions) []string {
 	machine := "microvm,acpi=on"
 	if spec.MemoryFile != "" {
-		machine += ",memory-backend=ram"
+		machine += ",memory-backend=" + ramBackendID
 	}
 	a := []string{
 		"-M", machine,
@@ -153,7 +158,7 @@ func qemuArgs(spec vmm.MachineSpec, l layout, o argOptions) []string {
 		if o.PrivateMemory {
 			share = "off"
 		}
-		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=%s,share=%s", spec.MemoryMiB, opt(spec.MemoryFile), share))
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s", ramBackendID, spec.MemoryMiB, opt(spec.MemoryFile), share))
 	}
 	if o.Incoming {
 		a = append(a, "-incoming", "defer")

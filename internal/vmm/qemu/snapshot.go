@@ -24,6 +24,7 @@ import (
 
 var (
 	_ vmm.Snapshotter = (*machine)(nil)
+	_ vmm.StateSaver  = (*machine)(nil)
 	_ vmm.Restorer    = (*Driver)(nil)
 )
 
@@ -33,25 +34,50 @@ const snapshotStateName = "qemu-state"
 // migrationFDName is the name the migration stream's descriptor gets in QEMU (getfd).
 const migrationFDName = "banger-migration"
 
-// ignoreShared is the capability that leaves shared file-backed RAM out of the stream.
-var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+// ignoreSharedCap sets the capability that leaves shared file-backed RAM out of the stream.
+func ignoreSharedCap(on bool) map[string]any {
+	return map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}}}
+}
 
 // Snapshot pauses the guest and writes its device and vCPU state into dir (the RAM is in
 // the VM's memory file already, and is flushed to disk). The VM stays paused; if the save
 // fails, the guest is resumed.
-func (m *machine) Snapshot(ctx context.Context, dir string) (_ vmm.Snapshot, err error) {
+func (m *machine) Snapshot(ctx context.Context, dir string) (vmm.Snapshot, error) {
 	if m.st.MemoryFile == "" {
 		return vmm.Snapshot{}, errors.New("qemu snapshot: the VM was started without a memory file (MachineSpec.MemoryFile)")
 	}
+	state := filepath.Join(dir, snapshotStateName)
+	if err := m.save(ctx, state, true); err != nil {
+		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
+	}
+	return vmm.Snapshot{Driver: DriverName, MemoryFile: m.st.MemoryFile, StateFile: state}, nil
+}
+
+// SaveState implements vmm.StateSaver: the whole VM, RAM included, into path. Zero pages
+// take a few bytes each in the stream, so the file is about the size of the RAM the guest
+// uses. The VM stays paused; if the save fails, the guest is resumed.
+func (m *machine) SaveState(ctx context.Context, path string) (vmm.Snapshot, error) {
+	if err := m.save(ctx, path, false); err != nil {
+		return vmm.Snapshot{}, fmt.Errorf("qemu save: %w", err)
+	}
+	return vmm.Snapshot{Driver: DriverName, StateFile: path}, nil
+}
+
+// fullSaveBandwidth lifts QEMU's migration speed limit (32 MiB/s by default, meant for
+// live migration over a network) for a save to a local file.
+const fullSaveBandwidth = 1 << 40
+
+// save stops the guest and migrates it into path, atomically: without the RAM in a shared
+// memory file (ignoreShared) or all of it.
+func (m *machine) save(ctx context.Context, path string, ignoreShared bool) (err error) {
 	q, err := m.awaitQMP(ctx)
 	if err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
+		return err
 	}
 	if _, err := q.run(ctx, "stop", nil); err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
+		return err
 	}
-	state := filepath.Join(dir, snapshotStateName)
-	tmp := state + ".tmp"
+	tmp := path + ".tmp"
 	defer func() {
 		if err != nil {
 			_ = os.Remove(tmp)
@@ -60,32 +86,38 @@ func (m *machine) Snapshot(ctx context.Context, dir string) (_ vmm.Snapshot, err
 			}
 		}
 	}()
-	if _, err := q.run(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
+	// Capabilities stay set in a QEMU process (a clone's restore set x-ignore-shared): say
+	// it each time.
+	if _, err := q.run(ctx, "migrate-set-capabilities", ignoreSharedCap(ignoreShared)); err != nil {
+		return err
+	}
+	if !ignoreShared {
+		if _, err := q.run(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": fullSaveBandwidth}); err != nil {
+			return err
+		}
 	}
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
+		return err
 	}
 	defer f.Close()
 	if err := migrate(ctx, q, "migrate", f); err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
+		return err
 	}
 	if err := f.Sync(); err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
+		return err
 	}
 	// share=on: the guest's RAM is the memory file's page cache; the snapshot must survive
 	// a host crash like the state does.
-	if err := syncFile(m.st.MemoryFile); err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: memory file: %w", err)
+	if ignoreShared {
+		if err := syncFile(m.st.MemoryFile); err != nil {
+			return fmt.Errorf("memory file: %w", err)
+		}
 	}
-	if err := os.Rename(tmp, state); err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
 	}
-	if err := system.SyncDir(dir); err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("qemu snapshot: %w", err)
-	}
-	return vmm.Snapshot{Driver: DriverName, MemoryFile: m.st.MemoryFile, StateFile: state}, nil
+	return system.SyncDir(filepath.Dir(path))
 }
 
 func syncFile(path string) error {
@@ -148,12 +180,16 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.MachineSpec, snap vmm.Sna
 	if snap.Driver != DriverName {
 		return nil, fmt.Errorf("qemu restore: the snapshot is %q's, not qemu's", snap.Driver)
 	}
-	fi, err := os.Stat(snap.MemoryFile)
-	if err != nil {
-		return nil, fmt.Errorf("qemu restore: memory file: %w", err)
-	}
-	if want := int64(spec.MemoryMiB) << 20; fi.Size() != want {
-		return nil, fmt.Errorf("qemu restore: memory file %s is %d bytes, the VM has %d MiB: the snapshot is of another shape", snap.MemoryFile, fi.Size(), spec.MemoryMiB)
+	// Without a memory file the RAM is in the state (SaveState).
+	whole := snap.MemoryFile == ""
+	if !whole {
+		fi, err := os.Stat(snap.MemoryFile)
+		if err != nil {
+			return nil, fmt.Errorf("qemu restore: memory file: %w", err)
+		}
+		if want := int64(spec.MemoryMiB) << 20; fi.Size() != want {
+			return nil, fmt.Errorf("qemu restore: memory file %s is %d bytes, the VM has %d MiB: the snapshot is of another shape", snap.MemoryFile, fi.Size(), spec.MemoryMiB)
+		}
 	}
 	state, err := os.Open(snap.StateFile)
 	if err != nil {
@@ -182,7 +218,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.MachineSpec, snap vmm.Sna
 	if err != nil {
 		return nil, fail(err)
 	}
-	if _, err := q.run(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+	if _, err := q.run(ctx, "migrate-set-capabilities", ignoreSharedCap(!whole)); err != nil {
 		return nil, fail(err)
 	}
 	if err := migrate(ctx, q, "migrate-incoming", state); err != nil {

@@ -116,7 +116,7 @@ func TestQEMUArgs(t *testing.T) {
 		want []string
 		not  string
 	}{
-		{argOptions{Accel: AccelTCG}, []string{"-M microvm,acpi=on,memory-backend=ram ", "-object memory-backend-file,id=ram,size=512M,mem-path=/snap/mem,,x,share=on"}, "-incoming"},
+		{argOptions{Accel: AccelTCG}, []string{"-M microvm,acpi=on,memory-backend=microvm.ram ", "-object memory-backend-file,id=microvm.ram,size=512M,mem-path=/snap/mem,,x,share=on"}, "-incoming"},
 		{argOptions{Accel: AccelTCG, PrivateMemory: true, Incoming: true}, []string{"mem-path=/snap/mem,,x,share=off", "-incoming defer"}, "share=on"},
 	} {
 		joined := strings.Join(qemuArgs(spec, l, c.o), " ")
