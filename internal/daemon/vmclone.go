@@ -19,7 +19,10 @@ import (
 
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/lifecycle"
+	"github.com/banger-vm/banger/internal/revert"
 	"github.com/banger-vm/banger/internal/sshkeys"
+	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/termutil"
 	"github.com/banger-vm/banger/internal/vmm"
@@ -43,7 +46,7 @@ func (d *Daemon) pickBoot(ctx context.Context, req api.VMCreateRequest, p create
 	}
 	switch {
 	case !req.Start:
-		return cold("created without --start: its first start boots its own disks")
+		return cold("created without --start: its first start restores a template if there is one by then")
 	case req.Cold:
 		return cold("--cold was given")
 	case !d.opts.Config.VM.WarmStart:
@@ -99,6 +102,66 @@ func (d *Daemon) cloneDisks(ctx context.Context, spec vmSpec, w *warmStart) ([]b
 	}
 	w.hostPriv, w.hostPub = priv, pub
 	return pub, nil
+}
+
+// warmFirstStart makes the first start of a VM created without --start a clone, when a
+// template of its shape exists: the VM has never run, so its disks are swapped for copies
+// of the template's (the old ones are kept aside until the copies are in place) and it
+// gets a new host key. Otherwise profile stays a cold boot, with pickBoot's reason.
+func (d *Daemon) warmFirstStart(ctx context.Context, vm store.VM, profile *bootProfile, timings *lifecycle.Recorder, progress progressFunc) (store.VM, error) {
+	rec, err := parseRecord(vm)
+	if err != nil {
+		return vm, err
+	}
+	img, err := d.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return vm, err
+	}
+	k, err := d.images.Kernel(rec.Kernel)
+	if err != nil {
+		return vm, nil // startLocked says the kernel is missing
+	}
+	p := createParams{name: vm.Name, img: img, kernel: k, cpus: rec.CPUs, memoryMiB: rec.MemoryMiB, diskBytes: rec.DiskBytes}
+	warm, coldBoot := d.pickBoot(ctx, api.VMCreateRequest{Start: true}, p)
+	if warm == nil {
+		profile.boot = coldBoot
+		return vm, nil
+	}
+	err = runStage(ctx, timings, progress, disksStage(), func(ctx context.Context) error {
+		undo := revert.New()
+		defer undo.Fail()
+		for _, disk := range []string{rec.workDisk(), rec.layerDisk()} {
+			aside := disk + ".before-warm-start"
+			if err := os.Rename(disk, aside); err != nil {
+				return err
+			}
+			undo.Add(func() { _ = os.Rename(aside, disk) })
+		}
+		hostKey, err := d.cloneDisks(ctx, rec.vmSpec, warm)
+		if err != nil {
+			return err
+		}
+		if err := d.vms.keys.Pin(sshkeys.HostAlias(vm.ID), hostKey); err != nil {
+			return err
+		}
+		oldKey := []byte(rec.SSHHostKey)
+		undo.Add(func() { _ = d.vms.keys.Pin(sshkeys.HostAlias(vm.ID), oldKey) })
+		rec.SSHHostKey = string(hostKey)
+		vm.Spec = rec.raw()
+		if err := d.store.PutVM(ctx, vm); err != nil {
+			return err
+		}
+		undo.Success()
+		for _, disk := range []string{rec.workDisk(), rec.layerDisk()} {
+			_ = os.Remove(disk + ".before-warm-start")
+		}
+		return nil
+	})
+	if err != nil {
+		return vm, err
+	}
+	profile.warm, profile.boot = warm, api.VMBoot{}
+	return vm, nil
 }
 
 // restoreClone restores b's VM from its template. When the restore fails for the template's

@@ -225,6 +225,11 @@ func (d *Daemon) startVM(ctx context.Context, name string, progress progressFunc
 	}
 	timings := lifecycle.New("vm.start", vm.ID, d.log, d.store).Deferred()
 	defer timings.Flush(context.WithoutCancel(ctx))
+	if vm.State == store.VMCreated {
+		if vm, err = d.warmFirstStart(ctx, vm, &profile, timings, progress); err != nil {
+			return api.VM{}, err
+		}
+	}
 	if vm, err = d.startLocked(ctx, vm, timings, progress, profile); err != nil {
 		return api.VM{}, err
 	}

@@ -175,6 +175,34 @@ func TestWarmStart(t *testing.T) {
 		e.must("vm", "rm", "--force", n)
 	}
 
+	t.Run("first start of a VM created without --start", func(t *testing.T) {
+		e.must(append([]string{"vm", "create", "later-a"}, shape...)...)
+		e.must("vm", "start", "later-a")
+		vm := e.inspectVM("later-a")
+		if vm.Boot == nil || vm.Boot.Mode != api.BootWarm || vm.Boot.Template != tpl.Key {
+			t.Errorf("first start: boot %+v, want warm from %s", vm.Boot, tpl.Key)
+		}
+		if got := strings.TrimSpace(e.must("vm", "exec", "later-a", "--", "hostname").stdout); got != "later-a" {
+			t.Errorf("hostname %q", got)
+		}
+		key := strings.TrimSpace(e.must("vm", "exec", "later-a", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout)
+		if f := strings.Fields(key); len(f) < 2 || !strings.Contains(vm.SSH.HostKey, f[1]) {
+			t.Errorf("guest host key %q, pinned %q", key, vm.SSH.HostKey)
+		}
+		if aside, _ := filepath.Glob(filepath.Join(e.dir, "data/banger/vms/*/*.before-warm-start")); len(aside) != 0 {
+			t.Errorf("the replaced disks were left: %v", aside)
+		}
+		e.must("vm", "exec", "later-a", "--", "sh", "-c", "echo kept > /root/kept && sync")
+		e.must("vm", "stop", "later-a")
+		e.must("vm", "start", "later-a")
+		if vm := e.inspectVM("later-a"); vm.Boot == nil || vm.Boot.Mode != api.BootCold || !strings.Contains(vm.Boot.Reason, "later starts") {
+			t.Errorf("second start: boot %+v", vm.Boot)
+		}
+		if got := e.must("vm", "exec", "later-a", "--", "cat", "/root/kept").stdout; got != "kept\n" {
+			t.Errorf("after a restart /root/kept reads %q", got)
+		}
+		e.must("vm", "rm", "--force", "later-a")
+	})
 	t.Run("--cold", func(t *testing.T) {
 		e.must(append([]string{"vm", "create", "cold-a", "--start", "--cold"}, shape...)...)
 		if vm := e.inspectVM("cold-a"); vm.Boot == nil || vm.Boot.Mode != api.BootCold || !strings.Contains(vm.Boot.Reason, "--cold") {
