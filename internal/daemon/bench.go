@@ -297,10 +297,11 @@ func (d *Daemon) benchBangerRun(ctx context.Context, req api.BenchCreateRequest,
 // untimed, the clone's PSS is read alone and then with a second clone of the template up:
 // PSS splits the pages clones share, so a lone clone is charged all of them.
 func (d *Daemon) benchWarmRun(ctx context.Context, req api.BenchCreateRequest, run *api.BenchRun, progress progressFunc) error {
-	var readyAt time.Time
-	create := func() (api.VM, time.Duration, error) {
+	// create makes one clone: the VM, its create -> ready time and its whole create time.
+	create := func() (api.VM, time.Duration, time.Duration, error) {
 		creq := benchCreateRequest(req, "bench-"+randomHex(4))
 		creq.Cold, creq.SkipSSHWait = false, true
+		var readyAt time.Time
 		t0 := time.Now()
 		vm, err := d.createVM(ctx, creq, func(pr api.Progress) {
 			if pr.Message != "" && (pr.Stage == stageAgent || pr.Stage == stageIdentity) {
@@ -309,17 +310,16 @@ func (d *Daemon) benchWarmRun(ctx context.Context, req api.BenchCreateRequest, r
 			progress(pr)
 		})
 		if err != nil {
-			return api.VM{}, 0, err
+			return api.VM{}, 0, 0, err
 		}
 		took := time.Since(t0)
 		if vm.Boot == nil || vm.Boot.Mode != api.BootWarm {
 			d.benchRemoveVM(ctx, vm.ID)
-			return api.VM{}, 0, fmt.Errorf("the VM booted cold: %s", bootReason(vm.Boot))
+			return api.VM{}, 0, 0, fmt.Errorf("the VM booted cold: %s", bootReason(vm.Boot))
 		}
-		run.WarmAgentReadyMS = round2(lifecycle.Millis(readyAt.Sub(t0)))
-		return vm, took, nil
+		return vm, readyAt.Sub(t0), took, nil
 	}
-	vm, createTook, err := create()
+	vm, ready, createTook, err := create()
 	if err != nil {
 		return fmt.Errorf("run %d, warm: %w", run.Index, err)
 	}
@@ -329,8 +329,8 @@ func (d *Daemon) benchWarmRun(ctx context.Context, req api.BenchCreateRequest, r
 			d.benchRemoveVM(ctx, vm.ID)
 		}
 	}()
+	run.WarmAgentReadyMS = round2(lifecycle.Millis(ready))
 	run.WarmStages = vm.Stages
-	ready := run.WarmAgentReadyMS
 	t1 := time.Now()
 	if err := d.benchExecTrue(ctx, vm.ID); err != nil {
 		return fmt.Errorf("run %d, warm: %w", run.Index, err)
@@ -339,11 +339,10 @@ func (d *Daemon) benchWarmRun(ctx context.Context, req api.BenchCreateRequest, r
 	if pss, err := vmm.ReadPSS(vm.PID); err == nil {
 		run.ClonePSSLoneMiB = round2(float64(pss) / (1 << 20))
 	}
-	sibling, _, err := create()
+	sibling, _, _, err := create()
 	if err != nil {
 		return fmt.Errorf("run %d, warm (a second clone for the PSS): %w", run.Index, err)
 	}
-	run.WarmAgentReadyMS = ready
 	if pss, err := vmm.ReadPSS(vm.PID); err == nil {
 		run.ClonePSSMiB = round2(float64(pss) / (1 << 20))
 	}

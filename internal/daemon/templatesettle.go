@@ -8,6 +8,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -27,8 +28,8 @@ const (
 	// settleMax bounds the wait: a guest that never settles is snapshotted anyway
 	// (its clones are still correct, only slower to become quiet).
 	settleMax = 30 * time.Second
-	// procStatMax bounds what is read of the guest's /proc/stat.
-	procStatMax = 64 << 10
+	// procStatMax bounds the first line of the guest's /proc/stat (the only one read).
+	procStatMax = 4 << 10
 )
 
 // settleGuest waits until the builder's guest is done booting, that is until its CPUs are
@@ -41,15 +42,15 @@ func settleGuest(ctx context.Context, m vmm.Machine) (string, error) {
 	var notes []string
 	a := m.Agent()
 	// For the log: where systemd is (images without it answer 127, or "offline").
-	var out bytes.Buffer
-	st, err := a.Exec(ctx, agent.ExecRequest{Argv: []string{"systemctl", "is-system-running"}}, nil, &limitedWriter{w: &out, n: 256}, io.Discard)
+	out := &headWriter{n: 256}
+	st, err := a.Exec(ctx, agent.ExecRequest{Argv: []string{"systemctl", "is-system-running"}}, nil, out, io.Discard)
 	switch {
 	case err != nil:
 		return "", err
 	case st.Code == 127:
 		notes = append(notes, "no systemctl")
 	default:
-		notes = append(notes, fmt.Sprintf("systemd: %s (exit %d)", sanitizeNote(strings.TrimSpace(out.String())), st.Code))
+		notes = append(notes, fmt.Sprintf("systemd: %s (exit %d)", sanitizeNote(strings.TrimSpace(out.buf.String())), st.Code))
 	}
 	prev, err := readCPUTimes(ctx, a)
 	if err != nil {
@@ -93,11 +94,11 @@ func (c cpuTimes) idleShareSince(prev cpuTimes) float64 {
 func readCPUTimes(ctx context.Context, a interface {
 	ReadFile(context.Context, string, io.Writer) (*agent.FileInfo, error)
 }) (cpuTimes, error) {
-	var buf bytes.Buffer
-	if _, err := a.ReadFile(ctx, "/proc/stat", &limitedWriter{w: &buf, n: procStatMax}); err != nil {
+	var line firstLineWriter
+	if _, err := a.ReadFile(ctx, "/proc/stat", &line); err != nil && !errors.Is(err, errFirstLine) {
 		return cpuTimes{}, err
 	}
-	return parseCPUTimes(buf.String())
+	return parseCPUTimes(line.buf.String())
 }
 
 // parseCPUTimes reads the aggregate "cpu" line of a (guest's, so untrusted) /proc/stat.
@@ -121,19 +122,37 @@ func parseCPUTimes(stat string) (cpuTimes, error) {
 	return c, nil
 }
 
-// limitedWriter takes at most n bytes and then fails the copy, so a hostile guest cannot
-// make the daemon buffer without bound.
-type limitedWriter struct {
-	w io.Writer
-	n int
+// headWriter keeps the first n bytes written to it and drops the rest, so a guest's
+// output costs the daemon at most n bytes of memory (the exec is bounded by its context).
+type headWriter struct {
+	buf bytes.Buffer
+	n   int
 }
 
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	if len(p) > l.n {
-		return 0, fmt.Errorf("the guest sent more than expected")
+func (h *headWriter) Write(p []byte) (int, error) {
+	if room := h.n - h.buf.Len(); room > 0 {
+		h.buf.Write(p[:min(len(p), room)])
 	}
-	l.n -= len(p)
-	return l.w.Write(p)
+	return len(p), nil
+}
+
+// errFirstLine ends a copy once the first line is in: only /proc/stat's first line is
+// used, and a guest could otherwise stream without end.
+var errFirstLine = errors.New("first line read")
+
+// firstLineWriter keeps a guest file's first line (at most procStatMax bytes of it) and
+// stops the copy there.
+type firstLineWriter struct{ buf bytes.Buffer }
+
+func (f *firstLineWriter) Write(p []byte) (int, error) {
+	if i := bytes.IndexByte(p, '\n'); i >= 0 {
+		f.buf.Write(p[:i+1])
+		return i + 1, errFirstLine
+	}
+	if f.buf.Len()+len(p) > procStatMax {
+		return 0, fmt.Errorf("the guest's /proc/stat has no line end in its first %d bytes", procStatMax)
+	}
+	return f.buf.Write(p)
 }
 
 // sanitizeNote makes guest text safe and short for a log line or a terminal.

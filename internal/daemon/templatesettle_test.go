@@ -1,7 +1,8 @@
 package daemon
 
 import (
-	"bytes"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 )
@@ -30,19 +31,39 @@ func TestParseCPUTimes(t *testing.T) {
 	}
 }
 
-func TestLimitedWriterStopsAHostileStream(t *testing.T) {
-	var buf bytes.Buffer
-	w := &limitedWriter{w: &buf, n: 8}
-	if _, err := w.Write([]byte("12345")); err != nil {
-		t.Fatal(err)
+func TestSettleWritersBoundAHostileStream(t *testing.T) {
+	h := &headWriter{n: 8}
+	for _, chunk := range []string{"12345", "67890", strings.Repeat("x", 1<<20)} {
+		if n, err := h.Write([]byte(chunk)); err != nil || n != len(chunk) {
+			t.Fatalf("headWriter.Write(%d bytes) = %d, %v", len(chunk), n, err)
+		}
 	}
-	if _, err := w.Write([]byte("67890")); err == nil {
-		t.Fatal("a write past the limit succeeded")
+	if h.buf.String() != "12345678" {
+		t.Fatalf("headWriter kept %q", h.buf.String())
 	}
-	if buf.String() != "12345" {
-		t.Fatalf("kept %q", buf.String())
+
+	// /proc/stat: the copy stops at the first line end, whatever follows.
+	var l firstLineWriter
+	src := io.MultiReader(strings.NewReader("cpu  1 2 "), strings.NewReader("3 4 5\nintr "), strings.NewReader(strings.Repeat("9 ", 1<<20)))
+	n, err := io.Copy(&l, src)
+	if !errors.Is(err, errFirstLine) || l.buf.String() != "cpu  1 2 3 4 5\n" || n > 64 {
+		t.Fatalf("first line: %q after %d bytes, %v", l.buf.String(), n, err)
 	}
+	var endless firstLineWriter
+	if _, err := io.Copy(&endless, io.LimitReader(zeros{}, 1<<20)); err == nil || errors.Is(err, errFirstLine) || endless.buf.Len() > procStatMax {
+		t.Fatalf("a line without end: %v, kept %d bytes", err, endless.buf.Len())
+	}
+
 	if got := sanitizeNote("run\x1b[2Jning" + strings.Repeat("x", 500)); strings.ContainsRune(got, 0x1b) || len(got) > 200 {
 		t.Fatalf("sanitizeNote kept an escape or the length: %q", got)
 	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = '0'
+	}
+	return len(p), nil
 }

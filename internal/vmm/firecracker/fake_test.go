@@ -104,9 +104,7 @@ func fakeFirecracker(args []string, modes string) int {
 		}
 		logLine(rec)
 		if v, ok := mode["fail"]; ok && v == r.Method+" "+r.URL.Path {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusBadRequest)
-			fmt.Fprintf(w, `{"fault_message":"fake: cannot %s %s: No such file or directory (os error 2)"}`, r.Method, r.URL.Path)
+			fakeFault(w, fmt.Errorf("cannot %s %s: No such file or directory (os error 2)", r.Method, r.URL.Path))
 			return
 		}
 		switch {

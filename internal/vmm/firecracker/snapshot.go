@@ -117,7 +117,7 @@ func (m *machine) Snapshot(ctx context.Context, dir string) (_ vmm.Snapshot, err
 		return vmm.Snapshot{}, fmt.Errorf("firecracker snapshot: %w", err)
 	}
 	for _, mv := range [][2]string{{hostMemory, memory}, {hostState, state}} {
-		if err := syncPath(mv[0]); err != nil {
+		if err := system.SyncFile(mv[0]); err != nil {
 			return vmm.Snapshot{}, fmt.Errorf("firecracker snapshot: %w", err)
 		}
 		if err := os.Rename(mv[0], mv[1]); err != nil {
@@ -131,15 +131,6 @@ func (m *machine) Snapshot(ctx context.Context, dir string) (_ vmm.Snapshot, err
 		return vmm.Snapshot{}, fmt.Errorf("firecracker snapshot: %w", err)
 	}
 	return vmm.Snapshot{Driver: Name, MemoryFile: memory, StateFile: state}, nil
-}
-
-func syncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // versionCache remembers each binary's version: a restore must not spawn

@@ -110,7 +110,7 @@ func (m *machine) save(ctx context.Context, path string, ignoreShared bool) (err
 	// share=on: the guest's RAM is the memory file's page cache; the snapshot must survive
 	// a host crash like the state does.
 	if ignoreShared {
-		if err := syncFile(m.st.MemoryFile); err != nil {
+		if err := system.SyncFile(m.st.MemoryFile); err != nil {
 			return fmt.Errorf("memory file: %w", err)
 		}
 	}
@@ -118,15 +118,6 @@ func (m *machine) save(ctx context.Context, path string, ignoreShared bool) (err
 		return err
 	}
 	return system.SyncDir(filepath.Dir(path))
-}
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // migrate passes f to QEMU and runs cmd ("migrate" or "migrate-incoming") on it, then waits
