@@ -280,12 +280,13 @@ func TestConsoleFlood(t *testing.T) {
 	total := size(con.Log) + size(con.Log+RotatedSuffix)
 	runtime.GC()
 	after := vmRSS(t)
-	// The copier must really have kept up: the last line's number says how much went
-	// through (a copier that stopped copying would keep the cap trivially).
-	tail := ConsoleTail(con.Log, 1)
+	// The copier must really have kept up: the last whole line's number says how much went
+	// through (a copier that stopped copying would keep the cap trivially). The kill may
+	// have cut the very last line short, so the line before it counts too.
+	tail := ConsoleTail(con.Log, 2)
 	var n int64
-	if len(tail) == 1 {
-		fmt.Sscanf(tail[0], "flood %d", &n)
+	for i := len(tail) - 1; i >= 0 && n == 0; i-- {
+		fmt.Sscanf(tail[i], "flood %d", &n)
 	}
 	written := n * int64(len(fmt.Sprintf(floodLine, 0)))
 	t.Logf("%d s: %d MiB went through, console log %d bytes (max seen %d, cap %d), RSS %d -> %d KiB",
