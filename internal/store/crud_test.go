@@ -147,7 +147,7 @@ func TestVMs(t *testing.T) {
 	if err := s.SetVMState(ctx, "vm1", "exploded"); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("SetVMState(bogus) = %v, want ErrInvalid", err)
 	}
-	vm.State = "paused"
+	vm.State = "hibernating"
 	if err := s.PutVM(ctx, vm); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("PutVM(bogus state) = %v, want ErrInvalid", err)
 	}

@@ -151,6 +151,38 @@ ALTER TABLE network_leases_new RENAME TO network_leases;
 CREATE INDEX vms_image_id ON vms(image_id);
 `,
 	},
+	{
+		version: 5,
+		name:    "vm state paused",
+		sql: `
+-- 'paused': the VM's whole state (RAM, devices) is saved in its directory and no VMM runs;
+-- resuming brings its processes back. The rebuild is migration 4's, for the same reasons.
+CREATE TABLE vms_new (
+	id         TEXT    NOT NULL PRIMARY KEY CHECK (id <> ''),
+	name       TEXT    NOT NULL UNIQUE CHECK (name <> ''),
+	image_id   TEXT    NOT NULL REFERENCES images(id) ON DELETE RESTRICT ON UPDATE RESTRICT,
+	state      TEXT    NOT NULL CHECK (state IN ('created', 'starting', 'running', 'stopping', 'stopped', 'paused', 'crashed', 'error')),
+	vmm        TEXT    NOT NULL DEFAULT '',
+	spec       TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(spec)),
+	created_at INTEGER NOT NULL,
+	updated_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO vms_new(id, name, image_id, state, vmm, spec, created_at, updated_at)
+	SELECT id, name, image_id, state, vmm, spec, created_at, updated_at FROM vms;
+CREATE TABLE network_leases_new (
+	ip        TEXT    NOT NULL PRIMARY KEY CHECK (ip <> ''),
+	vm_id     TEXT    NOT NULL UNIQUE REFERENCES vms_new(id) ON DELETE CASCADE ON UPDATE RESTRICT,
+	mac       TEXT    NOT NULL UNIQUE CHECK (mac <> '' AND mac = lower(mac)),
+	leased_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO network_leases_new(ip, vm_id, mac, leased_at) SELECT ip, vm_id, mac, leased_at FROM network_leases;
+DROP TABLE network_leases;
+DROP TABLE vms;
+ALTER TABLE vms_new RENAME TO vms;
+ALTER TABLE network_leases_new RENAME TO network_leases;
+CREATE INDEX vms_image_id ON vms(image_id);
+`,
+	},
 }
 
 func latestVersion() int { return len(migrations) }

@@ -19,6 +19,8 @@ const (
 	VMRunning  VMState = "running"
 	VMStopping VMState = "stopping"
 	VMStopped  VMState = "stopped"
+	// VMPaused: the VM's whole state is saved in its directory; no VMM runs.
+	VMPaused VMState = "paused"
 	// VMCrashed: the VMM ended without the guest shutting down.
 	VMCrashed VMState = "crashed"
 	// VMError: banger cannot use the VM as recorded (its record does not decode).
@@ -27,7 +29,7 @@ const (
 
 // VMStates lists every state, in lifecycle order.
 func VMStates() []VMState {
-	return []VMState{VMCreated, VMStarting, VMRunning, VMStopping, VMStopped, VMCrashed, VMError}
+	return []VMState{VMCreated, VMStarting, VMRunning, VMStopping, VMStopped, VMPaused, VMCrashed, VMError}
 }
 
 // VM is a row of the vms table.
