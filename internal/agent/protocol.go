@@ -37,6 +37,12 @@ const (
 	PathForward = "/v1/forward"
 	// PathIdentity (POST, IdentityRequest) makes a clone of a snapshot its own machine.
 	PathIdentity = "/v1/identity"
+	// PathSync (POST, no body) flushes every filesystem to its disk (sync(2)) and answers
+	// SyncResponse: the host saves a VM's state (vm pause, vm snapshot) right after.
+	PathSync = "/v1/sync"
+	// PathClock (POST, ClockRequest) sets the wall clock and reseeds the random pool: a
+	// resumed VM's clock stopped at its pause.
+	PathClock = "/v1/clock"
 )
 
 // ForwardUpgradeProtocol is the Upgrade header value of a forwarded TCP connection.
@@ -242,6 +248,24 @@ type IdentityRequest struct {
 	// UnixNano is the host's wall clock when it sent the request: the guest's clock stopped
 	// with the snapshot.
 	UnixNano int64 `json:"unix_nano"`
+}
+
+// ClockRequest is what a resumed VM takes on: the host's wall clock, and host randomness
+// (optional; when set, MinIdentityEntropy-MaxIdentityEntropy bytes) mixed into its pool.
+type ClockRequest struct {
+	UnixNano int64  `json:"unix_nano"`
+	Entropy  []byte `json:"entropy,omitempty"`
+}
+
+// SyncResponse says how long the guest took to flush its filesystems.
+type SyncResponse struct {
+	DurationMS float64 `json:"duration_ms"`
+}
+
+// ClockResponse says how far the guest's clock moved (positive: it was behind).
+type ClockResponse struct {
+	StepMS float64 `json:"step_ms"`
+	Note   string  `json:"note,omitempty"`
 }
 
 // Bounds of IdentityRequest.Entropy.

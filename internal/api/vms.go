@@ -107,7 +107,9 @@ type VM struct {
 	// Boot says how the last start booted the VM, and why.
 	Boot *VMBoot `json:"boot,omitempty"`
 	// Stages are the timed stages of the last start.
-	Stages    []Stage   `json:"stages,omitempty"`
+	Stages []Stage `json:"stages,omitempty"`
+	// Paused is set while the VM is paused.
+	Paused    *VMPaused `json:"paused,omitempty"`
 	LastExit  string    `json:"last_exit,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
@@ -117,7 +119,16 @@ type VM struct {
 const (
 	BootWarm = "warm" // restored from a template (a booted snapshot of the image)
 	BootCold = "cold" // booted the kernel
+	// BootResume: the VM's own state, saved by vm pause, restored.
+	BootResume = "resume"
 )
+
+// VMPaused is a paused VM's saved state.
+type VMPaused struct {
+	At        time.Time `json:"at"`
+	SizeBytes int64     `json:"size_bytes"`
+	StateFile string    `json:"state_file"`
+}
 
 // VMBoot is how a start booted a VM: warm (a clone of Template) or cold, with the reason.
 type VMBoot struct {
@@ -173,6 +184,17 @@ func (c *Client) CreateVM(ctx context.Context, req VMCreateRequest, progress fun
 // StartVM boots a stopped VM and waits for its agent.
 func (c *Client) StartVM(ctx context.Context, name string, progress func(Progress)) (VM, error) {
 	return streamed[VM](ctx, c, "/vms/start", VMRequest{Name: name}, progress)
+}
+
+// PauseVM saves a running VM's whole state in its directory and ends its VMM, reporting
+// each stage to progress.
+func (c *Client) PauseVM(ctx context.Context, name string, progress func(Progress)) (VM, error) {
+	return streamed[VM](ctx, c, "/vms/pause", VMRequest{Name: name}, progress)
+}
+
+// ResumeVM restores a paused VM, its processes as they were (StartVM does the same).
+func (c *Client) ResumeVM(ctx context.Context, name string, progress func(Progress)) (VM, error) {
+	return streamed[VM](ctx, c, "/vms/resume", VMRequest{Name: name}, progress)
 }
 
 // StopVM stops a VM.

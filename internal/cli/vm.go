@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/termutil"
+	"github.com/banger-vm/banger/internal/units"
 )
 
 func (a *app) vmCommand() *cobra.Command {
@@ -31,7 +33,8 @@ the VM's sshd with banger's own key and the VM's pinned host key.`,
 	}
 	cmd.AddCommand(a.vmCreateCommand(), a.vmStartCommand(), a.vmStopCommand(), a.vmRemoveCommand(),
 		a.vmListCommand(), a.vmInspectCommand(), a.vmExecCommand(), a.vmLogsCommand(), a.vmHealthCommand(),
-		a.vmRunCommand(), a.vmSSHCommand(), a.vmSSHProxyCommand(), a.vmRestartCommand())
+		a.vmRunCommand(), a.vmSSHCommand(), a.vmSSHProxyCommand(), a.vmRestartCommand(),
+		a.vmPauseCommand(), a.vmResumeCommand())
 	return cmd
 }
 
@@ -144,6 +147,9 @@ func (a *app) vmStopCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if req.Force, err = a.confirmDiscard(cmdContext(cmd), c, args[0], "stopping it", req.Force); err != nil {
+				return err
+			}
 			vm, err := c.StopVM(cmdContext(cmd), req)
 			if err != nil {
 				return err
@@ -151,7 +157,7 @@ func (a *app) vmStopCommand() *cobra.Command {
 			return a.printVM(vm, asJSON, "stopped")
 		},
 	}
-	f.add(cmd, "kill the VMM at once")
+	f.add(cmd, "kill the VMM at once; of a paused VM, discard its saved state without asking")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
 }
@@ -202,6 +208,10 @@ func (a *app) vmRemoveCommand() *cobra.Command {
 				return err
 			}
 			for _, n := range args {
+				force, err := a.confirmDiscard(cmdContext(cmd), c, n, "removing it", force)
+				if err != nil {
+					return err
+				}
 				if err := c.RemoveVM(cmdContext(cmd), api.VMRemoveRequest{Name: n, Force: force}); err != nil {
 					return err
 				}
@@ -210,7 +220,7 @@ func (a *app) vmRemoveCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop running VMs first")
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop running VMs first, and discard paused VMs' saved state")
 	return cmd
 }
 
@@ -518,4 +528,79 @@ func (a *app) printVM(vm api.VM, asJSON bool, verb string) error {
 	}
 	fmt.Fprintf(a.env.Stdout, "%s %s: %s, %s %s%s\n", verb, vm.Name, vm.State, vm.Driver, vm.Accel, extra)
 	return nil
+}
+
+func (a *app) vmPauseCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "pause NAME",
+		Short: "Save a running VM's whole state to disk and end its VMM; resume brings it back",
+		Long: `Save a running VM's whole state (memory, devices, every process, open file, tmpfs
+and listener) into its directory, and end its VMM: a paused VM uses disk, no RAM or CPU.
+The guest's filesystems are synced first.
+
+  banger vm pause dev
+  banger vm resume dev      # (or vm start) everything as it was; the clock is set again
+
+A paused VM stays paused across daemon restarts, banger update and host reboots.
+'vm stop' of a paused VM discards the saved state (it asks, or takes --force).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.PauseVM(ctx, args[0], a.stageProgress(asJSON))
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.env.Stdout, vm)
+			}
+			size := ""
+			if vm.Paused != nil {
+				size = fmt.Sprintf(" (%s saved)", units.FormatSize(vm.Paused.SizeBytes))
+			}
+			fmt.Fprintf(a.env.Stdout, "paused %s%s: resume it with `banger vm resume %s`\n", vm.Name, size, vm.Name)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+func (a *app) vmResumeCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "resume NAME",
+		Short: "Bring a paused VM back with its processes as they were",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+				return c.ResumeVM(ctx, args[0], a.stageProgress(asJSON))
+			})
+			if err != nil {
+				return err
+			}
+			return a.printVM(vm, asJSON, "resumed")
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+// confirmDiscard asks, on a terminal, before an operation discards a paused VM's saved
+// state; it returns the force to send. Off a terminal the daemon refuses without --force.
+func (a *app) confirmDiscard(ctx context.Context, c *api.Client, name, what string, force bool) (bool, error) {
+	if force || !termutil.IsTerminal(a.env.Stdin) {
+		return force, nil
+	}
+	vm, err := c.InspectVM(ctx, name)
+	if err != nil || vm.State != "paused" {
+		return force, nil // the daemon says what is wrong
+	}
+	fmt.Fprintf(a.env.Stderr, "%s is paused: %s discards its saved processes and memory. Discard them? [y/N] ", termutil.SanitizeString(vm.Name), what)
+	line, _ := bufio.NewReader(a.env.Stdin).ReadString('\n')
+	if ans := strings.ToLower(strings.TrimSpace(line)); ans != "y" && ans != "yes" {
+		return false, fmt.Errorf("kept %s paused", vm.Name)
+	}
+	return true, nil
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +38,35 @@ type fakeDriver struct {
 	ignoreStop bool
 	// hasSSHD makes the image have an sshd (that never answers: the agent forwards nothing).
 	hasSSHD bool
+	// restored lists the state files Restore loaded.
+	restored []string
+}
+
+// fakeStateMagic starts every state file the fake saves: Restore refuses anything else.
+const fakeStateMagic = "fake-vm-state\n"
+
+// CanRestore keeps templates out of the fake's tests (a template needs a real snapshot);
+// Restore itself works, for the saved states of paused VMs.
+func (f *fakeDriver) CanRestore(context.Context) error {
+	return errors.New("the fake driver builds no templates")
+}
+
+// Restore starts a machine from a state file SaveState wrote.
+func (f *fakeDriver) Restore(ctx context.Context, spec vmm.MachineSpec, snap vmm.Snapshot) (vmm.Machine, error) {
+	b, err := os.ReadFile(snap.StateFile)
+	if err != nil {
+		return nil, fmt.Errorf("fake restore: %w", err)
+	}
+	if !strings.HasPrefix(string(b), fakeStateMagic) {
+		return nil, errors.New("fake restore: not a fake state file")
+	}
+	m, err := f.Start(ctx, spec)
+	if err == nil {
+		f.mu.Lock()
+		f.restored = append(f.restored, snap.StateFile)
+		f.mu.Unlock()
+	}
+	return m, err
 }
 
 func newFakeDriver() *fakeDriver {
@@ -113,6 +143,7 @@ type fakeMachine struct {
 	srv *http.Server
 
 	mu     sync.Mutex
+	paused bool // stopped by SaveState until Continue
 	done   chan struct{}
 	info   vmm.ExitInfo
 	client *agentclient.Client
@@ -156,6 +187,17 @@ func (m *fakeMachine) serveAgent(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		http.Error(w, `{"code":"not_found","message":"no such file"}`, http.StatusNotFound)
+	case agent.PathSync:
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"duration_ms":0.1}`))
+	case agent.PathClock:
+		var req agent.ClockRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.UnixNano == 0 {
+			http.Error(w, `{"code":"bad_request","message":"no clock"}`, http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"step_ms":1}`))
 	case agent.PathPower:
 		if !m.drv.ignoreStop {
 			go m.exit(vmm.ExitInfo{Reason: "guest powered off", Clean: true, At: time.Now()})
@@ -230,3 +272,28 @@ func (m *fakeMachine) Kill() error {
 }
 
 func (m *fakeMachine) Close() error { return nil }
+
+// SaveState writes a fake state and leaves the guest stopped, as QEMU does.
+func (m *fakeMachine) SaveState(ctx context.Context, path string) (vmm.Snapshot, error) {
+	m.mu.Lock()
+	m.paused = true
+	m.mu.Unlock()
+	if err := os.WriteFile(path, []byte(fakeStateMagic+fmt.Sprintf("pid %d\n", m.pid)), 0o600); err != nil {
+		_ = m.Continue(ctx)
+		return vmm.Snapshot{}, err
+	}
+	return vmm.Snapshot{Driver: "qemu", StateFile: path}, nil
+}
+
+func (m *fakeMachine) Continue(context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.paused = false
+	return nil
+}
+
+func (m *fakeMachine) isPaused() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.paused
+}

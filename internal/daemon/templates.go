@@ -377,12 +377,17 @@ const (
 // checkFreeSpace fails with what to do when dir's filesystem has less than need bytes
 // free for what.
 func checkFreeSpace(dir string, need int64, what string) error {
+	return checkFreeSpaceFor(dir, need, what, "free space there, build a smaller shape, or turn warm start off ([vm] warm_start = false)")
+}
+
+// checkFreeSpaceFor is checkFreeSpace with its own hint.
+func checkFreeSpaceFor(dir string, need int64, what, hint string) error {
 	free, err := system.FreeBytes(dir)
 	if err != nil {
 		return err
 	}
 	if free < uint64(need) {
-		return api.Errorf(api.CodeUnavailable, "free space there, build a smaller shape, or turn warm start off ([vm] warm_start = false)",
+		return api.Errorf(api.CodeUnavailable, hint,
 			"not enough free space in %s: %s free, %s needs %s", dir, units.FormatSize(int64(free)), what, units.FormatSize(need))
 	}
 	return nil

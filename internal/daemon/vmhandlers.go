@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/vmm/proc"
 )
 
@@ -22,6 +23,8 @@ func (d *Daemon) addVMRoutes(table map[string]map[string]handlerFunc) {
 	table["/vms/create"] = map[string]handlerFunc{http.MethodPost: d.handleVMCreate}
 	table["/vms/start"] = map[string]handlerFunc{http.MethodPost: d.handleVMStart}
 	table["/vms/stop"] = map[string]handlerFunc{http.MethodPost: d.handleVMStop}
+	table["/vms/pause"] = map[string]handlerFunc{http.MethodPost: d.handleVMPause}
+	table["/vms/resume"] = map[string]handlerFunc{http.MethodPost: d.handleVMResume}
 	table["/vms/restart"] = map[string]handlerFunc{http.MethodPost: d.handleVMRestart}
 	table["/vms/rm"] = map[string]handlerFunc{http.MethodPost: d.handleVMRemove}
 	table["/vms/health"] = map[string]handlerFunc{http.MethodGet: d.handleVMHealth}
@@ -89,6 +92,36 @@ func (d *Daemon) handleVMStart(w http.ResponseWriter, r *http.Request) error {
 	}
 	if _, err := d.vmLookup(r.Context(), req.Name); err != nil {
 		return err
+	}
+	d.vmStreamed(w, r, func(ctx context.Context, p progressFunc) (api.VM, error) { return d.startVM(ctx, req.Name, p) })
+	return nil
+}
+
+func (d *Daemon) handleVMPause(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if _, err := d.vmLookup(r.Context(), req.Name); err != nil {
+		return err
+	}
+	d.vmStreamed(w, r, func(ctx context.Context, p progressFunc) (api.VM, error) { return d.pauseVM(ctx, req.Name, p) })
+	return nil
+}
+
+// handleVMResume is a start that insists the VM is paused, so a script's resume never
+// boots a stopped VM by mistake.
+func (d *Daemon) handleVMResume(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	vm, err := d.vmLookup(r.Context(), req.Name)
+	if err != nil {
+		return err
+	}
+	if vm.State != store.VMPaused {
+		return api.Errorf(api.CodeConflict, "`banger vm start` boots a stopped VM", "VM %q is not paused (%s)", vm.Name, vm.State)
 	}
 	d.vmStreamed(w, r, func(ctx context.Context, p progressFunc) (api.VM, error) { return d.startVM(ctx, req.Name, p) })
 	return nil

@@ -78,6 +78,9 @@ type vmStatus struct {
 	// Creating is set while create builds the disks: a row still marked so when the daemon
 	// starts is an interrupted create, which reconcile removes.
 	Creating bool `json:"creating,omitempty"`
+	// Paused is the saved state of a paused VM; Pausing is set while a pause saves it.
+	Paused  *vmPaused `json:"paused,omitempty"`
+	Pausing bool      `json:"pausing,omitempty"`
 }
 
 // vmRecord is a VM row's JSON document: the spec and the status side by side (flattened,
@@ -184,6 +187,9 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 	}
 	if m := d.machine(vm.ID); m != nil {
 		out.PID = m.PID()
+	}
+	if p := rec.Paused; p != nil && vm.State == store.VMPaused {
+		out.Paused = &api.VMPaused{At: p.At, SizeBytes: p.Bytes, StateFile: p.StateFile}
 	}
 	if img, err := d.store.GetImage(ctx, vm.ImageID); err == nil {
 		out.Image = img.Name

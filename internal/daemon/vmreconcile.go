@@ -47,8 +47,12 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 			c.removeBuilder(ctx)
 		case vm.State == store.VMCreated && rec.Creating:
 			c.removeInterruptedCreate(ctx)
+		case vm.State == store.VMPaused:
+			c.keepPaused(ctx)
 		case vm.State == store.VMRunning, vm.State == store.VMStarting, vm.State == store.VMStopping:
 			c.reattachOrRecordGone(ctx)
+		default:
+			c.dropStaleState()
 		}
 	}
 }
@@ -111,8 +115,12 @@ func (c leftovers) remove(ctx context.Context, done string) {
 // reattachOrRecordGone picks a running VM up again, or records why it no longer runs.
 func (c leftovers) reattachOrRecordGone(ctx context.Context) {
 	kind, reason := stopClean, "the daemon stopped while the VM was starting"
+	vmmStarted := c.rec.VMM != nil
+	// A resume whose VMM started is picked up like a running VM: its guest may have run
+	// (and written to its disks) since, so its saved state is no longer one to go back to.
+	resuming := c.vm.State == store.VMStarting && c.rec.Paused != nil
 	switch {
-	case c.rec.VMM != nil && c.vm.State != store.VMStarting:
+	case c.rec.VMM != nil && (c.vm.State != store.VMStarting || resuming):
 		drv, err := c.d.driver(c.vm.VMM, c.rec.VMM.Accel)
 		if err != nil {
 			kind, reason = stopCrashed, "crashed: its VMM driver is not available: "+err.Error()
@@ -125,6 +133,7 @@ func (c leftovers) reattachOrRecordGone(ctx context.Context) {
 			c.d.setMachine(c.vm.ID, m)
 			go c.d.watchMachine(c.vm.ID, m)
 			c.d.log.Info("reattached running VM", "vm", c.vm.Name, "pid", m.PID())
+			c.finishInterruptedPause(ctx, m)
 			return
 		}
 		kind, reason = stopCrashed, "crashed: its VMM was gone when the daemon started"
@@ -141,9 +150,95 @@ func (c leftovers) reattachOrRecordGone(ctx context.Context) {
 	c.killUnrecorded()
 	removeRunSockets(c.rec.RunDir)
 	c.rec.Network.TAP, c.rec.VMM, c.rec.LastExit = "", nil, reason
-	c.vm.State, c.vm.Spec = kind.state(), c.rec.raw()
+	c.vm.State = kind.state()
+	if resuming && vmmStarted {
+		c.rec.Paused = nil
+		c.dropStaleState()
+	} else if c.adoptSavedState() {
+		// Its VMM is gone but its whole state is on disk: a resume interrupted before it
+		// was recorded, or a pause before it was.
+		c.vm.State, c.rec.LastExit = store.VMPaused, "still paused: the daemon stopped while it was pausing or resuming"
+	}
+	c.vm.Spec = c.rec.raw()
 	if err := c.d.store.PutVM(ctx, c.vm); err != nil {
 		c.d.log.Warn("could not record a VM's state", "vm", c.vm.Name, "err", err)
 	}
 	c.d.log.Warn("VM is no longer running", "vm", c.vm.Name, "reason", reason)
+}
+
+// keepPaused checks a paused VM at daemon start: a VMM left running (the daemon was killed
+// between recording the pause and ending it) is ended; a VM whose saved state is gone is
+// stopped, to boot from its disks.
+func (c leftovers) keepPaused(ctx context.Context) {
+	c.d.reattachAndEnd(ctx, c.vm.VMM, c.rec.VMM)
+	c.killUnrecorded()
+	removeRunSockets(c.rec.RunDir)
+	c.rec.Network.TAP, c.rec.VMM = "", nil
+	if !c.adoptSavedState() {
+		c.rec.Paused, c.rec.LastExit = nil, "its saved state "+c.rec.pausedState()+" is gone: it boots from its disks"
+		c.vm.State = store.VMStopped
+		c.d.log.Warn("a paused VM's saved state is gone; it is stopped", "vm", c.vm.Name)
+	}
+	c.vm.Spec = c.rec.raw()
+	if err := c.d.store.PutVM(ctx, c.vm); err != nil {
+		c.d.log.Warn("could not record a VM's state", "vm", c.vm.Name, "err", err)
+	}
+}
+
+// adoptSavedState says whether the VM's whole saved state is on disk, filling in c.rec.Paused
+// from the file when a pause had not recorded it yet. A state file only ever appears whole.
+func (c *leftovers) adoptSavedState() bool {
+	if c.rec.Paused == nil && !c.rec.Pausing {
+		return false
+	}
+	path := c.rec.pausedState()
+	if c.rec.Paused != nil && c.rec.Paused.StateFile != path {
+		return false // not where banger puts it: a record not to trust
+	}
+	saved := c.rec.Paused
+	p, err := pausedOf(c.vm, c.rec, path)
+	if err != nil {
+		return false
+	}
+	if saved != nil {
+		p.Network = saved.Network
+		p.Driver, p.Accel = saved.Driver, saved.Accel
+	}
+	c.rec.Paused, c.rec.Pausing = p, false
+	return true
+}
+
+// finishInterruptedPause lets a reattached VM run again when the daemon was killed while
+// pausing it (its VMM may have stopped the guest for the save), and drops the partial state.
+func (c leftovers) finishInterruptedPause(ctx context.Context, m vmm.Machine) {
+	if !c.rec.Pausing && c.rec.Paused == nil {
+		c.dropStaleState()
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	if err := continueGuest(cctx, m); err != nil {
+		c.d.log.Warn("could not let a VM run again after an interrupted pause", "vm", c.vm.Name, "err", err)
+	}
+	cancel()
+	c.rec.Pausing, c.rec.Paused = false, nil
+	c.dropStaleState()
+	if c.vm.State == store.VMStarting {
+		c.vm.State = store.VMRunning // a resume that had restored the VM
+	}
+	c.vm.Spec = c.rec.raw()
+	if err := c.d.store.PutVM(ctx, c.vm); err != nil {
+		c.d.log.Warn("could not record a VM's state", "vm", c.vm.Name, "err", err)
+	}
+	c.d.log.Warn("a pause was interrupted by the daemon's stop; the VM runs on", "vm", c.vm.Name)
+}
+
+// dropStaleState removes saved-state files of a VM that is not paused (a resume or a pause
+// that the daemon's stop interrupted).
+func (c leftovers) dropStaleState() {
+	if c.rec.Dir == "" || c.rec.Paused != nil || c.rec.Pausing {
+		return
+	}
+	for _, p := range []string{c.rec.pausedState(), c.rec.pausedState() + ".tmp"} {
+		_ = os.Remove(p)
+	}
 }

@@ -69,7 +69,12 @@ func (d *Daemon) startSteps() []startStep {
 			"check runtime.init_path / runtime.agent_path (banger-init and banger-agent next to banger) and the kernel's modules"},
 			run: d.stepInitramfs},
 		{stage: stage{"acquiring network", 30 * time.Second, "check the root helper (`banger doctor`)"},
-			run: d.stepNetwork},
+			run: func(ctx context.Context, b *boot) error {
+				if b.profile.resume != nil {
+					return d.stepResumeNetwork(ctx, b)
+				}
+				return d.stepNetwork(ctx, b)
+			}},
 		{stage: stage{"starting the vmm", time.Minute,
 			"see qemu.log / the console log in the VM's run dir, and `banger doctor` for the VMM check"},
 			run: d.stepVMM},
@@ -79,9 +84,13 @@ func (d *Daemon) startSteps() []startStep {
 		{stage: stage{stageIdentity, 30 * time.Second,
 			"the clone's agent did not take on the VM's identity: read the console (`banger vm logs NAME`), or create it with --cold"},
 			when: func(_ context.Context, b *boot) bool { return b.profile.warm != nil }, run: d.stepIdentity},
+		{stage: stageClock, when: func(_ context.Context, b *boot) bool { return b.profile.resume != nil },
+			run: d.stepClock, tolerate: d.toleratedClockFailure},
 		{stage: stage{stageSSH, time.Minute,
 			"the guest's sshd did not answer on its port 22: read the console (`banger vm logs NAME`)"},
-			when: d.needSSHWait, run: func(ctx context.Context, b *boot) error { return waitSSH(ctx, b.m.Agent()) },
+			// A resumed VM's sshd is as it was paused (and so is what the record says of it).
+			when:     func(ctx context.Context, b *boot) bool { return b.profile.resume == nil && d.needSSHWait(ctx, b) },
+			run:      func(ctx context.Context, b *boot) error { return waitSSH(ctx, b.m.Agent()) },
 			tolerate: d.toleratedSSHFailure},
 	}
 }
@@ -105,6 +114,8 @@ type bootProfile struct {
 	memoryFile string
 	// warm, when set, restores the VM from a template instead of booting it.
 	warm *warmStart
+	// resume, when set, restores the VM's own paused state.
+	resume *vmPaused
 	// boot is what the start records of its choice (cold, and why, unless warm).
 	boot api.VMBoot
 }
@@ -223,8 +234,22 @@ func (d *Daemon) startVM(ctx context.Context, name string, progress progressFunc
 	if err != nil {
 		return api.VM{}, err
 	}
-	timings := lifecycle.New("vm.start", vm.ID, d.log, d.store).Deferred()
+	op := "vm.start"
+	if vm.State == store.VMPaused {
+		op = "vm.resume"
+	}
+	timings := lifecycle.New(op, vm.ID, d.log, d.store).Deferred()
 	defer timings.Flush(context.WithoutCancel(ctx))
+	if vm.State == store.VMPaused {
+		rec, err := parseRecord(vm)
+		if err != nil {
+			return api.VM{}, err
+		}
+		if rec.Paused == nil {
+			return api.VM{}, api.Errorf(api.CodeInternal, "discard it with `banger vm stop --force`", "VM %q is paused but its record has no saved state", vm.Name)
+		}
+		resumeProfile(vm, rec, &profile)
+	}
 	if vm.State == store.VMCreated {
 		if vm, err = d.warmFirstStart(ctx, vm, &profile, timings, progress); err != nil {
 			return api.VM{}, err
@@ -275,14 +300,22 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycl
 	if b.kernel, err = d.images.Kernel(rec.Kernel); err != nil {
 		return vm, api.Errorf(api.CodeNotFound, "import or pull the kernel again", "kernel %q of VM %q is missing", rec.Kernel, vm.Name)
 	}
-	// The host may have changed since the VM was created (firecracker installed, KVM fixed).
-	choice, err := d.chooseVMM()
-	if err != nil {
-		return vm, err
-	}
-	b.vm.VMM, b.rec.Accel, b.rec.DriverReason = choice.Driver, choice.Accel, choice.Reason
-	if b.drv, err = d.driver(choice.Driver, choice.Accel); err != nil {
-		return vm, err
+	if p := profile.resume; p != nil {
+		// Only the VMM that saved the state can load it.
+		if _, b.drv, err = d.resumeDriver(p); err != nil {
+			return vm, err
+		}
+		b.vm.VMM, b.rec.Accel = p.Driver, p.Accel
+	} else {
+		// The host may have changed since the VM was created (firecracker installed, KVM fixed).
+		choice, err := d.chooseVMM()
+		if err != nil {
+			return vm, err
+		}
+		b.vm.VMM, b.rec.Accel, b.rec.DriverReason = choice.Driver, choice.Accel, choice.Reason
+		if b.drv, err = d.driver(choice.Driver, choice.Accel); err != nil {
+			return vm, err
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -323,8 +356,16 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycl
 	if err := d.fault("store running"); err != nil {
 		return b.vm, err
 	}
+	// A resumed VM runs from here: its saved state is dropped in the write that says so.
+	b.rec.Paused = nil
 	if err := d.save(ctx, b); err != nil {
+		b.rec.Paused = profile.resume
 		return b.vm, err
+	}
+	if profile.resume != nil {
+		if err := os.Remove(profile.resume.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("could not delete a resumed VM's saved state", "vm", vm.Name, "err", err)
+		}
 	}
 	b.undo.Success()
 	d.setMachine(vm.ID, b.m)
@@ -344,6 +385,10 @@ func (d *Daemon) failStart(ctx context.Context, b *boot, timings *lifecycle.Reco
 	b.rec.LastExit = "start failed: " + firstLine(err.Error())
 	b.rec.Stages = timings.Stages()
 	b.vm.State = store.VMStopped
+	if b.profile.resume != nil {
+		// The saved state is untouched: the VM is still paused, to resume again or discard.
+		b.vm.State, b.rec.LastExit = store.VMPaused, "resume failed: "+firstLine(err.Error())
+	}
 	if perr := d.save(context.WithoutCancel(ctx), b); perr != nil {
 		d.log.Warn("could not record a failed start", "vm", b.vm.Name, "err", perr)
 	}
@@ -447,6 +492,18 @@ func (d *Daemon) stepVMM(ctx context.Context, b *boot) error {
 	}
 	var m vmm.Machine
 	var err error
+	if p := b.profile.resume; p != nil {
+		r, _, err := d.resumeDriver(p)
+		if err != nil {
+			return err
+		}
+		if err := d.fault("resume restore"); err != nil {
+			return err
+		}
+		if m, err = r.Restore(ctx, ms, vmm.Snapshot{Driver: p.Driver, StateFile: p.StateFile}); err != nil {
+			return err
+		}
+	}
 	if b.profile.warm != nil {
 		if m, err = d.restoreClone(ctx, b, ms); err != nil {
 			return err

@@ -44,21 +44,11 @@ func (d *Daemon) afterStop(ctx context.Context, vm store.VM, kind stopKind, reas
 	if err != nil {
 		d.log.Warn("recording the stop of a VM with a corrupt record", "vm", vm.Name, "err", err)
 	}
-	if rec.Network.TAP != "" {
-		if err := d.detachNetwork(ctx, vm.ID, rec.Network.TAP, false); err != nil {
-			d.log.Warn("could not give back the VM's TAP", "vm", vm.Name, "tap", rec.Network.TAP, "err", err)
-		}
-	}
-	removeRunSockets(rec.RunDir)
-	clone := rec.VMM != nil && rec.VMM.MemoryFile != ""
-	rec.Network.TAP, rec.VMM, rec.LastExit = "", nil, reason
+	d.releaseStopped(ctx, vm, &rec)
+	rec.LastExit = reason
 	vm.State, vm.Spec = kind.state(), rec.raw()
 	if err := d.store.PutVM(ctx, vm); err != nil {
 		d.log.Warn("could not record the VM's stop", "vm", vm.Name, "err", err)
-	}
-	if clone {
-		// It may have been the last clone of a retired template.
-		d.gcTemplates(ctx)
 	}
 	return vm
 }
@@ -95,6 +85,12 @@ func (d *Daemon) stopLocked(ctx context.Context, id string, timeoutSec float64, 
 		return vm, err
 	}
 	m := d.machine(id)
+	if m == nil && vm.State == store.VMPaused {
+		if !force {
+			return vm, pausedConflict(vm, "stopping it")
+		}
+		return d.discardPaused(ctx, vm)
+	}
 	if m == nil {
 		if vm.State == store.VMRunning || vm.State == store.VMStarting || vm.State == store.VMStopping {
 			vm = d.afterStop(ctx, vm, stopClean, "stopped (its VMM was already gone)")
@@ -132,6 +128,12 @@ func (d *Daemon) removeVM(ctx context.Context, req api.VMRemoveRequest) error {
 	}
 	unlock := d.lockVM(vm.ID)
 	defer unlock()
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		return err
+	}
+	if vm.State == store.VMPaused && !req.Force {
+		return pausedConflict(vm, "removing it")
+	}
 	if d.machine(vm.ID) != nil {
 		if !req.Force {
 			return api.Errorf(api.CodeConflict, "stop it first, or pass --force", "VM %q is running", vm.Name)

@@ -200,6 +200,13 @@ type StateSaver interface {
 	SaveState(ctx context.Context, path string) (Snapshot, error)
 }
 
+// Continuer is a Machine whose guest can be let run again after its VMM stopped it for a
+// save that did not finish (the daemon was killed mid-pause). It is harmless on a running
+// guest.
+type Continuer interface {
+	Continue(ctx context.Context) error
+}
+
 // Restorer is a Driver that starts clones of a Snapshot: spec says where the clone's own
 // files are (its disks, which must be copies of the snapshotted VM's as of the snapshot, its
 // run dir, its NICs); its shape must be the snapshotted VM's. The clone runs when Restore

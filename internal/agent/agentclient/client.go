@@ -324,6 +324,36 @@ func (c *Client) Identity(ctx context.Context, req agent.IdentityRequest) (*agen
 	return &ir, nil
 }
 
+// Sync has the guest flush every filesystem to its disks (sync(2)).
+func (c *Client) Sync(ctx context.Context) (*agent.SyncResponse, error) {
+	resp, err := c.do(ctx, http.MethodPost, agent.PathSync, nil, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var sr agent.SyncResponse
+	if err := decodeJSON(resp, http.StatusOK, &sr); err != nil {
+		return nil, err
+	}
+	return &sr, nil
+}
+
+// SetClock sets the guest's wall clock (and reseeds its random pool with req.Entropy).
+func (c *Client) SetClock(ctx context.Context, req agent.ClockRequest) (*agent.ClockResponse, error) {
+	body, hdr, err := jsonBody(req)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(ctx, http.MethodPost, agent.PathClock, nil, body, hdr)
+	if err != nil {
+		return nil, err
+	}
+	var cr agent.ClockResponse
+	if err := decodeJSON(resp, http.StatusOK, &cr); err != nil {
+		return nil, err
+	}
+	return &cr, nil
+}
+
 // Power asks the guest to power off or reboot (agent.PowerOff, agent.PowerReboot). The
 // agent answers before it acts; the VM going away is the caller's to watch.
 func (c *Client) Power(ctx context.Context, action string) (*agent.PowerResponse, error) {

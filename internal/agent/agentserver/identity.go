@@ -59,9 +59,8 @@ func checkIdentity(req agent.IdentityRequest) (identityPlan, error) {
 	if n := len(req.Entropy); n < agent.MinIdentityEntropy || n > agent.MaxIdentityEntropy {
 		return p, fmt.Errorf("entropy: %d bytes, want %d-%d", n, agent.MinIdentityEntropy, agent.MaxIdentityEntropy)
 	}
-	// Before 2020 or after 2200: not a clock to set.
-	if req.UnixNano < 1577836800*int64(time.Second) || req.UnixNano > 7258118400*int64(time.Second) {
-		return p, fmt.Errorf("unix_nano %d is not a plausible wall clock", req.UnixNano)
+	if err := checkWallClock(req.UnixNano); err != nil {
+		return p, err
 	}
 	p.now = time.Unix(0, req.UnixNano)
 	if n := req.Network; n != nil {

@@ -153,6 +153,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		route(http.MethodPost, s.handleForward)
 	case agent.PathIdentity:
 		route(http.MethodPost, s.handleIdentity)
+	case agent.PathSync:
+		route(http.MethodPost, s.handleSync)
+	case agent.PathClock:
+		route(http.MethodPost, s.handleClock)
 	default:
 		writeError(w, agent.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	}

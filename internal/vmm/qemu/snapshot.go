@@ -26,7 +26,19 @@ var (
 	_ vmm.Snapshotter = (*machine)(nil)
 	_ vmm.StateSaver  = (*machine)(nil)
 	_ vmm.Restorer    = (*Driver)(nil)
+	_ vmm.Continuer   = (*machine)(nil)
 )
+
+// Continue implements vmm.Continuer: QMP cont, which also takes the disks back from a
+// finished migration.
+func (m *machine) Continue(ctx context.Context) error {
+	q, err := m.awaitQMP(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = q.run(ctx, "cont", nil)
+	return err
+}
 
 // snapshotStateName is the state file's name in a snapshot directory.
 const snapshotStateName = "qemu-state"
