@@ -1,0 +1,165 @@
+//go:build integration
+
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/internal/api"
+)
+
+// guestProbe prints what a pause must keep: the pid of the sleep started before it, the
+// /dev/shm file, an answer from the HTTP listener started before it, and the boot id.
+const guestProbe = `pidof sleep; cat /dev/shm/kept; wget -q -O - http://127.0.0.1:8080/hello.txt; cat /proc/sys/kernel/random/boot_id`
+
+// TestPauseResume: vm pause then vm resume keep a guest's processes, tmpfs and TCP
+// listener (and it is the same boot); so does a pause across a daemon kill -9 with its VMMs
+// killed (a host reboot); 100 MB written under /root keep their sha256 over 5 pause/resume
+// rounds and a stop/start after them; stop and rm of a paused VM refuse without --force.
+func TestPauseResume(t *testing.T) {
+	e := setup(t)
+	e.must("vm", "create", "pz", "--image", "bb", "--memory", "512M", "--start")
+	e.must("vm", "exec", "pz", "--", "sh", "-c",
+		`mkdir -p /tmp/www && echo hello-from-before > /tmp/www/hello.txt && httpd -p 127.0.0.1:8080 -h /tmp/www &&
+		 (setsid sleep 100000 </dev/null >/dev/null 2>&1 &) &&
+		 { mountpoint -q /dev/shm || { mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm; }; } && echo shm-kept > /dev/shm/kept`)
+	want := e.must("vm", "exec", "pz", "--", "sh", "-c", guestProbe).stdout
+	lines := strings.Split(strings.TrimSpace(want), "\n")
+	if len(lines) != 4 || lines[1] != "shm-kept" || lines[2] != "hello-from-before" {
+		t.Fatalf("guest before the pause: %q", want)
+	}
+	vmBefore := e.inspectVM("pz")
+
+	check := func(when string) {
+		t.Helper()
+		if got := e.must("vm", "exec", "pz", "--", "sh", "-c", guestProbe).stdout; got != want {
+			t.Fatalf("%s: guest has\n%s\nwant\n%s", when, got, want)
+		}
+	}
+	pause := func() api.VM {
+		t.Helper()
+		r := e.must("vm", "pause", "pz")
+		if !strings.Contains(r.stdout, "paused pz") {
+			t.Fatalf("pause said %q", r.stdout)
+		}
+		vm := e.inspectVM("pz")
+		if vm.State != "paused" || vm.PID != 0 || vm.Paused == nil || vm.Paused.SizeBytes <= 0 || vm.Network.TAP != "" {
+			t.Fatalf("after pause: state %s pid %d paused %+v tap %q", vm.State, vm.PID, vm.Paused, vm.Network.TAP)
+		}
+		waitNoVMM(t, e.dir)
+		return vm
+	}
+	resume := func() {
+		t.Helper()
+		r := e.must("vm", "resume", "pz")
+		vm := e.inspectVM("pz")
+		if vm.State != "running" || vm.Boot == nil || vm.Boot.Mode != api.BootResume || vm.Paused != nil {
+			t.Fatalf("after resume: state %s boot %+v paused %+v\n%s", vm.State, vm.Boot, vm.Paused, r.stderr)
+		}
+		if vm.Network.IP != vmBefore.Network.IP {
+			t.Fatalf("resumed with address %q, had %q", vm.Network.IP, vmBefore.Network.IP)
+		}
+		if _, err := os.Stat(filepath.Join(vm.Dir, "paused.state")); !os.IsNotExist(err) {
+			t.Fatalf("saved state left after resume: %v", err)
+		}
+	}
+
+	// 1. Pause, then resume: the same processes, files and listener; the clock is set.
+	paused := pause()
+	t.Logf("paused: %d bytes of state", paused.Paused.SizeBytes)
+	time.Sleep(3 * time.Second)
+	resume()
+	check("after vm resume")
+	if out := e.must("vm", "exec", "pz", "--", "date", "+%s").stdout; !clockNear(out, time.Now(), 5*time.Second) {
+		t.Fatalf("guest clock after resume %q, host %d", out, time.Now().Unix())
+	}
+	if r := e.run("vm", "pause", "nosuch"); r.code == 0 || !strings.Contains(r.stderr, "not found") {
+		t.Fatalf("pause of a missing VM: %d %q", r.code, r.stderr)
+	}
+
+	// Stop and rm of a paused VM refuse without --force (no terminal to ask on).
+	pause()
+	if r := e.run("vm", "stop", "pz"); r.code == 0 || !strings.Contains(r.stderr, "is paused") || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("stop of a paused VM: %d %q", r.code, r.stderr)
+	}
+	if r := e.run("vm", "rm", "pz"); r.code == 0 || !strings.Contains(r.stderr, "is paused") {
+		t.Fatalf("rm of a paused VM: %d %q", r.code, r.stderr)
+	}
+
+	// 2. Paused, the daemon and every VMM killed (a host reboot), a new daemon: the same.
+	e.killDaemon()
+	for _, p := range vmmPIDs(e.dir) {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	e.daemon("start")
+	if vm := e.inspectVM("pz"); vm.State != "paused" {
+		t.Fatalf("after the daemon's kill -9: state %s (%s)", vm.State, vm.LastExit)
+	}
+	resume()
+	check("after a daemon kill -9 and resume")
+
+	// 3. 100 MB under /root, 5 rounds of pause and resume: the same bytes; they are on
+	// the disk, too (a stop and start after the rounds).
+	sum := e.must("vm", "exec", "pz", "--", "sh", "-c",
+		"dd if=/dev/urandom of=/root/big bs=1M count=100 2>/dev/null && sha256sum /root/big").stdout
+	if len(strings.Fields(sum)) != 2 {
+		t.Fatalf("sha256sum: %q", sum)
+	}
+	for i := 0; i < 5; i++ {
+		pause()
+		resume()
+	}
+	if got := e.must("vm", "exec", "pz", "--", "sha256sum", "/root/big").stdout; got != sum {
+		t.Fatalf("after 5 pause/resume rounds: %q, want %q", got, sum)
+	}
+	check("after 5 rounds")
+	e.must("vm", "restart", "pz")
+	if got := e.must("vm", "exec", "pz", "--", "sha256sum", "/root/big").stdout; got != sum {
+		t.Fatalf("after the rounds and a restart: %q, want %q", got, sum)
+	}
+
+	// stop --force discards a saved state; rm --force removes a paused VM.
+	pause()
+	e.must("vm", "stop", "--force", "pz")
+	if vm := e.inspectVM("pz"); vm.State != "stopped" || !strings.Contains(vm.LastExit, "discarded") {
+		t.Fatalf("stop --force of a paused VM: %s %q", vm.State, vm.LastExit)
+	}
+	e.must("vm", "start", "pz")
+	pause()
+	e.must("vm", "rm", "--force", "pz")
+	e.requireNoLeaks()
+}
+
+func clockNear(out string, host time.Time, within time.Duration) bool {
+	var sec int64
+	for _, c := range strings.TrimSpace(out) {
+		if c < '0' || c > '9' {
+			return false
+		}
+		sec = sec*10 + int64(c-'0')
+	}
+	d := time.Duration(host.Unix()-sec) * time.Second
+	return d < within && d > -within
+}
+
+// vmmPIDs lists the qemu processes of this test's installation.
+func vmmPIDs(dir string) []int {
+	var out []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		data, _ := os.ReadFile(p)
+		if strings.Contains(string(data), "qemu-system") && strings.Contains(string(data), dir) {
+			var pid int
+			for _, c := range filepath.Base(filepath.Dir(p)) {
+				pid = pid*10 + int(c-'0')
+			}
+			out = append(out, pid)
+		}
+	}
+	return out
+}
