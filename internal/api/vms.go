@@ -29,6 +29,9 @@ type VMCreateRequest struct {
 	SkipSSHWait bool `json:"skip_ssh_wait,omitempty"`
 	// Cold boots the VM even when a template of its image and shape could be restored.
 	Cold bool `json:"cold,omitempty"`
+	// From names a user snapshot to clone: the VM gets its processes and files, with its
+	// own identity, and the snapshot's image and shape (leave those fields empty).
+	From string `json:"from,omitempty"`
 }
 
 // VMRequest names a VM (start, health, ...).
@@ -135,6 +138,8 @@ type VMBoot struct {
 	Mode     string `json:"mode"`
 	Reason   string `json:"reason"`
 	Template string `json:"template,omitempty"`
+	// Snapshot names the user snapshot a clone restored.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // VMsResponse answers GET /v1/vms.

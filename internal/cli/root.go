@@ -100,6 +100,7 @@ helper does only the networking. Start with:
 		a.doctorCommand(),
 		a.imageCommand(),
 		a.vmCommand(),
+		a.snapshotCommand(),
 		a.helperCommand(),
 		a.updateCommand(),
 	)

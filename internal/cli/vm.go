@@ -34,7 +34,7 @@ the VM's sshd with banger's own key and the VM's pinned host key.`,
 	cmd.AddCommand(a.vmCreateCommand(), a.vmStartCommand(), a.vmStopCommand(), a.vmRemoveCommand(),
 		a.vmListCommand(), a.vmInspectCommand(), a.vmExecCommand(), a.vmLogsCommand(), a.vmHealthCommand(),
 		a.vmRunCommand(), a.vmSSHCommand(), a.vmSSHProxyCommand(), a.vmRestartCommand(),
-		a.vmPauseCommand(), a.vmResumeCommand())
+		a.vmPauseCommand(), a.vmResumeCommand(), a.vmSnapshotCommand(), a.vmForkCommand())
 	return cmd
 }
 
@@ -56,6 +56,7 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	addBootFlags(cmd, &f.req.Image, &f.req.Kernel, &f.req.CPUs, &f.req.Memory)
 	cmd.Flags().StringVar(&f.req.DiskSize, "disk-size", "", "size of the work disk at /root, like 8G (default 8G, sparse)")
 	cmd.Flags().BoolVar(&f.req.Cold, "cold", false, "boot the kernel even when a warm-start template of the image and shape exists")
+	cmd.Flags().StringVar(&f.req.From, "from", "", "clone this snapshot (`banger snapshot ls`): its processes and files, its image and shape")
 }
 
 // addBootFlags adds the flags that say what a VM boots and with how much: --image,

@@ -42,7 +42,7 @@ func (d *Daemon) leakScope() leakScope {
 	l := d.opts.Layout
 	s := leakScope{
 		procDir: "/proc", runtimeDir: l.RuntimeDir, vmsDir: l.VMsDir,
-		stagingIn: []string{l.ImagesDir, filepath.Join(l.DataDir, "kernels")},
+		stagingIn: []string{l.ImagesDir, filepath.Join(l.DataDir, "kernels"), filepath.Join(l.DataDir, "snapshots")},
 		initramfs: filepath.Join(l.CacheDir, "initramfs"),
 		disks:     filepath.Join(l.CacheDir, "disks"),
 		templates: filepath.Join(l.DataDir, "templates"),
@@ -50,7 +50,7 @@ func (d *Daemon) leakScope() leakScope {
 		keep:      []string{l.Socket, d.opts.Config.Network.HelperSocket},
 	}
 	if d.images != nil {
-		s.stagingIn = []string{d.images.ImagesDir, d.images.KernelsDir}
+		s.stagingIn = []string{d.images.ImagesDir, d.images.KernelsDir, d.snapshotsDir()}
 	}
 	return s
 }

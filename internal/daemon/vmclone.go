@@ -30,7 +30,14 @@ import (
 
 // warmStart is a create's choice to restore a template, and what the clone needs of it.
 type warmStart struct {
+	// src is what the clone restores: a template (tpl set), or a user snapshot (snap set).
+	src interface {
+		snapshot() vmm.Snapshot
+		workDisk() string
+		layerDisk() string
+	}
 	tpl      *template
+	snap     *userSnapshot
 	restorer vmm.Restorer
 	boot     api.VMBoot
 	params   createParams
@@ -69,7 +76,7 @@ func (d *Daemon) pickBoot(ctx context.Context, req api.VMCreateRequest, p create
 	dir := filepath.Join(d.vms.tpl.dir, key)
 	tpl, err := loadTemplate(dir)
 	if err == nil {
-		return &warmStart{tpl: tpl, restorer: r, params: p,
+		return &warmStart{src: tpl, tpl: tpl, restorer: r, params: p,
 			boot: api.VMBoot{Mode: api.BootWarm, Template: key, Reason: "restored from the template of image " + p.img.Name + " and this shape"}}, api.VMBoot{}
 	}
 	d.queueTemplateBuild(p.img, p.kernel, shape, key)
@@ -95,7 +102,7 @@ func (d *Daemon) cloneDisks(ctx context.Context, spec vmSpec, w *warmStart) ([]b
 	if err != nil {
 		return nil, err
 	}
-	for _, c := range [][2]string{{w.tpl.workDisk(), spec.workDisk()}, {w.tpl.layerDisk(), spec.layerDisk()}} {
+	for _, c := range [][2]string{{w.src.workDisk(), spec.workDisk()}, {w.src.layerDisk(), spec.layerDisk()}} {
 		if _, err := system.CloneFile(ctx, c[0], c[1]); err != nil {
 			return nil, fmt.Errorf("copy the template's disk: %w", err)
 		}
@@ -172,11 +179,12 @@ func (d *Daemon) restoreClone(ctx context.Context, b *boot, ms vmm.MachineSpec) 
 	err := d.fault("restore")
 	if err == nil {
 		var m vmm.Machine
-		if m, err = w.restorer.Restore(ctx, ms, w.tpl.snapshot()); err == nil {
+		if m, err = w.restorer.Restore(ctx, ms, w.src.snapshot()); err == nil {
 			return m, nil
 		}
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || w.tpl == nil {
+		// A clone of a user snapshot is its processes, or it is nothing: no cold boot.
 		return nil, err
 	}
 	return nil, d.fallBackCold(ctx, b, err)

@@ -25,6 +25,8 @@ import (
 // createParams is a validated create request.
 type createParams struct {
 	name      string
+	// from is the user snapshot the VM clones (vm create --from): its image and shape.
+	from      *userSnapshot
 	img       store.Image
 	kernel    image.Kernel
 	cpus      int
@@ -39,6 +41,9 @@ func (d *Daemon) validateCreate(ctx context.Context, req api.VMCreateRequest) (c
 	}
 	if err := validVMName(p.name); err != nil {
 		return p, err
+	}
+	if req.From != "" {
+		return d.validateCloneOf(ctx, req, p)
 	}
 	switch {
 	case p.cpus == 0:
@@ -138,7 +143,19 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	defer unlock()
 	rec := d.newVMRecord(id, p, choice)
 	rec.Creating = true
-	warm, coldBoot := d.pickBoot(ctx, req, p)
+	var warm *warmStart
+	var coldBoot api.VMBoot
+	if p.from != nil {
+		release := d.useSnapshot(p.from.meta.Name)
+		defer release()
+		if warm, err = d.snapshotClone(p); err != nil {
+			return api.VM{}, err
+		}
+		rec.FromSnapshot = p.from.meta.Name
+		choice.Driver = p.from.meta.Driver
+	} else {
+		warm, coldBoot = d.pickBoot(ctx, req, p)
+	}
 	row := store.VM{ID: id, Name: p.name, ImageID: p.img.ID, State: store.VMCreated, VMM: choice.Driver, Spec: rec.raw()}
 
 	r := revert.New()
@@ -273,4 +290,31 @@ func hostKeyFiles(root string, priv, pub []byte) []ext4.Ext4Entry {
 
 func sshdDropInEntry(root string) ext4.Ext4Entry {
 	return ext4.Ext4Entry{Path: root + "/etc/ssh/sshd_config.d/banger.conf", Data: []byte(sshdDropIn), Mode: 0o644}
+}
+
+// validateCloneOf is a create --from's validation: the VM is the snapshot's image and shape.
+func (d *Daemon) validateCloneOf(ctx context.Context, req api.VMCreateRequest, p createParams) (createParams, error) {
+	if req.Image != "" || req.Kernel != "" || req.CPUs != 0 || req.Memory != "" || req.DiskSize != "" {
+		return p, api.Errorf(api.CodeBadRequest, "drop --image, --kernel, --cpus, --memory and --disk-size",
+			"a clone of a snapshot has the snapshot's image, kernel and shape")
+	}
+	if req.Cold {
+		return p, api.Errorf(api.CodeBadRequest, "drop --cold", "a clone of a snapshot restores it: it cannot boot cold")
+	}
+	s, err := d.loadSnapshot(req.From)
+	if err != nil {
+		return p, err
+	}
+	m := s.meta
+	img, err := d.store.GetImage(ctx, m.ImageID)
+	if err != nil {
+		return p, api.Errorf(api.CodeNotFound, "the snapshot cannot be restored without it; remove the snapshot",
+			"the image of snapshot %q (%s) is gone", m.Name, m.ImageName)
+	}
+	k, err := d.images.Kernel(m.Kernel)
+	if err != nil {
+		return p, api.Errorf(api.CodeNotFound, "import the kernel again, or remove the snapshot", "the kernel of snapshot %q (%s) is gone", m.Name, m.Kernel)
+	}
+	p.from, p.img, p.kernel, p.cpus, p.memoryMiB, p.diskBytes = s, img, k, m.CPUs, m.MemoryMiB, m.DiskBytes
+	return p, nil
 }

@@ -31,6 +31,10 @@ func (d *Daemon) addVMRoutes(table map[string]map[string]handlerFunc) {
 	table["/vms/exec"] = map[string]handlerFunc{http.MethodPost: d.handleVMExec}
 	table["/vms/forward"] = map[string]handlerFunc{http.MethodPost: d.handleVMForward}
 	table["/vms/logs"] = map[string]handlerFunc{http.MethodGet: d.handleVMLogs}
+	table["/snapshots"] = map[string]handlerFunc{http.MethodGet: d.handleSnapshotList}
+	table["/snapshots/inspect"] = map[string]handlerFunc{http.MethodGet: d.handleSnapshotInspect}
+	table["/snapshots/create"] = map[string]handlerFunc{http.MethodPost: d.handleSnapshotCreate}
+	table["/snapshots/rm"] = map[string]handlerFunc{http.MethodPost: d.handleSnapshotRemove}
 }
 
 func (d *Daemon) handleVMList(w http.ResponseWriter, r *http.Request) error {
@@ -57,6 +61,11 @@ func (d *Daemon) handleVMInspect(w http.ResponseWriter, r *http.Request) error {
 
 // vmStreamed runs a create/start, streaming stage progress, then the VM or the error.
 func (d *Daemon) vmStreamed(w http.ResponseWriter, r *http.Request, op func(context.Context, progressFunc) (api.VM, error)) {
+	streamResult(w, r, op)
+}
+
+// streamResult runs op, streaming stage progress, then its result or the error.
+func streamResult[T any](w http.ResponseWriter, r *http.Request, op func(context.Context, progressFunc) (T, error)) {
 	s := newStreamer(w)
 	progress := func(p api.Progress) { s.send(api.StreamEvent{Progress: &p}) }
 	vm, err := op(r.Context(), progress)
@@ -288,5 +297,51 @@ func statFile(p string, out *unixStat) error {
 		return err
 	}
 	out.size, out.used = st.Size, st.Blocks*512
+	return nil
+}
+
+func (d *Daemon) handleSnapshotList(w http.ResponseWriter, r *http.Request) error {
+	snaps, err := d.listSnapshots(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.SnapshotsResponse{Snapshots: snaps})
+	return nil
+}
+
+func (d *Daemon) handleSnapshotInspect(w http.ResponseWriter, r *http.Request) error {
+	s, err := d.inspectSnapshot(r.Context(), r.URL.Query().Get("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s)
+	return nil
+}
+
+func (d *Daemon) handleSnapshotCreate(w http.ResponseWriter, r *http.Request) error {
+	var req api.SnapshotCreateRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	// Bad input is a plain 4xx, before streaming.
+	if err := validSnapshotName(req.Snapshot); err != nil {
+		return err
+	}
+	if _, err := d.vmLookup(r.Context(), req.VM); err != nil {
+		return err
+	}
+	streamResult(w, r, func(ctx context.Context, p progressFunc) (api.Snapshot, error) { return d.snapshotVM(ctx, req, p) })
+	return nil
+}
+
+func (d *Daemon) handleSnapshotRemove(w http.ResponseWriter, r *http.Request) error {
+	var req api.SnapshotRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if err := d.removeSnapshot(r.Context(), req.Name); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"removed": req.Name})
 	return nil
 }

@@ -33,6 +33,9 @@ type vmManager struct {
 	disks *diskTemplates
 	// tpl holds the warm-start templates new VMs restore.
 	tpl *templates
+	// cloning counts the creates restoring each user snapshot right now (snapshot rm waits
+	// for none).
+	cloning map[string]int
 }
 
 // vmLock serializes the operations on one VM. It lives while someone holds or waits for

@@ -81,6 +81,8 @@ type vmStatus struct {
 	// Paused is the saved state of a paused VM; Pausing is set while a pause saves it.
 	Paused  *vmPaused `json:"paused,omitempty"`
 	Pausing bool      `json:"pausing,omitempty"`
+	// FromSnapshot names the user snapshot the VM was created from.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 }
 
 // vmRecord is a VM row's JSON document: the spec and the status side by side (flattened,

@@ -231,17 +231,24 @@ func (d *Daemon) resumeDriver(p *vmPaused) (vmm.Restorer, vmm.Driver, error) {
 	return r, drv, nil
 }
 
-// stepResumeNetwork gives a resuming VM the network it was paused with: the same lease (its
-// guest keeps the address), a new TAP. It must have the NIC it had, or none.
-func (d *Daemon) stepResumeNetwork(ctx context.Context, b *boot) error {
-	if !b.profile.resume.Network {
-		b.rec.Network = vmNetwork{Note: "no network: it had none when it was paused"}
+// stepPinnedNetwork gives a VM that restores a saved state (a resume, a user snapshot's
+// clone) the NIC the saved VM had, or none: the restored machine must have its devices. A
+// resumed VM keeps its lease (its guest keeps the address) on a new TAP.
+func (d *Daemon) stepPinnedNetwork(ctx context.Context, b *boot, nic bool) error {
+	if !nic {
+		b.rec.Network = vmNetwork{Note: "no network: the saved VM had none"}
 		return nil
 	}
 	if !d.networkReady() {
-		return errors.New("the VM was paused with a network and the root helper is not reachable: start it (`banger doctor`), or discard the saved state with `banger vm stop --force`")
+		return errors.New("the saved VM had a network and the root helper is not reachable: start it (`banger doctor`)")
 	}
-	return d.stepNetwork(ctx, b)
+	if err := d.stepNetwork(ctx, b); err != nil {
+		return err
+	}
+	if b.rec.Network.TAP == "" {
+		return errors.New(b.rec.Network.Note)
+	}
+	return nil
 }
 
 // stepClock sets a resumed guest's clock and reseeds its random pool.

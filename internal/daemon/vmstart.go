@@ -70,8 +70,8 @@ func (d *Daemon) startSteps() []startStep {
 			run: d.stepInitramfs},
 		{stage: stage{"acquiring network", 30 * time.Second, "check the root helper (`banger doctor`)"},
 			run: func(ctx context.Context, b *boot) error {
-				if b.profile.resume != nil {
-					return d.stepResumeNetwork(ctx, b)
+				if p := b.profile.pinnedVMM(); p != nil {
+					return d.stepPinnedNetwork(ctx, b, p.Network)
 				}
 				return d.stepNetwork(ctx, b)
 			}},
@@ -118,6 +118,19 @@ type bootProfile struct {
 	resume *vmPaused
 	// boot is what the start records of its choice (cold, and why, unless warm).
 	boot api.VMBoot
+}
+
+// pinnedVMM is the VMM a start must use: the one that saved the state it restores (a
+// paused VM's, or a user snapshot's); nil lets the host's choice stand.
+func (p bootProfile) pinnedVMM() *vmPaused {
+	switch {
+	case p.resume != nil:
+		return p.resume
+	case p.warm != nil && p.warm.snap != nil:
+		m := p.warm.snap.meta
+		return &vmPaused{Driver: m.Driver, Accel: m.Accel, Network: m.Network}
+	}
+	return nil
 }
 
 // vmBootProfile is a normal VM's boot: the image read-only under the VM's writable layer,
@@ -300,7 +313,7 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycl
 	if b.kernel, err = d.images.Kernel(rec.Kernel); err != nil {
 		return vm, api.Errorf(api.CodeNotFound, "import or pull the kernel again", "kernel %q of VM %q is missing", rec.Kernel, vm.Name)
 	}
-	if p := profile.resume; p != nil {
+	if p := profile.pinnedVMM(); p != nil {
 		// Only the VMM that saved the state can load it.
 		if _, b.drv, err = d.resumeDriver(p); err != nil {
 			return vm, err
