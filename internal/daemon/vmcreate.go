@@ -24,7 +24,7 @@ import (
 
 // createParams is a validated create request.
 type createParams struct {
-	name      string
+	name string
 	// from is the user snapshot the VM clones (vm create --from): its image and shape.
 	from      *userSnapshot
 	img       store.Image
