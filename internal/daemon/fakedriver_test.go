@@ -187,6 +187,9 @@ func (m *fakeMachine) serveAgent(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		http.Error(w, `{"code":"not_found","message":"no such file"}`, http.StatusNotFound)
+	case agent.PathIdentity:
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"machine_id":"fake","steps":[]}`))
 	case agent.PathSync:
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"duration_ms":0.1}`))
