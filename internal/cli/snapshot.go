@@ -53,7 +53,7 @@ func (a *app) vmSnapshotCommand() *cobra.Command {
 				return printJSON(a.env.Stdout, s)
 			}
 			fmt.Fprintf(a.env.Stdout, "snapshot %s of %s: %s on disk; clone it with `banger vm create NEW --from %s --start`\n",
-				s.Name, s.ParentVM, units.FormatSize(s.SizeBytes), s.Name)
+				s.Name, termutil.SanitizeString(s.ParentVM), units.FormatSize(s.SizeBytes), s.Name)
 			return nil
 		},
 	}
@@ -86,7 +86,8 @@ func (a *app) snapshotListCommand() *cobra.Command {
 					rows = append(rows, []string{s.Name, "-", "-", "-", "-", "-", "-", "broken: " + termutil.SanitizeString(s.Error)})
 					continue
 				}
-				rows = append(rows, []string{s.Name, s.ParentVM, s.Image, strconv.Itoa(s.CPUs), fmt.Sprintf("%dM", s.MemoryMiB),
+				// snapshot.json is a file on disk: its strings reach a terminal only cleaned.
+				rows = append(rows, []string{s.Name, termutil.SanitizeString(s.ParentVM), termutil.SanitizeString(s.Image), strconv.Itoa(s.CPUs), fmt.Sprintf("%dM", s.MemoryMiB),
 					units.FormatSize(s.SizeBytes), orDash(strings.Join(s.UsedBy, ",")), s.CreatedAt.Local().Format("2006-01-02 15:04")})
 			}
 			table(a.env.Stdout, rows)

@@ -40,7 +40,13 @@ type fakeDriver struct {
 	hasSSHD bool
 	// restored lists the state files Restore loaded.
 	restored []string
+	// separateMemory makes SaveState write the RAM apart from the state, as Firecracker
+	// does; Restore then needs that file.
+	separateMemory bool
 }
+
+// fakeMemoryMagic is the content of a fake RAM file.
+const fakeMemoryMagic = "fake-vm-memory\n"
 
 // fakeStateMagic starts every state file the fake saves: Restore refuses anything else.
 const fakeStateMagic = "fake-vm-state\n"
@@ -59,6 +65,16 @@ func (f *fakeDriver) Restore(ctx context.Context, spec vmm.MachineSpec, snap vmm
 	}
 	if !strings.HasPrefix(string(b), fakeStateMagic) {
 		return nil, errors.New("fake restore: not a fake state file")
+	}
+	f.mu.Lock()
+	separate := f.separateMemory
+	f.mu.Unlock()
+	if separate {
+		if mem, err := os.ReadFile(snap.MemoryFile); err != nil || string(mem) != fakeMemoryMagic {
+			return nil, fmt.Errorf("fake restore: memory file %q: %v", snap.MemoryFile, err)
+		}
+	} else if snap.MemoryFile != "" {
+		return nil, errors.New("fake restore: a memory file for a state that holds the RAM")
 	}
 	m, err := f.Start(ctx, spec)
 	if err == nil {
@@ -281,11 +297,22 @@ func (m *fakeMachine) SaveState(ctx context.Context, path string) (vmm.Snapshot,
 	m.mu.Lock()
 	m.paused = true
 	m.mu.Unlock()
+	snap := vmm.Snapshot{Driver: "qemu", StateFile: path}
+	m.drv.mu.Lock()
+	separate := m.drv.separateMemory
+	m.drv.mu.Unlock()
+	if separate {
+		snap.MemoryFile = vmm.SavedMemoryPath(path)
+		if err := os.WriteFile(snap.MemoryFile, []byte(fakeMemoryMagic), 0o600); err != nil {
+			_ = m.Continue(ctx)
+			return vmm.Snapshot{}, err
+		}
+	}
 	if err := os.WriteFile(path, []byte(fakeStateMagic+fmt.Sprintf("pid %d\n", m.pid)), 0o600); err != nil {
 		_ = m.Continue(ctx)
 		return vmm.Snapshot{}, err
 	}
-	return vmm.Snapshot{Driver: "qemu", StateFile: path}, nil
+	return snap, nil
 }
 
 func (m *fakeMachine) Continue(context.Context) error {

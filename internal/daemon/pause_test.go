@@ -9,6 +9,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/vmm"
 )
 
 func noProgress(api.Progress) {}
@@ -26,7 +27,15 @@ func wantCode(t *testing.T, err error, code api.ErrorCode, text string) {
 // file is the VM while it is paused (no VMM, no TAP, the lease kept), stop and rm refuse
 // without --force, a daemon restart keeps it paused, and resume restores that file.
 func TestFakePauseResume(t *testing.T) {
+	// Once with the RAM in the state (QEMU), once apart from it (Firecracker).
+	for _, separate := range []bool{false, true} {
+		t.Run(map[bool]string{false: "ram-in-state", true: "ram-apart"}[separate], func(t *testing.T) { testFakePauseResume(t, separate) })
+	}
+}
+
+func testFakePauseResume(t *testing.T, separateMemory bool) {
 	e := newFakeEnv(t)
+	e.drv.separateMemory = separateMemory
 	ctx := context.Background()
 	if _, err := e.create("p", true); err != nil {
 		t.Fatal(err)
@@ -42,6 +51,10 @@ func TestFakePauseResume(t *testing.T) {
 	}
 	if _, err := os.Stat(rec.pausedState()); err != nil {
 		t.Fatal(err)
+	}
+	memory := vmm.SavedMemoryPath(rec.pausedState())
+	if _, err := os.Stat(memory); separateMemory != (err == nil) || (rec.Paused.MemoryFile == memory) != separateMemory {
+		t.Fatalf("RAM file %q recorded, on disk: %v", rec.Paused.MemoryFile, err)
 	}
 	e.assertNothingRuns("p")
 	if e.withNet {
@@ -71,8 +84,10 @@ func TestFakePauseResume(t *testing.T) {
 	if got := e.drv.restored; len(got) != 1 || got[0] != rec.pausedState() {
 		t.Fatalf("restored %v, want the VM's state file", got)
 	}
-	if _, err := os.Stat(rec.pausedState()); !os.IsNotExist(err) {
-		t.Fatalf("state file after resume: %v", err)
+	for _, p := range []string{rec.pausedState(), memory} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("%s after resume: %v", p, err)
+		}
 	}
 	if e.withNet && rec.Network.IP != before.Network.IP {
 		t.Fatalf("resumed with address %s, had %s", rec.Network.IP, before.Network.IP)
@@ -95,6 +110,17 @@ func TestFakePauseResume(t *testing.T) {
 		t.Fatalf("paused VM without its state: %s %q", vm.State, rec.LastExit)
 	}
 
+	if separateMemory {
+		// A state whose RAM file is lost cannot resume either.
+		must(e.d.startVM(ctx, "p", noProgress))
+		must(e.d.pauseVM(ctx, "p", noProgress))
+		must(0, os.Remove(memory))
+		e.restart()
+		if vm, rec := e.record("p"); vm.State != store.VMStopped || !strings.Contains(rec.LastExit, "is gone") {
+			t.Fatalf("paused VM without its RAM file: %s %q", vm.State, rec.LastExit)
+		}
+	}
+
 	// stop --force discards a saved state; the next start boots.
 	must(e.d.startVM(ctx, "p", noProgress))
 	must(e.d.pauseVM(ctx, "p", noProgress))
@@ -102,6 +128,9 @@ func TestFakePauseResume(t *testing.T) {
 	vm, rec = e.record("p")
 	if _, err := os.Stat(rec.pausedState()); vm.State != store.VMStopped || !os.IsNotExist(err) || !strings.Contains(rec.LastExit, "discarded") {
 		t.Fatalf("after stop --force of a paused VM: %s %q %v", vm.State, rec.LastExit, err)
+	}
+	if _, err := os.Stat(memory); !os.IsNotExist(err) {
+		t.Fatalf("RAM file after stop --force: %v", err)
 	}
 	res, err = e.d.startVM(ctx, "p", noProgress)
 	if err != nil || res.Boot.Mode != api.BootCold {

@@ -53,6 +53,9 @@ type snapshotMeta struct {
 	// Network says the VM had a NIC: its clones need one too (the same devices).
 	Network bool    `json:"network"`
 	SaveMS  float64 `json:"save_ms"`
+	// SeparateMemory says the VMM wrote the guest's RAM apart from its state
+	// (vmm.SavedMemoryPath of the state file: Firecracker); clones map that file.
+	SeparateMemory bool `json:"separate_memory,omitempty"`
 }
 
 // userSnapshot is a registered snapshot, checked whole.
@@ -62,7 +65,11 @@ type userSnapshot struct {
 }
 
 func (s *userSnapshot) snapshot() vmm.Snapshot {
-	return vmm.Snapshot{Driver: s.meta.Driver, StateFile: filepath.Join(s.dir, snapshotStateName)}
+	snap := vmm.Snapshot{Driver: s.meta.Driver, StateFile: filepath.Join(s.dir, snapshotStateName)}
+	if s.meta.SeparateMemory {
+		snap.MemoryFile = vmm.SavedMemoryPath(snap.StateFile)
+	}
+	return snap
 }
 func (s *userSnapshot) workDisk() string  { return filepath.Join(s.dir, "work.ext4") }
 func (s *userSnapshot) layerDisk() string { return filepath.Join(s.dir, "layer.ext4") }
@@ -98,14 +105,17 @@ func (d *Daemon) loadSnapshot(name string) (*userSnapshot, error) {
 	if err == nil {
 		err = json.Unmarshal(b, &meta)
 	}
-	if err == nil && (meta.Name != name || meta.CPUs < 1 || meta.MemoryMiB < minMemoryMiB || meta.Driver == "") {
+	if err == nil && (meta.Name != name || meta.CPUs < 1 || meta.MemoryMiB < minMemoryMiB || meta.Driver == "" || validVMName(meta.ParentVM) != nil) {
 		err = errors.New("fields missing or not this snapshot's")
 	}
 	if err != nil {
 		return nil, api.Errorf(api.CodeInternal, "remove it with `banger snapshot rm "+name+"`", "snapshot %q is corrupt: %v", name, err)
 	}
 	s := &userSnapshot{dir: dir, meta: meta}
-	for _, p := range []string{s.snapshot().StateFile, s.workDisk(), s.layerDisk()} {
+	for _, p := range []string{s.snapshot().StateFile, s.snapshot().MemoryFile, s.workDisk(), s.layerDisk()} {
+		if p == "" {
+			continue
+		}
 		if _, err := os.Stat(p); err != nil {
 			return nil, api.Errorf(api.CodeInternal, "remove it with `banger snapshot rm "+name+"`", "snapshot %q is incomplete: %v", name, err)
 		}
@@ -184,9 +194,11 @@ func (d *Daemon) snapshotVM(ctx context.Context, req api.SnapshotCreateRequest, 
 			if err := d.fault("snapshot save"); err != nil {
 				return err
 			}
-			if _, err := saver.SaveState(ctx, filepath.Join(staging, snapshotStateName)); err != nil {
+			saved, err := saver.SaveState(ctx, filepath.Join(staging, snapshotStateName))
+			if err != nil {
 				return err
 			}
+			meta.SeparateMemory = saved.MemoryFile != ""
 			defer func() {
 				if cerr := continueGuest(context.WithoutCancel(ctx), m); cerr != nil {
 					d.log.Warn("a snapshotted VM did not run on", "vm", vm.Name, "err", cerr)

@@ -9,13 +9,22 @@ import (
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/vmm"
 )
 
 // TestFakeSnapshots: a snapshot of a running VM on the fake driver, its clones, and the
 // refusals: hostile and taken names, rm while a clone runs, failures mid-snapshot (no
 // snapshot or staging left, the VM runs on), corrupt snapshot.json files.
 func TestFakeSnapshots(t *testing.T) {
+	// Once with the RAM in the state (QEMU), once apart from it (Firecracker).
+	for _, separate := range []bool{false, true} {
+		t.Run(map[bool]string{false: "ram-in-state", true: "ram-apart"}[separate], func(t *testing.T) { testFakeSnapshots(t, separate) })
+	}
+}
+
+func testFakeSnapshots(t *testing.T, separateMemory bool) {
 	e := newFakeEnv(t)
+	e.drv.separateMemory = separateMemory
 	ctx := context.Background()
 	must(e.create("par", true))
 	snap := func(vm, name string) (api.Snapshot, error) {
@@ -62,6 +71,10 @@ func TestFakeSnapshots(t *testing.T) {
 	}
 	_, err = snap("par", "s1")
 	wantCode(t, err, api.CodeConflict, "already exists")
+	memory := vmm.SavedMemoryPath(filepath.Join(e.d.snapshotsDir(), "s1", snapshotStateName))
+	if _, err := os.Stat(memory); separateMemory != (err == nil) {
+		t.Fatalf("snapshot RAM file: %v", err)
+	}
 
 	// A clone: the snapshot's shape; rm refused while it runs.
 	_, err = e.d.createVM(ctx, api.VMCreateRequest{Name: "c", From: "s1", Memory: "2G", Start: true}, noProgress)
@@ -83,7 +96,8 @@ func TestFakeSnapshots(t *testing.T) {
 	wantCode(t, e.d.removeSnapshot(ctx, "s1"), api.CodeNotFound, "not found")
 
 	// Corrupt snapshot.json: refused to clone, shown broken, removable.
-	for i, body := range []string{`{`, `{"name":"other","cpus":2,"memory_mib":512,"driver":"qemu"}`, strings.Repeat(" ", maxSnapshotMeta+1)} {
+	for i, body := range []string{`{`, `{"name":"other","cpus":2,"memory_mib":512,"driver":"qemu"}`,
+		`{"name":"s2","cpus":2,"memory_mib":512,"driver":"qemu","parent_vm":"\u001b]0;owned\u0007x"}`, strings.Repeat(" ", maxSnapshotMeta+1)} {
 		must(snap("par", "s2"))
 		must(0, os.WriteFile(filepath.Join(e.d.snapshotsDir(), "s2", snapshotMetaName), []byte(body), 0o600))
 		_, err := e.d.createVMFrom(ctx, "c", "s2")

@@ -38,11 +38,14 @@ const pauseSpaceSlack = 64 << 20
 // vmPaused is what a paused VM's record says about its saved state.
 type vmPaused struct {
 	// Driver and Accel are the VMM the state is of: only it can resume it.
-	Driver    string    `json:"driver"`
-	Accel     string    `json:"accel,omitempty"`
-	StateFile string    `json:"state_file"`
-	At        time.Time `json:"at"`
-	Bytes     int64     `json:"bytes"`
+	Driver    string `json:"driver"`
+	Accel     string `json:"accel,omitempty"`
+	StateFile string `json:"state_file"`
+	// MemoryFile is the guest's RAM when the VMM keeps it apart from StateFile
+	// (vmm.SavedMemoryPath: Firecracker), "" when the state holds it (QEMU).
+	MemoryFile string    `json:"memory_file,omitempty"`
+	At         time.Time `json:"at"`
+	Bytes      int64     `json:"bytes"`
 	// Network says the VM had a NIC: the restored machine must have the same devices.
 	Network bool `json:"network"`
 }
@@ -55,8 +58,31 @@ func pausedOf(vm store.VM, rec vmRecord, path string) (*vmPaused, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &vmPaused{Driver: vm.VMM, Accel: rec.Accel, StateFile: path, At: fi.ModTime().UTC(), Bytes: fi.Size(),
-		Network: rec.Network.TAP != ""}, nil
+	p := &vmPaused{Driver: vm.VMM, Accel: rec.Accel, StateFile: path, At: fi.ModTime().UTC(), Bytes: fi.Size(),
+		Network: rec.Network.TAP != ""}
+	// A VMM that keeps RAM apart writes it before the state, so a whole state has it.
+	if mi, err := os.Stat(vmm.SavedMemoryPath(path)); err == nil {
+		p.MemoryFile, p.Bytes = vmm.SavedMemoryPath(path), p.Bytes+mi.Size()
+	}
+	return p, nil
+}
+
+// snapshot is what restores the saved state.
+func (p *vmPaused) snapshot() vmm.Snapshot {
+	return vmm.Snapshot{Driver: p.Driver, StateFile: p.StateFile, MemoryFile: p.MemoryFile}
+}
+
+// removeSavedState deletes a saved state at path, whole or partial, with its RAM file if
+// its VMM wrote one. A VMM that maps that RAM (a resumed Firecracker) keeps its mapping:
+// the file's space is freed when the VMM exits, and nothing can change it by its name.
+func removeSavedState(path string) error {
+	var errs []error
+	for _, p := range []string{path, path + ".tmp", vmm.SavedMemoryPath(path), vmm.SavedMemoryPath(path) + ".tmp"} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Stages of a pause.
@@ -151,7 +177,7 @@ func (d *Daemon) pauseLocked(ctx context.Context, vm store.VM, progress progress
 		if saved {
 			err = errors.Join(err, continueGuest(context.WithoutCancel(ctx), m))
 		}
-		_ = os.Remove(path)
+		_ = removeSavedState(path)
 		if vm, perr := d.putRecord(context.WithoutCancel(ctx), vm, rec); perr != nil {
 			return vm, errors.Join(err, perr)
 		}
@@ -162,7 +188,7 @@ func (d *Daemon) pauseLocked(ctx context.Context, vm store.VM, progress progress
 	// ends it (reconcile), and the VM is still paused.
 	vm.State = store.VMPaused
 	if vm, err = d.putRecord(ctx, vm, rec); err != nil {
-		_ = os.Remove(path)
+		_ = removeSavedState(path)
 		return vm, errors.Join(err, continueGuest(context.WithoutCancel(ctx), m))
 	}
 	_ = runStage(ctx, timings, progress, stagePauseEnd, func(context.Context) error {
@@ -283,7 +309,7 @@ func (d *Daemon) discardPaused(ctx context.Context, vm store.VM) (store.VM, erro
 	if err != nil {
 		return vm, err
 	}
-	if err := os.Remove(rec.pausedState()); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := removeSavedState(rec.pausedState()); err != nil {
 		return vm, fmt.Errorf("discard the saved state: %w", err)
 	}
 	rec.Paused, rec.LastExit = nil, "stopped while paused: its saved state was discarded"

@@ -200,6 +200,9 @@ func (c *leftovers) adoptSavedState() bool {
 	if err != nil {
 		return false
 	}
+	if saved != nil && saved.MemoryFile != "" && p.MemoryFile == "" {
+		return false // its RAM file is gone
+	}
 	if saved != nil {
 		p.Network = saved.Network
 		p.Driver, p.Accel = saved.Driver, saved.Accel
@@ -238,7 +241,5 @@ func (c leftovers) dropStaleState() {
 	if c.rec.Dir == "" || c.rec.Paused != nil || c.rec.Pausing {
 		return
 	}
-	for _, p := range []string{c.rec.pausedState(), c.rec.pausedState() + ".tmp"} {
-		_ = os.Remove(p)
-	}
+	_ = removeSavedState(c.rec.pausedState())
 }

@@ -376,7 +376,7 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycl
 		return b.vm, err
 	}
 	if profile.resume != nil {
-		if err := os.Remove(profile.resume.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := removeSavedState(profile.resume.StateFile); err != nil {
 			d.log.Warn("could not delete a resumed VM's saved state", "vm", vm.Name, "err", err)
 		}
 	}
@@ -513,7 +513,7 @@ func (d *Daemon) stepVMM(ctx context.Context, b *boot) error {
 		if err := d.fault("resume restore"); err != nil {
 			return err
 		}
-		if m, err = r.Restore(ctx, ms, vmm.Snapshot{Driver: p.Driver, StateFile: p.StateFile}); err != nil {
+		if m, err = r.Restore(ctx, ms, p.snapshot()); err != nil {
 			return err
 		}
 	}

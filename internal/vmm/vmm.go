@@ -193,12 +193,19 @@ type Snapshotter interface {
 }
 
 // StateSaver is a Machine that can be saved whole, RAM included, to resume the same VM
-// later (vm pause): SaveState pauses the guest and writes all its state to path; the VM
-// stays paused (the caller usually kills it). The Snapshot it returns has no MemoryFile:
-// its RAM is in the state file.
+// later (vm pause) or clone it (a user snapshot): SaveState pauses the guest and writes all
+// its state to path; the VM stays paused (the caller usually kills it, or lets it run on
+// with Continuer). A VMM that keeps RAM in the state (QEMU's migration stream) returns no
+// MemoryFile; one that keeps it apart (Firecracker) writes it to SavedMemoryPath(path) and
+// returns that as MemoryFile. The caller keeps the two files together and gives Restore
+// the Snapshot as returned.
 type StateSaver interface {
 	SaveState(ctx context.Context, path string) (Snapshot, error)
 }
+
+// SavedMemoryPath is where SaveState(path) puts the guest's RAM when its VMM keeps it
+// apart from the device state, so that callers can find (and remove) both from path.
+func SavedMemoryPath(statePath string) string { return statePath + ".memory" }
 
 // Continuer is a Machine whose guest can be let run again after its VMM stopped it for a
 // save that did not finish (the daemon was killed mid-pause). It is harmless on a running

@@ -175,16 +175,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.MachineSpec) (_ vmm.Machine
 		}
 	} else {
 		lay.kernelGuest, lay.initGuest = vmlinux, spec.Initramfs
-		if spec.MemoryFile != "" {
-			// To be snapshotted: see linkDrives.
-			undo.Add(func() { unlinkDrives(spec.RunDir) })
-			if err := linkDrives(&lay, spec); err != nil {
-				return nil, err
-			}
-		} else {
-			for _, dr := range spec.Drives {
-				lay.driveGuest = append(lay.driveGuest, dr.Path)
-			}
+		// Every VM may be saved (a template, vm pause, vm snapshot), and a restore reopens
+		// the paths recorded at boot: see linkDrives.
+		undo.Add(func() { unlinkDrives(spec.RunDir) })
+		if err := linkDrives(&lay, spec); err != nil {
+			return nil, err
 		}
 	}
 
@@ -297,7 +292,7 @@ func (d *Driver) Reattach(ctx context.Context, st vmm.State) (vmm.Machine, error
 		return nil, fmt.Errorf("reattach firecracker: %w", err)
 	}
 	lay := layout{apiHost: st.ControlSocket, vsockHost: st.AgentSocket, console: st.ConsoleLog}
-	lay.driveLinks = st.MemoryFile != "" && d.cfg.Jailer == nil
+	lay.driveLinks = d.cfg.Jailer == nil
 	if j := d.cfg.Jailer; j != nil {
 		// The API socket sits in <chroot dir>/root/.
 		if dir := filepath.Dir(filepath.Dir(st.ControlSocket)); strings.HasPrefix(dir, j.chrootBase()+string(filepath.Separator)) {

@@ -194,8 +194,11 @@ func TestStartConfiguresAndStopsThroughAgent(t *testing.T) {
 		var d Drive
 		json.Unmarshal(r.Body, &d)
 		sd := f.spec.Drives[i]
-		if d.IsRootDevice || d.DriveID != sd.ID || d.PathOnHost != sd.Path || d.IsReadOnly != sd.ReadOnly {
-			t.Errorf("drive %d: %+v", i, d)
+		// A link in the run dir (Firecracker's working directory) to the drive, so that a
+		// saved state names paths a restore can point at another VM's disks.
+		target, err := os.Readlink(filepath.Join(f.spec.RunDir, d.PathOnHost))
+		if d.IsRootDevice || d.DriveID != sd.ID || d.PathOnHost != "drive-"+sd.ID || err != nil || target != sd.Path || d.IsReadOnly != sd.ReadOnly {
+			t.Errorf("drive %d: %+v, link to %q %v", i, d, target, err)
 		}
 	}
 	var ni NetworkInterface
@@ -205,7 +208,7 @@ func TestStartConfiguresAndStopsThroughAgent(t *testing.T) {
 	}
 	var vs Vsock
 	json.Unmarshal(reqs[7].Body, &vs)
-	if vs.GuestCID != 3 || vs.UDSPath != filepath.Join(f.spec.RunDir, "vsock.sock") {
+	if vs.GuestCID != 3 || vs.UDSPath != "vsock.sock" {
 		t.Errorf("vsock %+v", vs)
 	}
 	if string(reqs[8].Body) != `{"action_type":"InstanceStart"}` {

@@ -32,6 +32,8 @@ import (
 
 var (
 	_ vmm.Snapshotter   = (*machine)(nil)
+	_ vmm.StateSaver    = (*machine)(nil)
+	_ vmm.Continuer     = (*machine)(nil)
 	_ vmm.Restorer      = (*Driver)(nil)
 	_ vmm.RestoreProber = (*Driver)(nil)
 )
@@ -88,12 +90,37 @@ func unlinkDrives(runDir string) {
 // Snapshot pauses the guest and writes its RAM to the VM's memory file and its state into
 // dir. The VM stays paused; if the save fails, the guest is resumed and the partial files
 // are removed.
-func (m *machine) Snapshot(ctx context.Context, dir string) (_ vmm.Snapshot, err error) {
+func (m *machine) Snapshot(ctx context.Context, dir string) (vmm.Snapshot, error) {
 	if m.st.MemoryFile == "" {
 		return vmm.Snapshot{}, errors.New("firecracker snapshot: the VM was not started to be snapshotted (MachineSpec.MemoryFile)")
 	}
-	state := filepath.Join(dir, snapshotStateName)
-	memory := m.st.MemoryFile
+	return m.save(ctx, filepath.Join(dir, snapshotStateName), m.st.MemoryFile)
+}
+
+// SaveState implements vmm.StateSaver: Firecracker keeps the guest's RAM apart from its
+// device state, so the RAM goes to vmm.SavedMemoryPath(path) beside it, and a restore maps
+// that file. The VM stays paused (Continue lets it run again).
+func (m *machine) SaveState(ctx context.Context, path string) (vmm.Snapshot, error) {
+	// A state this Firecracker cannot load again would strand the VM: refuse while it runs.
+	if err := m.d.CanRestore(ctx); err != nil {
+		return vmm.Snapshot{}, fmt.Errorf("firecracker save: the VM could not be restored from it: %w", err)
+	}
+	return m.save(ctx, path, vmm.SavedMemoryPath(path))
+}
+
+// Continue implements vmm.Continuer: it resumes a guest paused for a save. Resuming a
+// running guest is accepted by Firecracker too.
+func (m *machine) Continue(ctx context.Context) error {
+	if err := m.api.PatchVM(ctx, VMResumed); err != nil {
+		return fmt.Errorf("firecracker: resume the guest: %w", err)
+	}
+	return nil
+}
+
+// save pauses the guest and has Firecracker write a full snapshot: its state to state and
+// its RAM to memory, each appearing whole (written beside, synced, renamed). On failure
+// the guest runs again and the partial files are gone.
+func (m *machine) save(ctx context.Context, state, memory string) (_ vmm.Snapshot, err error) {
 	// Where Firecracker writes (as it sees the paths), and where that is on the host.
 	fcState, fcMemory := state+".tmp", memory+".tmp"
 	hostState, hostMemory := fcState, fcMemory
@@ -108,8 +135,8 @@ func (m *machine) Snapshot(ctx context.Context, dir string) (_ vmm.Snapshot, err
 		if err != nil {
 			os.Remove(hostState)
 			os.Remove(hostMemory)
-			if rerr := m.api.PatchVM(context.WithoutCancel(ctx), VMResumed); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("resuming the guest: %w", rerr))
+			if rerr := m.Continue(context.WithoutCancel(ctx)); rerr != nil {
+				err = errors.Join(err, rerr)
 			}
 		}
 	}()
@@ -122,13 +149,15 @@ func (m *machine) Snapshot(ctx context.Context, dir string) (_ vmm.Snapshot, err
 		}
 		if err := os.Rename(mv[0], mv[1]); err != nil {
 			if errors.Is(err, syscall.EXDEV) {
-				return vmm.Snapshot{}, fmt.Errorf("firecracker snapshot: the jailer's chroot base and %s are on different filesystems: put them on one", dir)
+				return vmm.Snapshot{}, fmt.Errorf("firecracker snapshot: the jailer's chroot base and %s are on different filesystems: put them on one", filepath.Dir(mv[1]))
 			}
 			return vmm.Snapshot{}, fmt.Errorf("firecracker snapshot: %w", err)
 		}
 	}
-	if err := system.SyncDir(dir); err != nil {
-		return vmm.Snapshot{}, fmt.Errorf("firecracker snapshot: %w", err)
+	for _, dir := range []string{filepath.Dir(state), filepath.Dir(memory)} {
+		if err := system.SyncDir(dir); err != nil {
+			return vmm.Snapshot{}, fmt.Errorf("firecracker snapshot: %w", err)
+		}
 	}
 	return vmm.Snapshot{Driver: Name, MemoryFile: memory, StateFile: state}, nil
 }

@@ -215,3 +215,133 @@ func TestSnapshotNeedsMemoryFile(t *testing.T) {
 		}
 	}
 }
+
+// TestSaveStateAndRestore: a VM started normally (no MemoryFile) is saved whole, its RAM
+// beside its state (vm pause, vm snapshot); Continue lets it run on; the saved VM comes
+// back from the files, and a clone of them opens its own disks. Every request matches
+// Firecracker's API description.
+func TestSaveStateAndRestore(t *testing.T) {
+	c := loadContract(t)
+	f := newFixture(t, "")
+	ctx := ctxT(t)
+	m := f.start(t, ctx)
+	if _, err := m.Agent().WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	saved := filepath.Join(f.dir, "paused.state")
+	snap, err := m.(vmm.StateSaver).SaveState(ctx, saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Driver != Name || snap.StateFile != saved || snap.MemoryFile != vmm.SavedMemoryPath(saved) {
+		t.Fatalf("saved %+v", snap)
+	}
+	if fi, err := os.Stat(snap.MemoryFile); err != nil || fi.Size() != int64(f.spec.MemoryMiB)<<20 {
+		t.Fatalf("memory file: %v %v", fi, err)
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(f.dir, "*.tmp")); len(tmp) != 0 {
+		t.Fatalf("temporary files left: %v", tmp)
+	}
+	if err := m.(vmm.Continuer).Continue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var states []string
+	for _, r := range f.requests(t) {
+		if r.Method == "PATCH" && r.Path == "/vm" {
+			var v VM
+			json.Unmarshal(r.Body, &v)
+			states = append(states, string(v.State))
+		}
+		if r.Path == "/snapshot/create" {
+			var p SnapshotCreateParams
+			json.Unmarshal(r.Body, &p)
+			if p.SnapshotType != SnapshotFull || p.SnapshotPath != saved+".tmp" || p.MemFilePath != snap.MemoryFile+".tmp" {
+				t.Errorf("create %+v", p)
+			}
+		}
+		if r.Method != "FAKE" {
+			if err := c.validate(r.Method, r.Path, r.Body); err != nil {
+				t.Errorf("%s %s %s:\n%v", r.Method, r.Path, r.Body, err)
+			}
+		}
+	}
+	if !slices.Equal(states, []string{string(VMPaused), string(VMResumed)}) {
+		t.Fatalf("PATCH /vm states %v, want paused then resumed", states)
+	}
+	m.Kill()
+	m.Close()
+
+	// The same VM again, in its own run dir on its own disks (a resume).
+	back, err := f.drv.Restore(ctx, f.spec, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := back.Agent().WaitReady(ctx); err != nil {
+		t.Fatalf("the resumed VM's agent: %v", err)
+	}
+	back.Kill()
+	back.Close()
+
+	// A clone of the same files opens the clone's disks, not the saved VM's.
+	spec := cloneSpec(t, f, "clone1")
+	cl, err := f.drv.Restore(ctx, spec, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cl.Kill(); cl.Close() }()
+	var opened []string
+	for _, r := range f.requests(t) {
+		if r.Method == "FAKE" {
+			opened = nil
+			json.Unmarshal(r.Body, &opened)
+		}
+	}
+	var want []string
+	for _, d := range spec.Drives {
+		real, _ := filepath.EvalSymlinks(d.Path)
+		want = append(want, real)
+	}
+	if !slices.Equal(opened, want) {
+		t.Errorf("the clone's firecracker opened %v, want its own drives %v", opened, want)
+	}
+}
+
+// TestSaveStateFailsCleanly: a save Firecracker refuses leaves no file and the guest runs.
+func TestSaveStateFailsCleanly(t *testing.T) {
+	f := newFixture(t, "fail=PUT /snapshot/create")
+	ctx := ctxT(t)
+	m := f.start(t, ctx)
+	defer func() { m.Kill(); m.Close() }()
+	saved := filepath.Join(f.dir, "paused.state")
+	if _, err := m.(vmm.StateSaver).SaveState(ctx, saved); err == nil || !strings.Contains(err.Error(), "cannot PUT /snapshot/create") {
+		t.Fatalf("save: %v", err)
+	}
+	if left, _ := filepath.Glob(saved + "*"); len(left) != 0 {
+		t.Fatalf("left after a failed save: %v", left)
+	}
+	reqs := f.requests(t)
+	if last := reqs[len(reqs)-1]; last.Path != "/vm" || !strings.Contains(string(last.Body), string(VMResumed)) {
+		t.Fatalf("last request %s %s %s: the guest was not let run again", last.Method, last.Path, last.Body)
+	}
+	if _, err := m.Agent().WaitReady(ctx); err != nil {
+		t.Fatalf("the agent after a failed save: %v", err)
+	}
+}
+
+// TestSaveStateNeedsARestorableFirecracker: a Firecracker too old to restore a VM on its
+// own TAP refuses the save, and the guest is not even paused.
+func TestSaveStateNeedsARestorableFirecracker(t *testing.T) {
+	f := newFixture(t, "version=1.10.1")
+	ctx := ctxT(t)
+	m := f.start(t, ctx)
+	defer func() { m.Kill(); m.Close() }()
+	_, err := m.(vmm.StateSaver).SaveState(ctx, filepath.Join(f.dir, "paused.state"))
+	if err == nil || !strings.Contains(err.Error(), "network_overrides needs 1.13") {
+		t.Fatalf("save on firecracker 1.10: %v", err)
+	}
+	for _, r := range f.requests(t) {
+		if r.Path == "/vm" || strings.HasPrefix(r.Path, "/snapshot") {
+			t.Errorf("sent %s %s", r.Method, r.Path)
+		}
+	}
+}
