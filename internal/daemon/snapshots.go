@@ -128,10 +128,6 @@ func (d *Daemon) snapshotVM(ctx context.Context, req api.SnapshotCreateRequest, 
 	if err := validSnapshotName(req.Snapshot); err != nil {
 		return api.Snapshot{}, err
 	}
-	vm, err := d.vmLookup(ctx, req.VM)
-	if err != nil {
-		return api.Snapshot{}, err
-	}
 	unlockSnap := d.lockVM("snapshot:" + req.Snapshot)
 	defer unlockSnap()
 	final := filepath.Join(d.snapshotsDir(), req.Snapshot)
@@ -139,11 +135,11 @@ func (d *Daemon) snapshotVM(ctx context.Context, req api.SnapshotCreateRequest, 
 		return api.Snapshot{}, api.Errorf(api.CodeConflict, "pick another name, or remove it with `banger snapshot rm "+req.Snapshot+"`",
 			"a snapshot named %q already exists", req.Snapshot)
 	}
-	unlock := d.lockVM(vm.ID)
-	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+	vm, unlock, err := d.lockedVM(ctx, req.VM)
+	if err != nil {
 		return api.Snapshot{}, err
 	}
+	defer unlock()
 	m := d.machine(vm.ID)
 	if m == nil || vm.State != store.VMRunning {
 		return api.Snapshot{}, api.Errorf(api.CodeConflict, "start it first (`banger vm start "+vm.Name+"`)", "VM %q is not running (%s)", vm.Name, vm.State)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/initramfs"
 	"github.com/banger-vm/banger/internal/sshkeys"
+	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -64,6 +65,21 @@ func (d *Daemon) initVMs(ctx context.Context) {
 	}
 	d.reconcileVMs(ctx)
 	d.gcTemplates(ctx)
+}
+
+// lockedVM finds the VM called name and takes its lock; the VM is read again under the
+// lock, as an operation that held it may have changed it. The returned func unlocks.
+func (d *Daemon) lockedVM(ctx context.Context, name string) (store.VM, func(), error) {
+	vm, err := d.vmLookup(ctx, name)
+	if err != nil {
+		return store.VM{}, nil, err
+	}
+	unlock := d.lockVM(vm.ID)
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		unlock()
+		return store.VM{}, nil, err
+	}
+	return vm, unlock, nil
 }
 
 // lockVM serializes operations on one VM; the returned func unlocks.

@@ -96,15 +96,11 @@ var (
 )
 
 func (d *Daemon) pauseVM(ctx context.Context, name string, progress progressFunc) (api.VM, error) {
-	vm, err := d.vmLookup(ctx, name)
+	vm, unlock, err := d.lockedVM(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	unlock := d.lockVM(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.VM{}, err
-	}
 	if vm, err = d.pauseLocked(ctx, vm, progress); err != nil {
 		return api.VM{}, err
 	}

@@ -82,7 +82,7 @@ func (d *Daemon) startSteps() []startStep {
 			"the guest did not bring its agent up: read the console (`banger vm logs NAME`); if the VMM exited, its own log is in the VM's run dir"},
 			run: stepAgent},
 		{stage: stage{stageIdentity, 30 * time.Second,
-			"the clone's agent did not take on the VM's identity: read the console (`banger vm logs NAME`), or create it with --cold"},
+			"the clone's agent did not take on the VM's identity: read the console (`banger vm logs NAME`); a clone of a warm-start template can be created with --cold instead"},
 			when: func(_ context.Context, b *boot) bool { return b.profile.warm != nil }, run: d.stepIdentity},
 		{stage: stageClock, when: func(_ context.Context, b *boot) bool { return b.profile.resume != nil },
 			run: d.stepClock, tolerate: d.toleratedClockFailure},
@@ -231,15 +231,11 @@ func runStage(ctx context.Context, rec *lifecycle.Recorder, progress progressFun
 
 // startVM boots a stopped VM.
 func (d *Daemon) startVM(ctx context.Context, name string, progress progressFunc) (api.VM, error) {
-	vm, err := d.vmLookup(ctx, name)
+	vm, unlock, err := d.lockedVM(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	unlock := d.lockVM(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.VM{}, err
-	}
 	if d.machine(vm.ID) != nil {
 		return api.VM{}, api.Errorf(api.CodeConflict, "stop it first, or use it", "VM %q is already running", vm.Name)
 	}
@@ -277,11 +273,10 @@ func (d *Daemon) startVM(ctx context.Context, name string, progress progressFunc
 // restartVM stops a VM (if it runs) and boots it again, under one lock so nothing else
 // slips in between.
 func (d *Daemon) restartVM(ctx context.Context, req api.VMStopRequest, progress progressFunc) (api.VM, error) {
-	vm, err := d.vmLookup(ctx, req.Name)
+	vm, unlock, err := d.lockedVM(ctx, req.Name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	unlock := d.lockVM(vm.ID)
 	defer unlock()
 	profile, err := d.vmBootProfile(ctx, vm, false)
 	if err != nil {

@@ -122,15 +122,11 @@ func (d *Daemon) stopLocked(ctx context.Context, id string, timeoutSec float64, 
 }
 
 func (d *Daemon) removeVM(ctx context.Context, req api.VMRemoveRequest) error {
-	vm, err := d.vmLookup(ctx, req.Name)
+	vm, unlock, err := d.lockedVM(ctx, req.Name)
 	if err != nil {
 		return err
 	}
-	unlock := d.lockVM(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return err
-	}
 	if vm.State == store.VMPaused && !req.Force {
 		return pausedConflict(vm, "removing it")
 	}

@@ -5,6 +5,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -93,8 +94,8 @@ func TestPauseResume(t *testing.T) {
 
 	// 2. Paused, the daemon and every VMM killed (a host reboot), a new daemon: the same.
 	e.killDaemon()
-	for _, p := range vmmPIDs(e.dir) {
-		_ = syscall.Kill(p, syscall.SIGKILL)
+	for _, p := range vmmProcesses(e.dir) {
+		_ = syscall.Kill(p.pid, syscall.SIGKILL)
 	}
 	e.daemon("start")
 	if vm := e.inspectVM("pz"); vm.State != "paused" {
@@ -136,30 +137,10 @@ func TestPauseResume(t *testing.T) {
 }
 
 func clockNear(out string, host time.Time, within time.Duration) bool {
-	var sec int64
-	for _, c := range strings.TrimSpace(out) {
-		if c < '0' || c > '9' {
-			return false
-		}
-		sec = sec*10 + int64(c-'0')
+	sec, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		return false
 	}
 	d := time.Duration(host.Unix()-sec) * time.Second
 	return d < within && d > -within
-}
-
-// vmmPIDs lists the qemu processes of this test's installation.
-func vmmPIDs(dir string) []int {
-	var out []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		data, _ := os.ReadFile(p)
-		if strings.Contains(string(data), "qemu-system") && strings.Contains(string(data), dir) {
-			var pid int
-			for _, c := range filepath.Base(filepath.Dir(p)) {
-				pid = pid*10 + int(c-'0')
-			}
-			out = append(out, pid)
-		}
-	}
-	return out
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -216,15 +217,24 @@ func (e *env) killDaemon() {
 // vmmRunning reports whether a qemu of this test's installation runs.
 func vmmRunning(dir string) bool { return len(vmmProcesses(dir)) > 0 }
 
-func vmmProcesses(dir string) []string {
-	var out []string
+// vmmProc is a live qemu of this test's installation.
+type vmmProc struct {
+	pid     int
+	cmdline string
+}
+
+func (p vmmProc) String() string { return fmt.Sprintf("%d: %s", p.pid, p.cmdline) }
+
+func vmmProcesses(dir string) []vmmProc {
+	var out []vmmProc
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		data, _ := os.ReadFile(p)
 		if strings.Contains(string(data), "qemu-system") && strings.Contains(string(data), dir) {
 			status, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "status"))
-			if !strings.Contains(string(status), "State:\tZ") {
-				out = append(out, strings.ReplaceAll(string(data), "\x00", " "))
+			pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			if err == nil && !strings.Contains(string(status), "State:\tZ") {
+				out = append(out, vmmProc{pid: pid, cmdline: strings.ReplaceAll(string(data), "\x00", " ")})
 			}
 		}
 	}
