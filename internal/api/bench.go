@@ -1,6 +1,10 @@
 package api
 
-import "context"
+import (
+	"context"
+	"math"
+	"slices"
+)
 
 // BenchCreateRequest is POST /v1/bench/create (streamed): Runs rounds, each one `vm create
 // --start` through the daemon's real path and one boot of the same kernel, initramfs and
@@ -130,4 +134,48 @@ type BenchCreateResult struct {
 // (Ctrl-C) stops it; the daemon removes the bench VMs and bare boots either way.
 func (c *Client) BenchCreate(ctx context.Context, req BenchCreateRequest, progress func(Progress)) (BenchCreateResult, error) {
 	return streamed[BenchCreateResult](ctx, c, "/bench/create", req, progress)
+}
+
+// SummarizeMS is the BenchStat of values (milliseconds).
+func SummarizeMS(values []float64) BenchStat {
+	if len(values) == 0 {
+		return BenchStat{}
+	}
+	v := slices.Clone(values)
+	slices.Sort(v)
+	n := len(v)
+	med := v[n/2]
+	if n%2 == 0 {
+		med = (v[n/2-1] + v[n/2]) / 2
+	}
+	return BenchStat{N: n, MedianMS: round2(med), MinMS: round2(v[0]), MaxMS: round2(v[n-1])}
+}
+
+func round2(f float64) float64 { return math.Round(f*100) / 100 }
+
+// BenchPauseResult is what `banger bench pause` measured, by the client, the way a user
+// waits for each command: Runs pause/resume rounds of one VM, then Runs forks of it into
+// Clones clones each.
+type BenchPauseResult struct {
+	Runs      int    `json:"runs"`
+	Clones    int    `json:"clones"`
+	Driver    string `json:"driver"`
+	Accel     string `json:"accel,omitempty"`
+	Image     string `json:"image"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	// Pause is `vm pause` to its return: the guest synced, saved and its VMM ended.
+	Pause BenchStat `json:"pause"`
+	// PausedBytes is the median size on disk of the saved state.
+	PausedBytes int64 `json:"paused_bytes"`
+	// Resume is `vm resume` to its return: the VMM restored, the agent answering, the
+	// clock set. ResumeStages are its recorded stages.
+	Resume       BenchStat        `json:"resume"`
+	ResumeStages []BenchStageStat `json:"resume_stages"`
+	// Fork is `vm fork` into Clones clones: the snapshot, then every clone running.
+	Fork BenchStat `json:"fork"`
+	// SnapshotSave is the fork snapshot's save (guest stopped) as the daemon recorded it;
+	// SnapshotBytes the median snapshot size on disk.
+	SnapshotSave  BenchStat `json:"snapshot_save"`
+	SnapshotBytes int64     `json:"snapshot_bytes"`
 }

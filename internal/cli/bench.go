@@ -12,10 +12,10 @@ import (
 func (a *app) benchCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure banger against the bare VMM",
+		Short: "Measure banger: create against the bare VMM; pause, resume and fork",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(a.benchCreateCommand())
+	cmd.AddCommand(a.benchCreateCommand(), a.benchPauseCommand())
 	return cmd
 }
 

@@ -172,30 +172,9 @@ remove it with 'banger snapshot rm' once its clones are gone.`,
 			if err != nil {
 				return err
 			}
-			began := time.Now()
-			snap, err := c.CreateSnapshot(ctx, api.SnapshotCreateRequest{VM: parent, Snapshot: snapName}, a.stageProgress(true))
+			res, failed, err := forkClones(ctx, c, parent, snapName, news, a.stageProgress(true))
 			if err != nil {
 				return err
-			}
-			vms := make([]api.VM, len(news))
-			errs := make([]error, len(news))
-			var wg sync.WaitGroup
-			for i, n := range news {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					vms[i], errs[i] = c.CreateVM(ctx, api.VMCreateRequest{Name: n, From: snap.Name, Start: true}, nil)
-				}()
-			}
-			wg.Wait()
-			res := api.ForkResult{Snapshot: snap, VMs: []api.VM{}, Seconds: time.Since(began).Seconds()}
-			var failed []string
-			for i, n := range news {
-				if errs[i] != nil {
-					failed = append(failed, fmt.Sprintf("%s: %v", n, errorMessage(errs[i])))
-					continue
-				}
-				res.VMs = append(res.VMs, vms[i])
 			}
 			if asJSON {
 				if err := printJSON(a.env.Stdout, res); err != nil {
@@ -205,7 +184,7 @@ remove it with 'banger snapshot rm' once its clones are gone.`,
 				for _, vm := range res.VMs {
 					fmt.Fprintf(a.env.Stdout, "forked %s from %s: %s, %s %s\n", vm.Name, parent, vm.State, vm.Driver, vm.Accel)
 				}
-				fmt.Fprintf(a.env.Stderr, "snapshot %s kept (%s); %d clones in %.1f s\n", snap.Name, units.FormatSize(snap.SizeBytes), len(res.VMs), res.Seconds)
+				fmt.Fprintf(a.env.Stderr, "snapshot %s kept (%s); %d clones in %.1f s\n", res.Snapshot.Name, units.FormatSize(res.Snapshot.SizeBytes), len(res.VMs), res.Seconds)
 			}
 			if len(failed) > 0 {
 				return fmt.Errorf("%d of %d clones failed:\n  %s", len(failed), len(news), strings.Join(failed, "\n  "))
@@ -216,4 +195,35 @@ remove it with 'banger snapshot rm' once its clones are gone.`,
 	cmd.Flags().StringVar(&snapName, "snapshot", "", "name of the snapshot to take (default fork-NAME-<random>)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the snapshot and the clones as JSON")
 	return cmd
+}
+
+// forkClones snapshots parent as snapName and starts one clone of it per name in news, all
+// at once. failed lists the clones that did not start, with why; err is the snapshot's.
+func forkClones(ctx context.Context, c *api.Client, parent, snapName string, news []string, progress func(api.Progress)) (api.ForkResult, []string, error) {
+	began := time.Now()
+	snap, err := c.CreateSnapshot(ctx, api.SnapshotCreateRequest{VM: parent, Snapshot: snapName}, progress)
+	if err != nil {
+		return api.ForkResult{}, nil, err
+	}
+	vms := make([]api.VM, len(news))
+	errs := make([]error, len(news))
+	var wg sync.WaitGroup
+	for i, n := range news {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			vms[i], errs[i] = c.CreateVM(ctx, api.VMCreateRequest{Name: n, From: snap.Name, Start: true}, nil)
+		}()
+	}
+	wg.Wait()
+	res := api.ForkResult{Snapshot: snap, VMs: []api.VM{}, Seconds: time.Since(began).Seconds()}
+	var failed []string
+	for i, n := range news {
+		if errs[i] != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", n, errorMessage(errs[i])))
+			continue
+		}
+		res.VMs = append(res.VMs, vms[i])
+	}
+	return res, failed, nil
 }

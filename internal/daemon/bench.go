@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -492,19 +491,7 @@ func benchDirBusy(dir string) bool {
 }
 
 // stat summarizes values (ms).
-func stat(values []float64) api.BenchStat {
-	if len(values) == 0 {
-		return api.BenchStat{}
-	}
-	v := slices.Clone(values)
-	sort.Float64s(v)
-	n := len(v)
-	med := v[n/2]
-	if n%2 == 0 {
-		med = (v[n/2-1] + v[n/2]) / 2
-	}
-	return api.BenchStat{N: n, MedianMS: round2(med), MinMS: round2(v[0]), MaxMS: round2(v[n-1])}
-}
+func stat(values []float64) api.BenchStat { return api.SummarizeMS(values) }
 
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
 

@@ -87,3 +87,29 @@ func TestSnapshotFork(t *testing.T) {
 	e.must("vm", "rm", "--force", "par")
 	e.requireNoLeaks()
 }
+
+// TestBenchPause: `banger bench pause` measures pause, resume and fork of a real guest and
+// leaves no VM, snapshot or leak behind.
+func TestBenchPause(t *testing.T) {
+	e := setup(t)
+	if r := e.run("bench", "pause", "--runs", "0"); r.code == 0 || !strings.Contains(r.stderr, "between 1 and") {
+		t.Fatalf("--runs 0: %d %q", r.code, r.stderr)
+	}
+	r := e.must("bench", "pause", "--image", "bb", "--memory", "512M", "--runs", "2", "--clones", "2", "--json")
+	var res api.BenchPauseResult
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("bench output %v: %s", err, r.stdout)
+	}
+	if res.Runs != 2 || res.Clones != 2 || res.MemoryMiB != 512 || res.Pause.N != 2 || res.Resume.N != 2 || res.Fork.N != 2 ||
+		res.Pause.MedianMS <= 0 || res.Resume.MedianMS <= 0 || res.Fork.MedianMS <= 0 || res.PausedBytes <= 0 || res.SnapshotBytes <= 0 || len(res.ResumeStages) == 0 {
+		t.Fatalf("bench result %+v", res)
+	}
+	t.Logf("pause %.0f ms (%d bytes), resume %.0f ms, fork of 2 %.0f ms", res.Pause.MedianMS, res.PausedBytes, res.Resume.MedianMS, res.Fork.MedianMS)
+	if out := e.must("vm", "ls", "--json").stdout; strings.TrimSpace(out) != "[]" {
+		t.Fatalf("VMs left after the bench: %s", out)
+	}
+	if out := e.must("snapshot", "ls", "--json").stdout; strings.TrimSpace(out) != "[]" {
+		t.Fatalf("snapshots left after the bench: %s", out)
+	}
+	e.requireNoLeaks()
+}
