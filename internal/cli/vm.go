@@ -296,6 +296,10 @@ func (a *app) vmInspectCommand() *cobra.Command {
 			if vm.PID > 0 {
 				fmt.Fprintf(w, "pid:       %d\n", vm.PID)
 			}
+			if p := vm.Paused; p != nil {
+				fmt.Fprintf(w, "paused:    since %s, %s on disk in %s (`banger vm resume %s`)\n",
+					p.At.Local().Format("2006-01-02 15:04:05"), units.FormatSize(p.SizeBytes), p.StateFile, vm.Name)
+			}
 			for _, d := range vm.Disks {
 				ro := ""
 				if d.ReadOnly {

@@ -52,6 +52,9 @@ func TestPauseResume(t *testing.T) {
 		if vm.State != "paused" || vm.PID != 0 || vm.Paused == nil || vm.Paused.SizeBytes <= 0 || vm.Network.TAP != "" {
 			t.Fatalf("after pause: state %s pid %d paused %+v tap %q", vm.State, vm.PID, vm.Paused, vm.Network.TAP)
 		}
+		if out := e.must("vm", "inspect", "pz").stdout; !strings.Contains(out, "paused:    since") || !strings.Contains(out, "banger vm resume pz") {
+			t.Fatalf("vm inspect of a paused VM:\n%s", out)
+		}
 		waitNoVMM(t, e.dir)
 		return vm
 	}
