@@ -43,7 +43,37 @@ const (
 	// PathClock (POST, ClockRequest) sets the wall clock and reseeds the random pool: a
 	// resumed VM's clock stopped at its pause.
 	PathClock = "/v1/clock"
+	// PathFreeze (POST, FreezeRequest) syncs and freezes (FIFREEZE) the guest's writable
+	// disk filesystems for a save, answering FreezeResponse; PathThaw (POST, no body)
+	// thaws them, answering ThawResponse. The agent thaws by itself after
+	// FreezeRequest.ThawAfterMS of guest time if no thaw comes.
+	PathFreeze = "/v1/freeze"
+	PathThaw   = "/v1/thaw"
 )
+
+// Bounds of FreezeRequest.ThawAfterMS.
+const (
+	MinThawAfterMS = 1000
+	MaxThawAfterMS = 10 * 60 * 1000
+)
+
+// FreezeRequest asks for a freeze that the agent undoes by itself after ThawAfterMS.
+type FreezeRequest struct {
+	ThawAfterMS int64 `json:"thaw_after_ms"`
+}
+
+// FreezeResponse lists the mount points frozen, and those that could not be (with why:
+// they were synced only).
+type FreezeResponse struct {
+	Frozen     []string `json:"frozen"`
+	Skipped    []string `json:"skipped,omitempty"`
+	DurationMS float64  `json:"duration_ms"`
+}
+
+// ThawResponse lists the mount points thawed.
+type ThawResponse struct {
+	Thawed []string `json:"thawed"`
+}
 
 // ForwardUpgradeProtocol is the Upgrade header value of a forwarded TCP connection.
 const ForwardUpgradeProtocol = "banger-forward.v1"

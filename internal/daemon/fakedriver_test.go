@@ -81,6 +81,10 @@ func (f *fakeDriver) Restore(ctx context.Context, spec vmm.MachineSpec, snap vmm
 		f.mu.Lock()
 		f.restored = append(f.restored, snap.StateFile)
 		f.mu.Unlock()
+		fm := m.(*fakeMachine)
+		fm.mu.Lock()
+		fm.frozen = strings.Contains(string(b), "\nfrozen true\n")
+		fm.mu.Unlock()
 	}
 	return m, err
 }
@@ -160,6 +164,7 @@ type fakeMachine struct {
 
 	mu     sync.Mutex
 	paused bool // stopped by SaveState until Continue
+	frozen bool // the guest's filesystems, by /v1/freeze until /v1/thaw (saved with the state)
 	done   chan struct{}
 	info   vmm.ExitInfo
 	client *agentclient.Client
@@ -209,6 +214,19 @@ func (m *fakeMachine) serveAgent(w http.ResponseWriter, r *http.Request) {
 	case agent.PathSync:
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"duration_ms":0.1}`))
+	case agent.PathFreeze:
+		m.mu.Lock()
+		m.frozen = true
+		m.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"frozen":["/root"],"duration_ms":0.1}`))
+	case agent.PathThaw:
+		m.mu.Lock()
+		was := m.frozen
+		m.frozen = false
+		m.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(map[bool]string{true: `{"thawed":["/root"]}`, false: `{"thawed":[]}`}[was]))
 	case agent.PathClock:
 		var req agent.ClockRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.UnixNano == 0 {
@@ -308,7 +326,10 @@ func (m *fakeMachine) SaveState(ctx context.Context, path string) (vmm.Snapshot,
 			return vmm.Snapshot{}, err
 		}
 	}
-	if err := os.WriteFile(path, []byte(fakeStateMagic+fmt.Sprintf("pid %d\n", m.pid)), 0o600); err != nil {
+	m.mu.Lock()
+	frozen := m.frozen
+	m.mu.Unlock()
+	if err := os.WriteFile(path, []byte(fakeStateMagic+fmt.Sprintf("pid %d\nfrozen %v\n", m.pid, frozen)), 0o600); err != nil {
 		_ = m.Continue(ctx)
 		return vmm.Snapshot{}, err
 	}
@@ -320,6 +341,12 @@ func (m *fakeMachine) Continue(context.Context) error {
 	defer m.mu.Unlock()
 	m.paused = false
 	return nil
+}
+
+func (m *fakeMachine) isFrozen() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.frozen
 }
 
 func (m *fakeMachine) isPaused() bool {

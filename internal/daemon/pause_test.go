@@ -92,12 +92,17 @@ func testFakePauseResume(t *testing.T, separateMemory bool) {
 	if e.withNet && rec.Network.IP != before.Network.IP {
 		t.Fatalf("resumed with address %s, had %s", rec.Network.IP, before.Network.IP)
 	}
-	var clock bool
+	var clock, thaw bool
 	for _, st := range rec.Stages {
 		clock = clock || st.Name == stageClock.name
+		thaw = thaw || st.Name == stageThaw.name
 	}
-	if !clock {
-		t.Errorf("resume stages %+v lack %q", rec.Stages, stageClock.name)
+	if !clock || !thaw {
+		t.Errorf("resume stages %+v lack %q or %q", rec.Stages, stageClock.name, stageThaw.name)
+	}
+	// It was saved frozen; the resume thawed it.
+	if m := e.d.machine(vm.ID).(*fakeMachine); m.isFrozen() {
+		t.Error("the resumed guest's filesystems are still frozen")
 	}
 
 	// Paused again, its state file lost: the next daemon stops it, saying why.
@@ -166,7 +171,7 @@ func TestFakePauseFailsCleanly(t *testing.T) {
 			}
 			vm, rec := e.record("p")
 			m, _ := e.d.machine(vm.ID).(*fakeMachine)
-			if vm.State != store.VMRunning || rec.Pausing || rec.Paused != nil || m == nil || m.isPaused() {
+			if vm.State != store.VMRunning || rec.Pausing || rec.Paused != nil || m == nil || m.isPaused() || m.isFrozen() {
 				t.Fatalf("after a failed pause: state %s, pausing %v, paused %+v, machine %v", vm.State, rec.Pausing, rec.Paused, m)
 			}
 			if _, err := os.Stat(rec.pausedState()); !os.IsNotExist(err) {
@@ -193,7 +198,7 @@ func TestFakeResumeFailsCleanly(t *testing.T) {
 	must(e.d.pauseVM(ctx, "p", noProgress))
 	points := []string{"resume restore", "store vmm", "store running"}
 	for _, s := range e.d.startSteps() {
-		if s.name != stageIdentity && s.name != stageClock.name && s.name != stageSSH {
+		if s.name != stageIdentity && s.name != stageClock.name && s.name != stageThaw.name && s.name != stageSSH {
 			points = append(points, "stage "+s.name)
 		}
 	}
@@ -215,14 +220,20 @@ func TestFakeResumeFailsCleanly(t *testing.T) {
 			}
 		})
 	}
-	e.failAt("stage " + stageClock.name)
-	if _, err := e.d.startVM(ctx, "p", noProgress); err != nil {
-		t.Fatalf("resume with a clock the guest refused: %v", err)
+	// A guest that does not take the clock, or whose thaw fails (its agent thaws by
+	// itself), still resumes.
+	for _, st := range []stage{stageClock, stageThaw} {
+		e.failAt("stage " + st.name)
+		if _, err := e.d.startVM(ctx, "p", noProgress); err != nil {
+			t.Fatalf("resume with %s failing: %v", st.name, err)
+		}
+		e.failAt("")
+		if vm, _ := e.record("p"); vm.State != store.VMRunning {
+			t.Fatalf("state %s", vm.State)
+		}
+		must(e.d.pauseVM(ctx, "p", noProgress))
 	}
-	e.failAt("")
-	if vm, _ := e.record("p"); vm.State != store.VMRunning {
-		t.Fatalf("state %s", vm.State)
-	}
+	must(e.d.startVM(ctx, "p", noProgress))
 }
 
 // TestFakeInterruptedPause: a daemon killed mid-save (the guest stopped for it, the record
@@ -240,7 +251,7 @@ func TestFakeInterruptedPause(t *testing.T) {
 	must(e.d.putRecord(ctx, vm, rec))
 	e.restart()
 	vm, rec = e.record("p")
-	if vm.State != store.VMRunning || rec.Pausing || m.isPaused() || e.d.machine(vm.ID) == nil {
+	if vm.State != store.VMRunning || rec.Pausing || m.isPaused() || m.isFrozen() || e.d.machine(vm.ID) == nil {
 		t.Fatalf("after an interrupted pause: state %s, pausing %v, guest stopped %v", vm.State, rec.Pausing, m.isPaused())
 	}
 	if _, err := os.Stat(rec.pausedState() + ".tmp"); !os.IsNotExist(err) {

@@ -174,11 +174,13 @@ func (d *Daemon) snapshotVM(ctx context.Context, req api.SnapshotCreateRequest, 
 	defer undo.Fail()
 	undo.Add(func() { _ = os.RemoveAll(staging) })
 	if err := runStage(ctx, timings, progress, stagePauseSync, func(ctx context.Context) error {
-		_, err := m.Agent().Sync(ctx)
-		return err
+		return d.quiesceGuest(ctx, m, vm.Name)
 	}); err != nil {
 		return api.Snapshot{}, err
 	}
+	// Whatever happens next, the guest runs on (the save's driver or the copy's end let it)
+	// and its filesystems are thawed.
+	defer d.thawGuest(ctx, m, vm.Name)
 	meta := snapshotMeta{Name: req.Snapshot, CreatedAt: time.Now().UTC(), ParentVM: vm.Name, ParentVMID: vm.ID, ImageID: img.ID,
 		ImageName: img.Name, Kernel: rec.Kernel, CPUs: rec.CPUs, MemoryMiB: rec.MemoryMiB, DiskBytes: rec.DiskBytes,
 		Driver: vm.VMM, Accel: rec.Accel, Network: rec.Network.TAP != ""}

@@ -53,7 +53,7 @@ func testFakeSnapshots(t *testing.T, separateMemory bool) {
 			t.Fatalf("%s left %v", point, ents)
 		}
 		vm, _ := e.record("par")
-		if m, _ := e.d.machine(vm.ID).(*fakeMachine); m == nil || m.isPaused() {
+		if m, _ := e.d.machine(vm.ID).(*fakeMachine); m == nil || m.isPaused() || m.isFrozen() {
 			t.Fatalf("%s: the VM does not run on", point)
 		}
 	}
@@ -63,7 +63,7 @@ func testFakeSnapshots(t *testing.T, separateMemory bool) {
 		t.Fatal(err)
 	}
 	vm, _ := e.record("par")
-	if m := e.d.machine(vm.ID).(*fakeMachine); m.isPaused() || vm.State != store.VMRunning {
+	if m := e.d.machine(vm.ID).(*fakeMachine); m.isPaused() || m.isFrozen() || vm.State != store.VMRunning {
 		t.Fatal("the snapshotted VM does not run on")
 	}
 	if s.ParentVM != "par" || s.Image != "img" || s.SizeBytes <= 0 || len(s.UsedBy) != 0 {
@@ -83,7 +83,10 @@ func testFakeSnapshots(t *testing.T, separateMemory bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, crec := e.record("c")
+	cvm, crec := e.record("c")
+	if m := e.d.machine(cvm.ID).(*fakeMachine); m.isFrozen() {
+		t.Error("the clone's filesystems are still frozen")
+	}
 	if c.State != "running" || c.Boot == nil || c.Boot.Snapshot != "s1" || crec.FromSnapshot != "s1" {
 		t.Fatalf("clone %s boot %+v from %q", c.State, c.Boot, crec.FromSnapshot)
 	}

@@ -87,12 +87,13 @@ func removeSavedState(path string) error {
 
 // Stages of a pause.
 var (
-	stagePauseSync = stage{"syncing the guest's disks", 30 * time.Second,
+	stagePauseSync = stage{"syncing and freezing the guest's filesystems", 30 * time.Second,
 		"the guest's agent did not answer: read the console (`banger vm logs NAME`); `banger vm stop` still works"}
 	stagePauseSave = stage{"saving the VM's state", 5 * time.Minute,
 		"check free space in the VM's directory and the VMM's log in its run dir; the VM keeps running"}
 	stagePauseEnd = stage{"ending the vmm", 30 * time.Second, "see the daemon log"}
 	stageClock    = stage{"setting its clock", 30 * time.Second, "the guest's agent did not take the clock: its clock is behind by the pause"}
+	stageThaw     = stage{"thawing its filesystems", 30 * time.Second, "the guest's agent did not answer; it thaws them by itself within a minute"}
 )
 
 func (d *Daemon) pauseVM(ctx context.Context, name string, progress progressFunc) (api.VM, error) {
@@ -136,8 +137,7 @@ func (d *Daemon) pauseLocked(ctx context.Context, vm store.VM, progress progress
 		if err := d.fault("stage " + stagePauseSync.name); err != nil {
 			return err
 		}
-		_, err := m.Agent().Sync(ctx)
-		return err
+		return d.quiesceGuest(ctx, m, vm.Name)
 	}); err != nil {
 		return vm, api.Errorf(api.CodeUnavailable, stagePauseSync.hint, "pause VM %q: %v", vm.Name, err)
 	}
@@ -145,10 +145,12 @@ func (d *Daemon) pauseLocked(ctx context.Context, vm store.VM, progress progress
 	// mid-save fails the save after the guest was stopped for it.
 	if err := checkFreeSpaceFor(rec.Dir, int64(rec.MemoryMiB)<<20+pauseSpaceSlack, "saving the VM's state",
 		"free space there, or stop the VM instead (`banger vm stop`)"); err != nil {
+		d.thawGuest(ctx, m, vm.Name)
 		return vm, err
 	}
 	rec.Pausing = true
 	if vm, err = d.putRecord(ctx, vm, rec); err != nil {
+		d.thawGuest(ctx, m, vm.Name)
 		return vm, err
 	}
 	err = runStage(ctx, timings, progress, stagePauseSave, func(ctx context.Context) error {
@@ -173,6 +175,7 @@ func (d *Daemon) pauseLocked(ctx context.Context, vm store.VM, progress progress
 		if saved {
 			err = errors.Join(err, continueGuest(context.WithoutCancel(ctx), m))
 		}
+		d.thawGuest(ctx, m, vm.Name)
 		_ = removeSavedState(path)
 		if vm, perr := d.putRecord(context.WithoutCancel(ctx), vm, rec); perr != nil {
 			return vm, errors.Join(err, perr)
@@ -185,7 +188,9 @@ func (d *Daemon) pauseLocked(ctx context.Context, vm store.VM, progress progress
 	vm.State = store.VMPaused
 	if vm, err = d.putRecord(ctx, vm, rec); err != nil {
 		_ = removeSavedState(path)
-		return vm, errors.Join(err, continueGuest(context.WithoutCancel(ctx), m))
+		err = errors.Join(err, continueGuest(ctx, m))
+		d.thawGuest(ctx, m, vm.Name)
+		return vm, err
 	}
 	_ = runStage(ctx, timings, progress, stagePauseEnd, func(context.Context) error {
 		d.setMachine(vm.ID, nil)
@@ -195,6 +200,63 @@ func (d *Daemon) pauseLocked(ctx context.Context, vm store.VM, progress progress
 	d.releaseStopped(ctx, vm, &rec)
 	rec.Stages = timings.Stages()
 	return d.putRecord(ctx, vm, rec)
+}
+
+// freezeThawAfter is how long a guest's filesystems stay frozen when no thaw comes (its
+// agent then thaws them by itself, on the guest's clock, which stops while it is saved). A
+// save takes seconds; a restore thaws first thing.
+const freezeThawAfter = time.Minute
+
+// quiesceGuest syncs the guest's filesystems and freezes the writable ones, so that its
+// disks are clean filesystems as of the save. An agent from before /v1/freeze only syncs.
+func (d *Daemon) quiesceGuest(ctx context.Context, m vmm.Machine, name string) error {
+	if _, err := m.Agent().Sync(ctx); err != nil {
+		return err
+	}
+	res, err := m.Agent().Freeze(ctx, freezeThawAfter)
+	switch {
+	case agent.IsNotFound(err):
+		d.log.Info("the guest's agent cannot freeze: synced only", "vm", name)
+		return nil
+	case err != nil:
+		return fmt.Errorf("freeze: %w", err)
+	}
+	d.log.Debug("guest filesystems frozen", "vm", name, "frozen", res.Frozen, "skipped", res.Skipped, "ms", res.DurationMS)
+	return nil
+}
+
+// thawGuest thaws what quiesceGuest froze, once the guest runs again. A thaw that fails is
+// logged: the agent thaws by itself after freezeThawAfter.
+func (d *Daemon) thawGuest(ctx context.Context, m vmm.Machine, name string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	if _, err := m.Agent().Thaw(ctx); err != nil && !agent.IsNotFound(err) {
+		d.log.Warn("could not thaw the guest's filesystems; its agent will after a minute", "vm", name, "err", err)
+	}
+}
+
+// stepThaw thaws the filesystems of a restored saved state (a resume, a user snapshot's
+// clone): they were frozen for the save, and the clone's identity is written to them.
+func (d *Daemon) stepThaw(ctx context.Context, b *boot) error {
+	res, err := b.m.Agent().Thaw(ctx)
+	if agent.IsNotFound(err) {
+		return nil // an agent from before /v1/freeze froze nothing
+	}
+	if err != nil {
+		return err
+	}
+	d.log.Debug("restored guest's filesystems thawed", "vm", b.vm.Name, "thawed", res.Thawed)
+	return nil
+}
+
+// toleratedThawFailure: the agent thaws by itself a minute after the freeze, guest time.
+func (d *Daemon) toleratedThawFailure(ctx context.Context, b *boot, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	b.progress(api.Progress{Stage: stageThaw.name, Message: "failed: its agent thaws them within a minute"})
+	d.log.Warn("could not thaw a restored VM's filesystems", "vm", b.vm.Name, "err", err)
+	return true
 }
 
 // continueGuest lets a guest its VMM stopped for a save run again.

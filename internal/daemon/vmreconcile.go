@@ -223,6 +223,7 @@ func (c leftovers) finishInterruptedPause(ctx context.Context, m vmm.Machine) {
 		c.d.log.Warn("could not let a VM run again after an interrupted pause", "vm", c.vm.Name, "err", err)
 	}
 	cancel()
+	c.d.thawGuest(ctx, m, c.vm.Name)
 	c.rec.Pausing, c.rec.Paused = false, nil
 	c.dropStaleState()
 	if c.vm.State == store.VMStarting {

@@ -81,6 +81,8 @@ func (d *Daemon) startSteps() []startStep {
 		{stage: stage{stageAgent, agentDeadline,
 			"the guest did not bring its agent up: read the console (`banger vm logs NAME`); if the VMM exited, its own log is in the VM's run dir"},
 			run: stepAgent},
+		{stage: stageThaw, when: func(_ context.Context, b *boot) bool { return b.profile.restoresSavedState() },
+			run: d.stepThaw, tolerate: d.toleratedThawFailure},
 		{stage: stage{stageIdentity, 30 * time.Second,
 			"the clone's agent did not take on the VM's identity: read the console (`banger vm logs NAME`); a clone of a warm-start template can be created with --cold instead"},
 			when: func(_ context.Context, b *boot) bool { return b.profile.warm != nil }, run: d.stepIdentity},
@@ -118,6 +120,12 @@ type bootProfile struct {
 	resume *vmPaused
 	// boot is what the start records of its choice (cold, and why, unless warm).
 	boot api.VMBoot
+}
+
+// restoresSavedState says the start restores a state saved by vm pause or vm snapshot
+// (not a template's): its guest's filesystems were frozen for the save.
+func (p bootProfile) restoresSavedState() bool {
+	return p.resume != nil || (p.warm != nil && p.warm.snap != nil)
 }
 
 // pinnedVMM is the VMM a start must use: the one that saved the state it restores (a

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -35,6 +36,11 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("guest before the pause: %q", want)
 	}
 	vmBefore := e.inspectVM("pz")
+	// While it runs, its journaled work disk is marked as needing recovery (the check
+	// below, after a pause, can tell a frozen filesystem from one that was not).
+	if !diskNeedsRecovery(t, vmBefore, "work") {
+		t.Fatal("a running VM's work disk does not say needs_recovery: the freeze check would prove nothing")
+	}
 
 	check := func(when string) {
 		t.Helper()
@@ -51,6 +57,13 @@ func TestPauseResume(t *testing.T) {
 		vm := e.inspectVM("pz")
 		if vm.State != "paused" || vm.PID != 0 || vm.Paused == nil || vm.Paused.SizeBytes <= 0 || vm.Network.TAP != "" {
 			t.Fatalf("after pause: state %s pid %d paused %+v tap %q", vm.State, vm.PID, vm.Paused, vm.Network.TAP)
+		}
+		// The guest's writable filesystems were frozen for the save: their disks are clean
+		// filesystems, with no journal to replay if the state were discarded.
+		for _, role := range []string{"work", "layer"} {
+			if diskNeedsRecovery(t, vm, role) {
+				t.Fatalf("the paused VM's %s disk needs journal recovery: its filesystem was not frozen for the save", role)
+			}
 		}
 		if out := e.must("vm", "inspect", "pz").stdout; !strings.Contains(out, "paused:    since") || !strings.Contains(out, "banger vm resume pz") {
 			t.Fatalf("vm inspect of a paused VM:\n%s", out)
@@ -70,6 +83,11 @@ func TestPauseResume(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(vm.Dir, "paused.state")); !os.IsNotExist(err) {
 			t.Fatalf("saved state left after resume: %v", err)
+		}
+		// Thawed: a write to /root completes (frozen, it would wait for the agent's own thaw
+		// a minute later, past the exec's deadline).
+		if out := e.must("vm", "exec", "pz", "--", "busybox", "timeout", "20", "sh", "-c", "echo thawed > /root/thaw-probe && cat /root/thaw-probe").stdout; out != "thawed\n" {
+			t.Fatalf("write after resume: %q", out)
 		}
 	}
 
@@ -146,4 +164,22 @@ func clockNear(out string, host time.Time, within time.Duration) bool {
 	}
 	d := time.Duration(host.Unix()-sec) * time.Second
 	return d < within && d > -within
+}
+
+// diskNeedsRecovery reads the superblock of vm's disk of role: a mounted journaled ext4
+// says needs_recovery; a frozen (or cleanly unmounted) one does not.
+func diskNeedsRecovery(t *testing.T, vm api.VM, role string) bool {
+	t.Helper()
+	for _, d := range vm.Disks {
+		if d.Role != role {
+			continue
+		}
+		out, err := exec.Command("dumpe2fs", "-h", d.Path).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Filesystem features:") {
+			t.Fatalf("dumpe2fs %s: %v\n%s", d.Path, err, out)
+		}
+		return strings.Contains(string(out), "needs_recovery")
+	}
+	t.Fatalf("VM %s has no %s disk: %+v", vm.Name, role, vm.Disks)
+	return false
 }

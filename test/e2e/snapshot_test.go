@@ -5,6 +5,8 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -62,6 +64,14 @@ func TestSnapshotFork(t *testing.T) {
 	if err := json.Unmarshal([]byte(e.must("snapshot", "ls", "--json").stdout), &snaps); err != nil || len(snaps) != 1 ||
 		snaps[0].Name != "base" || snaps[0].ParentVM != "par" || snaps[0].Image != "bb" || snaps[0].SizeBytes <= 0 || len(snaps[0].UsedBy) != 3 {
 		t.Fatalf("snapshot ls: %v %+v", err, snaps)
+	}
+	// Its disks were copied while the guest's filesystems were frozen: clean filesystems.
+	for _, disk := range []string{"work.ext4", "layer.ext4"} {
+		p := filepath.Join(snaps[0].Dir, disk)
+		out, err := exec.Command("dumpe2fs", "-h", p).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "needs_recovery") {
+			t.Fatalf("snapshot disk %s is not a clean filesystem: %v\n%s", disk, err, out)
+		}
 	}
 	if r := e.run("snapshot", "rm", "base"); r.code == 0 || !strings.Contains(r.stderr, "in use") {
 		t.Fatalf("snapshot rm while clones run: %d %q", r.code, r.stderr)

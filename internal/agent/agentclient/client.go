@@ -326,32 +326,44 @@ func (c *Client) Identity(ctx context.Context, req agent.IdentityRequest) (*agen
 
 // Sync has the guest flush every filesystem to its disks (sync(2)).
 func (c *Client) Sync(ctx context.Context) (*agent.SyncResponse, error) {
-	resp, err := c.do(ctx, http.MethodPost, agent.PathSync, nil, nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	var sr agent.SyncResponse
-	if err := decodeJSON(resp, http.StatusOK, &sr); err != nil {
-		return nil, err
-	}
-	return &sr, nil
+	return post[agent.SyncResponse](ctx, c, agent.PathSync, nil)
 }
 
 // SetClock sets the guest's wall clock (and reseeds its random pool with req.Entropy).
 func (c *Client) SetClock(ctx context.Context, req agent.ClockRequest) (*agent.ClockResponse, error) {
-	body, hdr, err := jsonBody(req)
+	return post[agent.ClockResponse](ctx, c, agent.PathClock, req)
+}
+
+// Freeze syncs and freezes the guest's writable disk filesystems; the agent thaws them by
+// itself after thawAfter of guest time unless Thaw comes first.
+func (c *Client) Freeze(ctx context.Context, thawAfter time.Duration) (*agent.FreezeResponse, error) {
+	return post[agent.FreezeResponse](ctx, c, agent.PathFreeze, agent.FreezeRequest{ThawAfterMS: thawAfter.Milliseconds()})
+}
+
+// Thaw thaws what Freeze froze (nothing, harmlessly, when nothing is frozen).
+func (c *Client) Thaw(ctx context.Context) (*agent.ThawResponse, error) {
+	return post[agent.ThawResponse](ctx, c, agent.PathThaw, nil)
+}
+
+// post sends req (no body when nil) to path and decodes a 200 answer as T.
+func post[T any](ctx context.Context, c *Client, path string, req any) (*T, error) {
+	var body io.Reader
+	var hdr http.Header
+	if req != nil {
+		var err error
+		if body, hdr, err = jsonBody(req); err != nil {
+			return nil, err
+		}
+	}
+	resp, err := c.do(ctx, http.MethodPost, path, nil, body, hdr)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.do(ctx, http.MethodPost, agent.PathClock, nil, body, hdr)
-	if err != nil {
+	var out T
+	if err := decodeJSON(resp, http.StatusOK, &out); err != nil {
 		return nil, err
 	}
-	var cr agent.ClockResponse
-	if err := decodeJSON(resp, http.StatusOK, &cr); err != nil {
-		return nil, err
-	}
-	return &cr, nil
+	return &out, nil
 }
 
 // Power asks the guest to power off or reboot (agent.PowerOff, agent.PowerReboot). The

@@ -58,6 +58,9 @@ type Server struct {
 	isClosed bool
 	closing  chan struct{} // closed by Close: running exec sessions kill their process
 	execs    sync.WaitGroup
+
+	freezeMu sync.Mutex
+	freeze   freezeState
 }
 
 // New returns a Server.
@@ -157,6 +160,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		route(http.MethodPost, s.handleSync)
 	case agent.PathClock:
 		route(http.MethodPost, s.handleClock)
+	case agent.PathFreeze:
+		route(http.MethodPost, s.handleFreeze)
+	case agent.PathThaw:
+		route(http.MethodPost, s.handleThaw)
 	default:
 		writeError(w, agent.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	}
