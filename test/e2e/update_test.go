@@ -19,7 +19,8 @@ import (
 // TestUpdateKeepsRunningVMs updates a banger whose daemon runs a real guest: after the
 // update (binaries swapped, daemon restarted from the new binary, doctor passed) the guest
 // is the same VMM process, still running, and the new daemon manages it: exec, stop,
-// start, rm.
+// start, rm. A VM paused before the update is still paused after it and resumes with its
+// processes.
 func TestUpdateKeepsRunningVMs(t *testing.T) {
 	assets := testsupport.GuestAssets(t)
 	testsupport.RequireQEMU(t)
@@ -63,6 +64,11 @@ func TestUpdateKeepsRunningVMs(t *testing.T) {
 	if before.PID == 0 || before.State != "running" {
 		t.Fatalf("VM before the update: state %s pid %d", before.State, before.PID)
 	}
+	// A paused VM too: its saved processes survive the update.
+	s.Must("vm", "create", "pz", "--image", "bb", "--memory", "512M", "--start")
+	s.Must("vm", "exec", "pz", "--", "sh", "-c", "(setsid sleep 100000 </dev/null >/dev/null 2>&1 &)")
+	sleepPID := s.Must("vm", "exec", "pz", "--", "sh", "-c", "pidof sleep").Stdout
+	s.Must("vm", "pause", "pz")
 
 	out := s.Run(nil, "update", "--json")
 	if out.Code != 0 {
@@ -88,6 +94,14 @@ func TestUpdateKeepsRunningVMs(t *testing.T) {
 	if r := s.Must("vm", "exec", "upd", "--", "cat", "/root/keep"); r.Stdout != "before-update\n" {
 		t.Fatalf("exec after the update: %q", r.Stdout)
 	}
+	if pz := inspectVM(t, s, "pz"); pz.State != "paused" || pz.Paused == nil {
+		t.Fatalf("paused VM after the update: state %s, paused %+v", pz.State, pz.Paused)
+	}
+	s.Must("vm", "resume", "pz")
+	if got := s.Must("vm", "exec", "pz", "--", "sh", "-c", "pidof sleep").Stdout; got != sleepPID {
+		t.Fatalf("sleep after the update and a resume: pid %q, was %q", got, sleepPID)
+	}
+	s.Must("vm", "rm", "--force", "pz")
 	s.Must("vm", "stop", "upd")
 	s.Must("vm", "start", "upd")
 	if r := s.Must("vm", "exec", "upd", "--", "cat", "/root/keep"); r.Stdout != "before-update\n" {
