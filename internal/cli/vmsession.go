@@ -208,7 +208,8 @@ func (a *app) vmSSHProxyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := c.Forward(ctx, args[0], 22)
+			// NAME.banger, as ssh's %n gives it through ssh-config --install.
+			conn, err := c.Forward(ctx, strings.TrimSuffix(args[0], sshhandoff.HostSuffix), 22)
 			if err != nil {
 				return err
 			}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -97,6 +98,7 @@ func TestVMSSH(t *testing.T) {
 	if r := e.must("vm", "ssh", "sshvm", "--", "cat", "/root/f"); r.stdout != "kept\n" {
 		t.Fatalf("after restart: %q", r.stdout)
 	}
+	e.checkSSHConfig("sshvm")
 	e.must("vm", "rm", "--force", "sshvm")
 	if pins, _ := os.ReadFile(knownHosts); strings.Contains(string(pins), vm.SSH.HostKeyAlias) {
 		t.Fatalf("rm left the host key pinned: %q", pins)
@@ -249,5 +251,66 @@ func waitNoVMM(t *testing.T, dir string) {
 			t.Fatalf("VMM still running: %v", vmmProcesses(dir))
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkSSHConfig: after `vm ssh-config --install` (twice: the second changes nothing), the
+// system ssh and scp reach NAME.banger with no prompts, through the Include in
+// ~/.ssh/config; `vm ssh-config NAME` alone works too; a key that is not the VM's pinned
+// one is refused.
+func (e *env) checkSSHConfig(name string) {
+	e.t.Helper()
+	sshBin, err := exec.LookPath("ssh")
+	if err != nil {
+		e.t.Fatal("no ssh client on PATH (openssh-client): the ssh-config check needs the system ssh")
+	}
+	e.must("vm", "ssh-config", "--install")
+	userCfg := filepath.Join(e.dir, "home", ".ssh", "config")
+	first, err := os.ReadFile(userCfg)
+	if err != nil || strings.Count(string(first), "Include ") != 1 {
+		e.t.Fatalf("~/.ssh/config after --install: %v\n%s", err, first)
+	}
+	e.must("vm", "ssh-config", "--install")
+	if again, _ := os.ReadFile(userCfg); string(again) != string(first) {
+		e.t.Fatalf("a second --install changed ~/.ssh/config:\n%s", again)
+	}
+	// ssh reads the config of the account's home, not $HOME: name the file with -F.
+	sshCmd := func(bin string, args ...string) *exec.Cmd {
+		cmd := e.command()
+		cmd.Path, cmd.Args = bin, append([]string{bin}, args...)
+		cmd.Stdin = nil
+		return cmd
+	}
+	host := name + ".banger"
+	r := e.runCmd(sshCmd(sshBin, "-F", userCfg, "-o", "BatchMode=yes", host, "echo", "via-config", "$(hostname)"), []string{"ssh", host})
+	if r.code != 0 || r.stdout != "via-config "+name+"\n" {
+		e.t.Fatalf("ssh %s through the installed config: exit %d, stdout %q, stderr %q", host, r.code, r.stdout, r.stderr)
+	}
+	local := filepath.Join(e.dir, "scp-src")
+	if err := os.WriteFile(local, []byte("copied by scp\n"), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	if e.cred != nil {
+		_ = os.Chown(local, int(e.cred.Uid), int(e.cred.Gid))
+	}
+	if scpBin, err := exec.LookPath("scp"); err == nil {
+		if r := e.runCmd(sshCmd(scpBin, "-F", userCfg, "-o", "BatchMode=yes", local, host+":/root/scp-dst"), []string{"scp"}); r.code != 0 {
+			e.t.Fatalf("scp through the installed config: exit %d: %s", r.code, r.stderr)
+		}
+		if got := e.must("vm", "exec", name, "--", "cat", "/root/scp-dst").stdout; got != "copied by scp\n" {
+			e.t.Fatalf("scp copied %q", got)
+		}
+	}
+	// One VM's block, printed, is a config of its own.
+	block := filepath.Join(e.dir, "one-vm.ssh_config")
+	if err := os.WriteFile(block, []byte(e.must("vm", "ssh-config", name).stdout), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	if r := e.runCmd(sshCmd(sshBin, "-F", block, "-o", "BatchMode=yes", host, "true"), []string{"ssh", host}); r.code != 0 {
+		e.t.Fatalf("ssh with `vm ssh-config %s`: exit %d: %s", name, r.code, r.stderr)
+	}
+	// A host that is not banger's VM gets no key from banger: refused, not trusted.
+	if r := e.runCmd(sshCmd(sshBin, "-F", userCfg, "-o", "BatchMode=yes", "nosuchvm.banger", "true"), []string{"ssh"}); r.code == 0 {
+		e.t.Fatal("ssh to a VM that does not exist succeeded")
 	}
 }
