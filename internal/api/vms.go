@@ -32,6 +32,29 @@ type VMCreateRequest struct {
 	// From names a user snapshot to clone: the VM gets its processes and files, with its
 	// own identity, and the snapshot's image and shape (leave those fields empty).
 	From string `json:"from,omitempty"`
+	// Ports are port forwards, each [HOSTIP:]HOSTPORT:GUESTPORT[/tcp] or GUESTPORT (a free
+	// host port is picked and kept); they listen on the host while the VM runs.
+	Ports []string `json:"ports,omitempty"`
+}
+
+// VMPortsRequest is POST /v1/vms/ports: add forwards (as in VMCreateRequest.Ports) and
+// remove others, named by their host side (HOSTPORT or HOSTIP:HOSTPORT).
+type VMPortsRequest struct {
+	Name   string   `json:"name"`
+	Add    []string `json:"add,omitempty"`
+	Remove []string `json:"remove,omitempty"`
+}
+
+// VMPort is one port forward of a VM: HostIP:HostPort on the host to GuestPort on the
+// guest's loopback. Listening says it accepts connections now; Error why it does not while
+// the VM runs.
+type VMPort struct {
+	HostIP    string `json:"host_ip"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Proto     string `json:"proto"`
+	Listening bool   `json:"listening"`
+	Error     string `json:"error,omitempty"`
 }
 
 // VMRequest names a VM (start, health, ...).
@@ -112,7 +135,9 @@ type VM struct {
 	// Stages are the timed stages of the last start.
 	Stages []Stage `json:"stages,omitempty"`
 	// Paused is set while the VM is paused.
-	Paused    *VMPaused `json:"paused,omitempty"`
+	Paused *VMPaused `json:"paused,omitempty"`
+	// Ports are its port forwards.
+	Ports     []VMPort  `json:"ports"`
 	LastExit  string    `json:"last_exit,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
@@ -218,6 +243,11 @@ func (c *Client) RemoveVM(ctx context.Context, req VMRemoveRequest) error {
 }
 
 // VMHealth asks the VM's agent whether it is healthy.
+// ChangePorts adds and removes a VM's port forwards; it returns the VM.
+func (c *Client) ChangePorts(ctx context.Context, req VMPortsRequest) (VM, error) {
+	return post[VM](ctx, c, "/vms/ports", req)
+}
+
 func (c *Client) VMHealth(ctx context.Context, name string) (VMHealth, error) {
 	return get[VMHealth](ctx, c, "/vms/health", url.Values{"name": {name}})
 }

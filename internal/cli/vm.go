@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -33,7 +34,7 @@ the VM's sshd with banger's own key and the VM's pinned host key.`,
 	}
 	cmd.AddCommand(a.vmCreateCommand(), a.vmStartCommand(), a.vmStopCommand(), a.vmRemoveCommand(),
 		a.vmListCommand(), a.vmInspectCommand(), a.vmExecCommand(), a.vmLogsCommand(), a.vmHealthCommand(),
-		a.vmRunCommand(), a.vmSSHCommand(), a.vmSSHProxyCommand(), a.vmSSHConfigCommand(), a.vmSSHKnownHostsCommand(), a.vmRestartCommand(),
+		a.vmRunCommand(), a.vmSSHCommand(), a.vmSSHProxyCommand(), a.vmSSHConfigCommand(), a.vmPortCommand(), a.vmSSHKnownHostsCommand(), a.vmRestartCommand(),
 		a.vmPauseCommand(), a.vmResumeCommand(), a.vmSnapshotCommand(), a.vmForkCommand())
 	return cmd
 }
@@ -57,6 +58,8 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.req.DiskSize, "disk-size", "", "size of the work disk at /root, like 8G (default 8G, sparse)")
 	cmd.Flags().BoolVar(&f.req.Cold, "cold", false, "boot the kernel even when a warm-start template of the image and shape exists")
 	cmd.Flags().StringVar(&f.req.From, "from", "", "clone this snapshot (`banger snapshot ls`): its processes and files, its image and shape")
+	cmd.Flags().StringArrayVarP(&f.req.Ports, "publish", "p", nil,
+		"forward a host port to the VM, `[HOSTIP:]HOSTPORT:GUESTPORT[/tcp]` or GUESTPORT (a free host port, printed); repeatable; listens on 127.0.0.1 unless HOSTIP says otherwise")
 }
 
 // addBootFlags adds the flags that say what a VM boots and with how much: --image,
@@ -296,6 +299,13 @@ func (a *app) vmInspectCommand() *cobra.Command {
 			if vm.PID > 0 {
 				fmt.Fprintf(w, "pid:       %d\n", vm.PID)
 			}
+			for i, p := range vm.Ports {
+				label := "ports:    "
+				if i > 0 {
+					label = "          "
+				}
+				fmt.Fprintf(w, "%s %s\n", label, portLine(p))
+			}
 			if p := vm.Paused; p != nil {
 				fmt.Fprintf(w, "paused:    since %s, %s on disk in %s (`banger vm resume %s`)\n",
 					p.At.Local().Format("2006-01-02 15:04:05"), units.FormatSize(p.SizeBytes), p.StateFile, vm.Name)
@@ -532,7 +542,22 @@ func (a *app) printVM(vm api.VM, asJSON bool, verb string) error {
 		extra = " (" + vm.Network.Note + ")"
 	}
 	fmt.Fprintf(a.env.Stdout, "%s %s: %s, %s %s%s\n", verb, vm.Name, vm.State, vm.Driver, vm.Accel, extra)
+	for _, p := range vm.Ports {
+		fmt.Fprintf(a.env.Stdout, "  %s\n", portLine(p))
+	}
 	return nil
+}
+
+// portLine describes one forward: where to connect, where it goes, and whether it listens.
+func portLine(p api.VMPort) string {
+	s := fmt.Sprintf("%s -> guest port %d/%s", net.JoinHostPort(p.HostIP, strconv.Itoa(p.HostPort)), p.GuestPort, p.Proto)
+	switch {
+	case p.Error != "":
+		s += " (not listening: " + termutil.SanitizeString(p.Error) + ")"
+	case !p.Listening:
+		s += " (listens while the VM runs)"
+	}
+	return s
 }
 
 func (a *app) vmPauseCommand() *cobra.Command {

@@ -76,6 +76,7 @@ type Daemon struct {
 	net    *netState
 	images *image.Manager
 	vms    *vmManager
+	ports  portForwards
 	warm   warmUp
 
 	shutdownOnce sync.Once
@@ -191,6 +192,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 			_ = d.srv.Close()
 		}
 		d.stopWarmUp()
+		d.closeAllForwards()
 		d.closeVMs()
 		d.stopNetwork()
 		// The socket goes before the lock: once the lock is free another daemon may start

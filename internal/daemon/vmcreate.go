@@ -134,6 +134,10 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	if err != nil {
 		return api.VM{}, err
 	}
+	ports, err := d.parsePorts(ctx, req.Ports, "", nil)
+	if err != nil {
+		return api.VM{}, err
+	}
 	choice, err := d.chooseVMM()
 	if err != nil {
 		return api.VM{}, err
@@ -142,7 +146,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	unlock := d.lockVM(id)
 	defer unlock()
 	rec := d.newVMRecord(id, p, choice)
-	rec.Creating = true
+	rec.Creating, rec.Ports = true, ports
 	var warm *warmStart
 	var coldBoot api.VMBoot
 	if p.from != nil {

@@ -111,11 +111,14 @@ func (d *Daemon) machine(id string) vmm.Machine {
 
 func (d *Daemon) setMachine(id string, m vmm.Machine) {
 	d.vms.mu.Lock()
-	defer d.vms.mu.Unlock()
 	if m == nil {
 		delete(d.vms.machines, id)
 	} else {
 		d.vms.machines[id] = m
+	}
+	d.vms.mu.Unlock()
+	if m == nil {
+		d.closeForwards(id) // its VMM ended: nothing to forward to
 	}
 }
 

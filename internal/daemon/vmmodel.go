@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/portfwd"
 	"github.com/banger-vm/banger/internal/sshkeys"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/vmm"
@@ -48,6 +49,8 @@ type vmSpec struct {
 	Rootfs  string `json:"rootfs,omitempty"`
 	// Template, on a builder, is the key of the warm-start template it builds.
 	Template string `json:"template,omitempty"`
+	// Ports are the VM's port forwards (listening while it runs).
+	Ports []portfwd.Spec `json:"ports,omitempty"`
 }
 
 // vmNetwork is the network part of a VM's status; "tap" is what network.go's reconcile reads.
@@ -175,7 +178,7 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 	out := api.VM{ID: vm.ID, Name: vm.Name, Kernel: rec.Kernel, State: string(vm.State), Driver: vm.VMM,
 		Accel: rec.Accel, DriverReason: rec.DriverReason, CPUs: rec.CPUs, MemoryMiB: rec.MemoryMiB,
 		Dir: rec.Dir, RunDir: rec.RunDir, ConsoleLog: rec.ConsoleLog, Stages: rec.Stages, Boot: rec.Boot, LastExit: rec.LastExit,
-		CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, Disks: []api.VMDisk{},
+		CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, Disks: []api.VMDisk{}, Ports: []api.VMPort{},
 		Network: api.VMNetwork{TAP: rec.Network.TAP, IP: rec.Network.IP, Gateway: rec.Network.Gateway, MAC: rec.Network.MAC,
 			DNS: rec.Network.DNS, Note: rec.Network.Note},
 		SSH: api.VMSSH{Ready: rec.SSHReady && vm.State == store.VMRunning, Available: !rec.SSHAbsent && rec.SSHHostKey != "",
@@ -187,6 +190,7 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 	if rec.SSHHostKey != "" {
 		out.SSH.HostKeyAlias = sshkeys.HostAlias(vm.ID)
 	}
+	out.Ports = d.portsToAPI(vm.ID, rec.Ports)
 	if m := d.machine(vm.ID); m != nil {
 		out.PID = m.PID()
 	}

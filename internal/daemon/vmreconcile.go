@@ -131,6 +131,7 @@ func (c leftovers) reattachOrRecordGone(ctx context.Context) {
 		cancel()
 		if err == nil {
 			c.d.setMachine(c.vm.ID, m)
+			c.d.openForwardsOf(c.vm, c.rec, nil)
 			go c.d.watchMachine(c.vm.ID, m)
 			c.d.log.Info("reattached running VM", "vm", c.vm.Name, "pid", m.PID())
 			c.finishInterruptedPause(ctx, m)

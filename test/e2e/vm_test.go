@@ -258,6 +258,10 @@ func (e *env) startHelper() {
 	if out, err := exec.Command("ip", "netns", "add", e.netns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", e.netns, err, out)
 	}
+	// A host has its loopback up: port forwards listen on it.
+	if out, err := exec.Command("ip", "-n", e.netns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("loopback up in %s: %v: %s", e.netns, err, out)
+	}
 	// The helper's socket directory must be root's (the helper refuses anything else).
 	if err := os.Mkdir(filepath.Dir(e.helperSocket()), 0o755); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/internal/api"
+)
+
+func (a *app) vmPortCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "port NAME [ls | add SPEC... | rm HOSTPORT...]",
+		Short: "List, add or remove a VM's port forwards",
+		Long: `A port forward makes a TCP port in the VM reachable on the host. It goes through the
+VM's agent, so it works with or without a guest network; it listens on 127.0.0.1 unless
+SPEC names another host address, while the VM runs (start, resume and a daemon restart
+bring it back). Only TCP is forwarded.
+
+  banger vm port dev add 8080                  # a free host port, printed
+  banger vm port dev add 18080:8080 0.0.0.0:2222:22
+  banger vm port dev ls
+  banger vm port dev rm 18080                  # by its host port (or HOSTIP:HOSTPORT)
+
+vm create and vm run take the same SPECs with -p.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, action, rest := args[0], "ls", args[1:]
+			if len(rest) > 0 {
+				action, rest = rest[0], rest[1:]
+			}
+			var req api.VMPortsRequest
+			switch action {
+			case "ls", "list":
+				if len(rest) > 0 {
+					return fmt.Errorf("ls takes no arguments")
+				}
+			case "add":
+				req.Add = rest
+			case "rm", "remove":
+				req.Remove = rest
+			default:
+				return fmt.Errorf("unknown action %q: use ls, add SPEC... or rm HOSTPORT...", action)
+			}
+			if action != "ls" && action != "list" && len(rest) == 0 {
+				return fmt.Errorf("%s needs at least one port", action)
+			}
+			c, err := a.ensureDaemon(cmdContext(cmd), false)
+			if err != nil {
+				return err
+			}
+			var vm api.VM
+			if len(req.Add)+len(req.Remove) == 0 {
+				vm, err = c.InspectVM(cmdContext(cmd), name)
+			} else {
+				req.Name = name
+				vm, err = c.ChangePorts(cmdContext(cmd), req)
+			}
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.env.Stdout, vm.Ports)
+			}
+			if len(vm.Ports) == 0 {
+				fmt.Fprintf(a.env.Stdout, "VM %s forwards no ports; add one with `banger vm port %s add GUESTPORT`\n", vm.Name, vm.Name)
+				return nil
+			}
+			lines := make([]string, len(vm.Ports))
+			for i, p := range vm.Ports {
+				lines[i] = portLine(p)
+			}
+			fmt.Fprintln(a.env.Stdout, strings.Join(lines, "\n"))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM's forwards as JSON")
+	return cmd
+}

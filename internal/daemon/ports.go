@@ -1,0 +1,266 @@
+package daemon
+
+// Port forwards: a VM's forwards are part of its record; while its VMM runs the daemon
+// listens on each host address and relays connections through the guest agent to the
+// guest's loopback port, so forwards work with or without a guest network. They are opened
+// whenever the VM comes up (start, resume, a daemon restart that reattaches it) and closed
+// when its VMM ends.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+
+	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/portfwd"
+	"github.com/banger-vm/banger/internal/store"
+)
+
+// maxForwardsPerVM bounds a VM's forwards.
+const maxForwardsPerVM = 64
+
+// portForwards are the daemon's open forwards, and why the others are not open.
+type portForwards struct {
+	mu     sync.Mutex
+	active map[string][]*portfwd.Forwarder // by VM id
+	failed map[string]map[string]string    // VM id -> spec key -> why it is not listening
+}
+
+func (p *portForwards) init() {
+	p.active, p.failed = map[string][]*portfwd.Forwarder{}, map[string]map[string]string{}
+}
+
+// parsePorts reads the forwards a request asks for, picks free host ports for those
+// without one, and checks them against each other, the other VMs' forwards (except vm's
+// own) and what listens on the host now.
+func (d *Daemon) parsePorts(ctx context.Context, texts []string, vmID string, existing []portfwd.Spec) ([]portfwd.Spec, error) {
+	if len(texts)+len(existing) > maxForwardsPerVM {
+		return nil, api.Errorf(api.CodeBadRequest, "", "too many port forwards (at most %d per VM)", maxForwardsPerVM)
+	}
+	taken, err := d.forwardedKeys(ctx, vmID)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range existing {
+		taken[s.Key()] = "this VM"
+	}
+	var out []portfwd.Spec
+	for _, t := range texts {
+		s, err := portfwd.Parse(t)
+		if err != nil {
+			return nil, api.Errorf(api.CodeBadRequest, "use -p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp] or -p GUESTPORT", "%v", err)
+		}
+		if s, err = portfwd.Resolve(s); err != nil {
+			return nil, api.Errorf(api.CodeUnavailable, "", "%v", err)
+		}
+		if who, ok := taken[s.Key()]; ok {
+			return nil, api.Errorf(api.CodeConflict, "pick another host port", "host port %s is already forwarded to %s", s.Key(), who)
+		}
+		// Free now? (A forward binds for real when its VM runs.)
+		f, err := portfwd.Listen(s, func(context.Context, int) (io.ReadWriteCloser, error) { return nil, errors.New("checking") }, d.log)
+		if err != nil {
+			return nil, api.Errorf(api.CodeConflict, "", "%v", err)
+		}
+		f.Close()
+		taken[s.Key()] = "this VM"
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// forwardedKeys maps the host addresses other VMs forward to their names.
+func (d *Daemon) forwardedKeys(ctx context.Context, exceptID string) (map[string]string, error) {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, vm := range vms {
+		if vm.ID == exceptID {
+			continue
+		}
+		rec, err := parseRecord(vm)
+		if err != nil {
+			continue
+		}
+		for _, s := range rec.Ports {
+			out[s.Key()] = "VM " + vm.Name
+		}
+	}
+	return out, nil
+}
+
+// openForwards starts listening for a VM that just came up; a forward that cannot listen
+// (its host port taken since) is recorded as failed and returned as a warning.
+func (d *Daemon) openForwards(vmID, vmName string, specs []portfwd.Spec) []string {
+	d.closeForwards(vmID)
+	dial := func(ctx context.Context, port int) (io.ReadWriteCloser, error) {
+		m := d.machine(vmID)
+		if m == nil {
+			return nil, fmt.Errorf("VM %s is not running", vmName)
+		}
+		return m.Agent().Forward(ctx, port)
+	}
+	var warnings []string
+	p := &d.ports
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.active == nil {
+		p.init()
+	}
+	for _, s := range specs {
+		if err := s.Check(); err != nil {
+			warnings = append(warnings, fmt.Sprintf("a stored forward is invalid (%v): remove it with `banger vm port %s rm`", err, vmName))
+			continue
+		}
+		f, err := portfwd.Listen(s, dial, d.log)
+		if err != nil {
+			if p.failed[vmID] == nil {
+				p.failed[vmID] = map[string]string{}
+			}
+			p.failed[vmID][s.Key()] = err.Error()
+			warnings = append(warnings, err.Error())
+			d.log.Warn("a VM's port forward is not listening", "vm", vmName, "forward", s.String(), "err", err)
+			continue
+		}
+		p.active[vmID] = append(p.active[vmID], f)
+	}
+	return warnings
+}
+
+// closeForwards stops a VM's forwards (its VMM ended, or it is removed).
+func (d *Daemon) closeForwards(vmID string) {
+	p := &d.ports
+	p.mu.Lock()
+	fs := p.active[vmID]
+	delete(p.active, vmID)
+	delete(p.failed, vmID)
+	p.mu.Unlock()
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// closeAllForwards stops every forward (daemon shutdown).
+func (d *Daemon) closeAllForwards() {
+	p := &d.ports
+	p.mu.Lock()
+	ids := make([]string, 0, len(p.active))
+	for id := range p.active {
+		ids = append(ids, id)
+	}
+	p.mu.Unlock()
+	for _, id := range ids {
+		d.closeForwards(id)
+	}
+}
+
+// portsToAPI describes a VM's forwards and whether each listens.
+func (d *Daemon) portsToAPI(vmID string, specs []portfwd.Spec) []api.VMPort {
+	p := &d.ports
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	listening := map[string]bool{}
+	for _, f := range p.active[vmID] {
+		listening[f.Spec().Key()] = true
+	}
+	out := make([]api.VMPort, 0, len(specs))
+	for _, s := range specs {
+		out = append(out, api.VMPort{HostIP: s.HostIP, HostPort: s.HostPort, GuestPort: s.GuestPort, Proto: s.Proto,
+			Listening: listening[s.Key()], Error: p.failed[vmID][s.Key()]})
+	}
+	return out
+}
+
+// matchHostSide says whether text names s by its host side: HOSTPORT, HOSTIP:HOSTPORT or
+// [HOSTIP]:HOSTPORT.
+func matchHostSide(text string, s portfwd.Spec) bool {
+	if n, err := strconv.Atoi(text); err == nil {
+		return n == s.HostPort
+	}
+	host, port, err := net.SplitHostPort(text)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n == s.HostPort && (host == s.HostIP || net.ParseIP(host).Equal(net.ParseIP(s.HostIP)))
+}
+
+// changePorts adds and removes a VM's forwards; a running VM's listeners follow at once.
+func (d *Daemon) changePorts(ctx context.Context, req api.VMPortsRequest) (api.VM, error) {
+	vm, unlock, err := d.lockedVM(ctx, req.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	rec, err := parseRecord(vm)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if rec.Builder {
+		return api.VM{}, api.Errorf(api.CodeConflict, "", "VM %q is an image build's temporary VM", vm.Name)
+	}
+	kept := rec.Ports[:0:0]
+	for _, s := range rec.Ports {
+		drop := false
+		for _, t := range req.Remove {
+			drop = drop || matchHostSide(t, s)
+		}
+		if !drop {
+			kept = append(kept, s)
+		}
+	}
+	for _, t := range req.Remove {
+		found := false
+		for _, s := range rec.Ports {
+			found = found || matchHostSide(t, s)
+		}
+		if !found {
+			return api.VM{}, api.Errorf(api.CodeNotFound, "list them with `banger vm port "+vm.Name+" ls`", "VM %q forwards no host port %q", vm.Name, t)
+		}
+	}
+	added, err := d.parsePorts(ctx, req.Add, vm.ID, kept)
+	if err != nil {
+		return api.VM{}, err
+	}
+	rec.Ports = append(kept, added...)
+	if vm, err = d.putRecord(ctx, vm, rec); err != nil {
+		return api.VM{}, err
+	}
+	if d.machine(vm.ID) != nil {
+		if warnings := d.openForwards(vm.ID, vm.Name, rec.Ports); len(warnings) > 0 {
+			return d.vmToAPI(ctx, vm), api.Errorf(api.CodeConflict, "the forward is saved and listens when the VM next starts, or remove it", "%s", warnings[0])
+		}
+	}
+	return d.vmToAPI(ctx, vm), nil
+}
+
+func (d *Daemon) handleVMPorts(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMPortsRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	vm, err := d.changePorts(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, vm)
+	return nil
+}
+
+// openForwardsOf opens the forwards of a VM that came up, reporting those that fail.
+func (d *Daemon) openForwardsOf(vm store.VM, rec vmRecord, progress progressFunc) {
+	if len(rec.Ports) == 0 {
+		return
+	}
+	for _, w := range d.openForwards(vm.ID, vm.Name, rec.Ports) {
+		if progress != nil {
+			progress(api.Progress{Stage: "forwarding ports", Message: "failed: " + w})
+		}
+	}
+}

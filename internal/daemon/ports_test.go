@@ -1,0 +1,107 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"testing"
+
+	"github.com/banger-vm/banger/internal/api"
+)
+
+// freePort is a TCP port on 127.0.0.1 that nothing listens on right now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func listens(port int) bool {
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// TestFakePortForwards: forwards are checked at create (bad specs, a port another VM
+// forwards, a port a process holds, named), listen only while the VM runs, come back after
+// a restart of the VM and of the daemon, and follow add/rm on a running VM.
+func TestFakePortForwards(t *testing.T) {
+	e := newFakeEnv(t)
+	ctx := context.Background()
+	create := func(name string, ports ...string) (api.VM, error) {
+		return e.d.createVM(ctx, api.VMCreateRequest{Name: name, Image: "img", DiskSize: "256M", Start: true, Ports: ports}, noProgress)
+	}
+	for _, bad := range []string{"80/udp", "0", "x:80", "1.2.3:80:80", "99999"} {
+		_, err := create("bad", bad)
+		wantCode(t, err, api.CodeBadRequest, "port")
+	}
+	fixed := freePort(t)
+	vm, err := create("pf", strconv.Itoa(fixed)+":8080", "80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vm.Ports) != 2 || vm.Ports[0].HostPort != fixed || vm.Ports[1].HostPort == 0 || vm.Ports[1].GuestPort != 80 || !vm.Ports[0].Listening {
+		t.Fatalf("ports %+v", vm.Ports)
+	}
+	picked := vm.Ports[1].HostPort
+	if !listens(fixed) || !listens(picked) {
+		t.Fatal("a running VM's forwards do not listen")
+	}
+	_, err = create("other", strconv.Itoa(fixed)+":22")
+	wantCode(t, err, api.CodeConflict, "already forwarded to VM pf")
+	holder, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	_, err = create("other", strconv.Itoa(holder.Addr().(*net.TCPAddr).Port)+":22")
+	wantCode(t, err, api.CodeConflict, "is taken by pid ")
+
+	// Stopped: not listening; started again: listening on the same ports.
+	must(e.d.stopVM(ctx, api.VMStopRequest{Name: "pf", Force: true}))
+	if listens(fixed) || listens(picked) {
+		t.Fatal("a stopped VM's forwards still listen")
+	}
+	must(e.d.startVM(ctx, "pf", noProgress))
+	if !listens(fixed) || !listens(picked) {
+		t.Fatal("forwards did not come back with the VM")
+	}
+	e.restart()
+	if !listens(fixed) || !listens(picked) {
+		t.Fatal("forwards did not come back with a restarted daemon")
+	}
+
+	// add and rm on the running VM.
+	extra := freePort(t)
+	out, err := e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Add: []string{strconv.Itoa(extra) + ":9090"}, Remove: []string{strconv.Itoa(picked)}})
+	if err != nil || len(out.Ports) != 2 || !listens(extra) || listens(picked) {
+		t.Fatalf("change: %+v %v", out.Ports, err)
+	}
+	_, err = e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Remove: []string{"1"}})
+	wantCode(t, err, api.CodeNotFound, "forwards no host port")
+	_, err = e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Add: []string{strconv.Itoa(extra) + ":1"}})
+	wantCode(t, err, api.CodeConflict, "already forwarded to this VM")
+	_, err = e.d.changePorts(ctx, api.VMPortsRequest{Name: "nosuch", Add: []string{"80"}})
+	wantCode(t, err, api.CodeNotFound, "not found")
+
+	// Paused: no VMM, nothing listens; resumed: back.
+	must(e.d.pauseVM(ctx, "pf", noProgress))
+	if listens(fixed) {
+		t.Fatal("a paused VM's forward still listens")
+	}
+	must(e.d.startVM(ctx, "pf", noProgress))
+	if !listens(fixed) || !listens(extra) {
+		t.Fatal("forwards did not come back with a resume")
+	}
+	must(0, e.d.removeVM(ctx, api.VMRemoveRequest{Name: "pf", Force: true}))
+	if listens(fixed) || listens(extra) {
+		t.Fatal("a removed VM's forwards still listen")
+	}
+}
