@@ -49,7 +49,25 @@ const (
 	// FreezeRequest.ThawAfterMS of guest time if no thaw comes.
 	PathFreeze = "/v1/freeze"
 	PathThaw   = "/v1/thaw"
+	// PathResizeFS (POST, ResizeFSRequest) grows the ext4 filesystem mounted at a path to
+	// fill its disk, online, once the disk has grown to at least SizeBytes (vm resize).
+	PathResizeFS = "/v1/resizefs"
 )
+
+// ResizeFSRequest names the mount point to grow and the disk size the host made.
+type ResizeFSRequest struct {
+	Path      string `json:"path"`
+	SizeBytes int64  `json:"size_bytes"`
+}
+
+// ResizeFSResponse says what grew: the device, its size, and the filesystem's size before
+// and after.
+type ResizeFSResponse struct {
+	Device      string `json:"device"`
+	DeviceBytes int64  `json:"device_bytes"`
+	BeforeBytes int64  `json:"before_bytes"`
+	AfterBytes  int64  `json:"after_bytes"`
+}
 
 // Bounds of FreezeRequest.ThawAfterMS.
 const (

@@ -45,6 +45,13 @@ type VMPortsRequest struct {
 	Remove []string `json:"remove,omitempty"`
 }
 
+// VMResizeRequest is POST /v1/vms/resize: grow the VM's work disk (/root) to Disk (like
+// "40G"), offline or online.
+type VMResizeRequest struct {
+	Name string `json:"name"`
+	Disk string `json:"disk"`
+}
+
 // VMPort is one port forward of a VM: HostIP:HostPort on the host to GuestPort on the
 // guest's loopback. Listening says it accepts connections now; Error why it does not while
 // the VM runs.
@@ -243,6 +250,11 @@ func (c *Client) RemoveVM(ctx context.Context, req VMRemoveRequest) error {
 }
 
 // VMHealth asks the VM's agent whether it is healthy.
+// ResizeVM grows a VM's work disk; it returns the VM.
+func (c *Client) ResizeVM(ctx context.Context, req VMResizeRequest) (VM, error) {
+	return post[VM](ctx, c, "/vms/resize", req)
+}
+
 // ChangePorts adds and removes a VM's port forwards; it returns the VM.
 func (c *Client) ChangePorts(ctx context.Context, req VMPortsRequest) (VM, error) {
 	return post[VM](ctx, c, "/vms/ports", req)

@@ -165,6 +165,7 @@ type fakeMachine struct {
 	mu     sync.Mutex
 	paused bool // stopped by SaveState until Continue
 	frozen bool // the guest's filesystems, by /v1/freeze until /v1/thaw (saved with the state)
+	resized []string // drive resizes told to the VMM: "id=bytes"
 	done   chan struct{}
 	info   vmm.ExitInfo
 	client *agentclient.Client
@@ -220,6 +221,14 @@ func (m *fakeMachine) serveAgent(w http.ResponseWriter, r *http.Request) {
 		m.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"frozen":["/root"],"duration_ms":0.1}`))
+	case agent.PathResizeFS:
+		var req agent.ResizeFSRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Path != "/root" {
+			http.Error(w, `{"error":{"code":"bad_request","message":"bad resize"}}`, http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(agent.ResizeFSResponse{Device: "/dev/vdc", DeviceBytes: req.SizeBytes, AfterBytes: req.SizeBytes})
 	case agent.PathThaw:
 		m.mu.Lock()
 		was := m.frozen
@@ -340,6 +349,14 @@ func (m *fakeMachine) Continue(context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.paused = false
+	return nil
+}
+
+// ResizeDrive records what the VMM was told.
+func (m *fakeMachine) ResizeDrive(_ context.Context, id string, bytes int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.resized = append(m.resized, fmt.Sprintf("%s=%d", id, bytes))
 	return nil
 }
 

@@ -31,6 +31,7 @@ func (d *Daemon) addVMRoutes(table map[string]map[string]handlerFunc) {
 	table["/vms/exec"] = map[string]handlerFunc{http.MethodPost: d.handleVMExec}
 	table["/vms/forward"] = map[string]handlerFunc{http.MethodPost: d.handleVMForward}
 	table["/vms/ports"] = map[string]handlerFunc{http.MethodPost: d.handleVMPorts}
+	table["/vms/resize"] = map[string]handlerFunc{http.MethodPost: d.handleVMResize}
 	table["/vms/logs"] = map[string]handlerFunc{http.MethodGet: d.handleVMLogs}
 	table["/snapshots"] = map[string]handlerFunc{http.MethodGet: d.handleSnapshotList}
 	table["/snapshots/inspect"] = map[string]handlerFunc{http.MethodGet: d.handleSnapshotInspect}

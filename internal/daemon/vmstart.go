@@ -170,7 +170,7 @@ func vmDrives(rootfs string, spec vmSpec, modules []vmm.Drive) []vmm.Drive {
 	return append([]vmm.Drive{
 		{ID: "rootfs", Path: rootfs, ReadOnly: true, Role: vmm.RoleRoot},
 		{ID: "layer", Path: spec.layerDisk(), Role: vmm.RoleLayer},
-		{ID: "work", Path: spec.workDisk(), Role: vmm.RoleWork},
+		{ID: workDriveID, Path: spec.workDisk(), Role: vmm.RoleWork},
 	}, modules...)
 }
 

@@ -207,6 +207,13 @@ type StateSaver interface {
 // apart from the device state, so that callers can find (and remove) both from path.
 func SavedMemoryPath(statePath string) string { return statePath + ".memory" }
 
+// DriveResizer is a Machine that can tell its guest a drive's backing file grew (to
+// bytes): the guest sees the new capacity without a restart. The caller grows the file
+// first.
+type DriveResizer interface {
+	ResizeDrive(ctx context.Context, driveID string, bytes int64) error
+}
+
 // Continuer is a Machine whose guest can be let run again after its VMM stopped it for a
 // save that did not finish (the daemon was killed mid-pause). It is harmless on a running
 // guest.

@@ -345,6 +345,12 @@ func (c *Client) Thaw(ctx context.Context) (*agent.ThawResponse, error) {
 	return post[agent.ThawResponse](ctx, c, agent.PathThaw, nil)
 }
 
+// ResizeFS grows the filesystem mounted at path in the guest to fill its disk, once the
+// guest sees the disk at sizeBytes.
+func (c *Client) ResizeFS(ctx context.Context, path string, sizeBytes int64) (*agent.ResizeFSResponse, error) {
+	return post[agent.ResizeFSResponse](ctx, c, agent.PathResizeFS, agent.ResizeFSRequest{Path: path, SizeBytes: sizeBytes})
+}
+
 // post sends req (no body when nil) to path and decodes a 200 answer as T.
 func post[T any](ctx context.Context, c *Client, path string, req any) (*T, error) {
 	var body io.Reader

@@ -43,30 +43,46 @@ type freezeState struct {
 	timer  *time.Timer
 }
 
-// writableBlockMounts lists the mount points of read-write, freezable filesystems on block
-// devices in a /proc/self/mounts table, each once, parents before children.
-func writableBlockMounts(r io.Reader) ([]string, error) {
-	var out []string
-	seen := map[string]bool{}
+// mountEntry is one line of a mount table.
+type mountEntry struct {
+	device, point, fstype string
+	options               []string
+}
+
+// readMountTable parses a /proc/self/mounts table, read up to maxMountsBytes; lines that do
+// not parse, or whose mount point is not an absolute clean path, are skipped.
+func readMountTable(r io.Reader) ([]mountEntry, error) {
+	var out []mountEntry
 	sc := bufio.NewScanner(io.LimitReader(r, maxMountsBytes))
 	sc.Buffer(make([]byte, 0, 4096), maxMountsBytes)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 4 || !strings.HasPrefix(f[0], "/dev/") || !freezableTypes[f[2]] {
+		if len(f) < 4 {
 			continue
-		}
-		rw := false
-		for _, o := range strings.Split(f[3], ",") {
-			rw = rw || o == "rw"
 		}
 		mp, err := unescapeMount(f[1])
-		if err != nil || !rw || !filepath.IsAbs(mp) || filepath.Clean(mp) != mp || seen[mp] {
+		if err != nil || !filepath.IsAbs(mp) || filepath.Clean(mp) != mp {
 			continue
 		}
-		seen[mp] = true
-		out = append(out, mp)
+		out = append(out, mountEntry{device: f[0], point: mp, fstype: f[2], options: strings.Split(f[3], ",")})
 	}
 	return out, sc.Err()
+}
+
+// writableBlockMounts lists the mount points of read-write, freezable filesystems on block
+// devices in a /proc/self/mounts table, each once, parents before children.
+func writableBlockMounts(r io.Reader) ([]string, error) {
+	table, err := readMountTable(r)
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range table {
+		if !strings.HasPrefix(m.device, "/dev/") || !freezableTypes[m.fstype] || !slices.Contains(m.options, "rw") || seen[m.point] {
+			continue
+		}
+		seen[m.point] = true
+		out = append(out, m.point)
+	}
+	return out, err
 }
 
 // unescapeMount decodes the octal escapes (\040 for a space) of a mounts field.

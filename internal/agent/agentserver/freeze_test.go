@@ -125,3 +125,24 @@ func decode(t *testing.T, rec *httptest.ResponseRecorder, v any) {
 		t.Fatalf("body %s: %v", rec.Body, err)
 	}
 }
+
+// TestResizeFSRefuses: a path that is not a clean absolute mount point, a size below 1 MiB,
+// a path no mount table line names, and a filesystem that is not ext4 on a disk are refused
+// before any ioctl.
+func TestResizeFSRefuses(t *testing.T) {
+	s := freezeServer(t, "/dev/vdc /root ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n/dev/vdd /x xfs rw 0 0\n")
+	ctype := map[string]string{"Content-Type": "application/json"}
+	for body, code := range map[string]string{
+		`{"path":"root","size_bytes":1073741824}`:        agent.CodeBadRequest,
+		`{"path":"/root/../etc","size_bytes":1073741824}`: agent.CodeBadRequest,
+		`{"path":"/root","size_bytes":5}`:                 agent.CodeBadRequest,
+		`{"path":"/nosuch","size_bytes":1073741824}`:      agent.CodeNotFound,
+		`{"path":"/tmp","size_bytes":1073741824}`:         agent.CodeBadRequest,
+		`{"path":"/x","size_bytes":1073741824}`:           agent.CodeBadRequest,
+		`{"path":"/root","size_bytes":1,"rm":"-rf"}`:      agent.CodeBadRequest,
+	} {
+		rec := do(t, s, "POST", agent.PathResizeFS, strings.NewReader(body), ctype)
+		status := map[string]int{agent.CodeBadRequest: 400, agent.CodeNotFound: 404}[code]
+		wantError(t, rec, status, code)
+	}
+}

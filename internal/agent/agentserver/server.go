@@ -164,6 +164,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		route(http.MethodPost, s.handleFreeze)
 	case agent.PathThaw:
 		route(http.MethodPost, s.handleThaw)
+	case agent.PathResizeFS:
+		route(http.MethodPost, s.handleResizeFS)
 	default:
 		writeError(w, agent.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	}

@@ -158,6 +158,18 @@ func (c *Client) PutDrive(ctx context.Context, d Drive) error {
 	return c.call(ctx, http.MethodPut, "/drives/"+url.PathEscape(d.DriveID), d, nil)
 }
 
+// PartialDrive is the body of PATCH /drives/{drive_id} (definition PartialDrive).
+type PartialDrive struct {
+	DriveID    string `json:"drive_id"`
+	PathOnHost string `json:"path_on_host,omitempty"`
+}
+
+// PatchDrive updates a drive of a running VM; the same path_on_host makes Firecracker
+// read the file's size again and tell the guest.
+func (c *Client) PatchDrive(ctx context.Context, d PartialDrive) error {
+	return c.call(ctx, http.MethodPatch, "/drives/"+url.PathEscape(d.DriveID), d, nil)
+}
+
 // PutNetworkInterface adds a network interface backed by a TAP device (pre-boot).
 func (c *Client) PutNetworkInterface(ctx context.Context, n NetworkInterface) error {
 	return c.call(ctx, http.MethodPut, "/network-interfaces/"+url.PathEscape(n.IfaceID), n, nil)

@@ -34,6 +34,7 @@ var (
 	_ vmm.Snapshotter   = (*machine)(nil)
 	_ vmm.StateSaver    = (*machine)(nil)
 	_ vmm.Continuer     = (*machine)(nil)
+	_ vmm.DriveResizer  = (*machine)(nil)
 	_ vmm.Restorer      = (*Driver)(nil)
 	_ vmm.RestoreProber = (*Driver)(nil)
 )
@@ -315,6 +316,23 @@ func linkIntoJail(root, src, name string) error {
 			return fmt.Errorf("jail: %s is on another filesystem than the jailer's chroot base: put them on the same filesystem", src)
 		}
 		return fmt.Errorf("jail: %w", err)
+	}
+	return nil
+}
+
+// ResizeDrive implements vmm.DriveResizer: PATCH /drives/{id} with the drive's own path
+// (its link in the run dir, or in the jail) makes Firecracker reopen it, read its new size
+// and tell the guest.
+func (m *machine) ResizeDrive(ctx context.Context, driveID string, _ int64) error {
+	name := driveLinkPrefix + driveID
+	guestPath := name
+	if m.lay.chrootRoot != "" {
+		guestPath = "/" + name
+	} else if _, err := os.Lstat(filepath.Join(m.st.RunDir, name)); err != nil {
+		return fmt.Errorf("firecracker: resize drive %s: the VM was started without drive links (restart it first): %w", driveID, err)
+	}
+	if err := m.api.PatchDrive(ctx, PartialDrive{DriveID: driveID, PathOnHost: guestPath}); err != nil {
+		return fmt.Errorf("firecracker: resize drive %s: %w", driveID, err)
 	}
 	return nil
 }

@@ -345,3 +345,36 @@ func TestSaveStateNeedsARestorableFirecracker(t *testing.T) {
 		}
 	}
 }
+
+// TestResizeDrive: a grown drive is announced with PATCH /drives/{id} naming the drive's own
+// path as Firecracker sees it, valid against Firecracker's API description.
+func TestResizeDrive(t *testing.T) {
+	c := loadContract(t)
+	f := newFixture(t, "")
+	ctx := ctxT(t)
+	m := f.start(t, ctx)
+	defer func() { m.Kill(); m.Close() }()
+	if err := m.(vmm.DriveResizer).ResizeDrive(ctx, "work", 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	var patched bool
+	for _, r := range f.requests(t) {
+		if r.Method == "PATCH" && r.Path == "/drives/work" {
+			patched = true
+			var p PartialDrive
+			json.Unmarshal(r.Body, &p)
+			if p.DriveID != "work" || p.PathOnHost != "drive-work" {
+				t.Errorf("patch %+v", p)
+			}
+			if err := c.validate(r.Method, r.Path, r.Body); err != nil {
+				t.Errorf("%s %s %s:\n%v", r.Method, r.Path, r.Body, err)
+			}
+		}
+	}
+	if !patched {
+		t.Fatal("no PATCH /drives/work sent")
+	}
+	if err := m.(vmm.DriveResizer).ResizeDrive(ctx, "nosuch", 1<<30); err == nil || !strings.Contains(err.Error(), "without drive links") {
+		t.Fatalf("resize of a drive the VM does not have: %v", err)
+	}
+}

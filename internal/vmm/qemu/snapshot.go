@@ -27,6 +27,7 @@ var (
 	_ vmm.StateSaver  = (*machine)(nil)
 	_ vmm.Restorer    = (*Driver)(nil)
 	_ vmm.Continuer   = (*machine)(nil)
+	_ vmm.DriveResizer = (*machine)(nil)
 )
 
 // Continue implements vmm.Continuer: QMP cont, which also takes the disks back from a
@@ -38,6 +39,19 @@ func (m *machine) Continue(ctx context.Context) error {
 	}
 	_, err = q.run(ctx, "cont", nil)
 	return err
+}
+
+// ResizeDrive implements vmm.DriveResizer: QMP block_resize of the drive (its -drive id),
+// which QEMU passes to the guest as a virtio-blk capacity change.
+func (m *machine) ResizeDrive(ctx context.Context, driveID string, bytes int64) error {
+	q, err := m.awaitQMP(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := q.run(ctx, "block_resize", map[string]any{"device": driveID, "size": bytes}); err != nil {
+		return fmt.Errorf("qemu: resize drive %s: %w", driveID, err)
+	}
+	return nil
 }
 
 // snapshotStateName is the state file's name in a snapshot directory.
