@@ -162,13 +162,13 @@ type fakeMachine struct {
 	ln  net.Listener
 	srv *http.Server
 
-	mu     sync.Mutex
-	paused bool // stopped by SaveState until Continue
-	frozen bool // the guest's filesystems, by /v1/freeze until /v1/thaw (saved with the state)
+	mu      sync.Mutex
+	paused  bool     // stopped by SaveState until Continue
+	frozen  bool     // the guest's filesystems, by /v1/freeze until /v1/thaw (saved with the state)
 	resized []string // drive resizes told to the VMM: "id=bytes"
-	done   chan struct{}
-	info   vmm.ExitInfo
-	client *agentclient.Client
+	done    chan struct{}
+	info    vmm.ExitInfo
+	client  *agentclient.Client
 }
 
 func newFakeMachine(f *fakeDriver, pid int, runDir string) (*fakeMachine, error) {

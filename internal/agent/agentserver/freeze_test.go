@@ -133,7 +133,7 @@ func TestResizeFSRefuses(t *testing.T) {
 	s := freezeServer(t, "/dev/vdc /root ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n/dev/vdd /x xfs rw 0 0\n")
 	ctype := map[string]string{"Content-Type": "application/json"}
 	for body, code := range map[string]string{
-		`{"path":"root","size_bytes":1073741824}`:        agent.CodeBadRequest,
+		`{"path":"root","size_bytes":1073741824}`:         agent.CodeBadRequest,
 		`{"path":"/root/../etc","size_bytes":1073741824}`: agent.CodeBadRequest,
 		`{"path":"/root","size_bytes":5}`:                 agent.CodeBadRequest,
 		`{"path":"/nosuch","size_bytes":1073741824}`:      agent.CodeNotFound,

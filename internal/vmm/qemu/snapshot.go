@@ -23,10 +23,10 @@ import (
 )
 
 var (
-	_ vmm.Snapshotter = (*machine)(nil)
-	_ vmm.StateSaver  = (*machine)(nil)
-	_ vmm.Restorer    = (*Driver)(nil)
-	_ vmm.Continuer   = (*machine)(nil)
+	_ vmm.Snapshotter  = (*machine)(nil)
+	_ vmm.StateSaver   = (*machine)(nil)
+	_ vmm.Restorer     = (*Driver)(nil)
+	_ vmm.Continuer    = (*machine)(nil)
 	_ vmm.DriveResizer = (*machine)(nil)
 )
 
