@@ -206,6 +206,9 @@ var clientCalls = map[string]func(context.Context, *Client) error{
 	"PutDrive": func(ctx context.Context, c *Client) error {
 		return c.PutDrive(ctx, Drive{DriveID: "root", PathOnHost: "/img/root.ext4", IsRootDevice: false, IsReadOnly: true})
 	},
+	"PatchDrive": func(ctx context.Context, c *Client) error {
+		return c.PatchDrive(ctx, PartialDrive{DriveID: "work", PathOnHost: "/vm/work.ext4"})
+	},
 	"PutNetworkInterface": func(ctx context.Context, c *Client) error {
 		return c.PutNetworkInterface(ctx, NetworkInterface{IfaceID: "eth0", HostDevName: "bgtap0", GuestMAC: "02:fc:00:00:00:01"})
 	},
