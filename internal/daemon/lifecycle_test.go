@@ -493,7 +493,10 @@ func TestCreatesCopyDiskTemplates(t *testing.T) {
 		m, _ := filepath.Glob(filepath.Join(e.l.CacheDir, "disks", "*.ext4"))
 		return m
 	}
-	// The daemon start's warm-up built the layer template and img1's work template.
+	// A daemon start's warm-up builds the layer template and a work template for each image.
+	// newFakeEnv adds img1 after its daemon started (that warm-up may have missed it): start
+	// again.
+	e.restart()
 	must(0, e.d.waitWarmUp(ctx))
 	if got := templates(); len(got) != 2 || !slices.ContainsFunc(got, func(p string) bool { return strings.Contains(filepath.Base(p), "work-img1-") }) {
 		t.Fatalf("templates after the warm-up: %v, want img1's work and the layer", got)
