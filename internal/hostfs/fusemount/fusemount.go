@@ -1,0 +1,352 @@
+//go:build linux
+
+// Package fusemount is the guest side of a host folder: a FUSE filesystem whose every
+// operation is a hostfs request to the host. It runs in the guest agent (as root, which
+// mounts with mount(2) and needs no fusermount).
+package fusemount
+
+import (
+	"context"
+	"path"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/banger-vm/banger/internal/hostfs"
+)
+
+// cacheFor is how long the guest's kernel trusts names and attributes before asking the
+// host again: long enough that a build's repeated stats stay local, short enough that a
+// change made on the host shows soon.
+const cacheFor = time.Second
+
+// Mount mounts the share c serves at dir. Unmount the returned server to end it; it also
+// ends when c's connection does (operations then fail with ENOTCONN).
+func Mount(dir string, c *hostfs.Client, readOnly bool) (*fuse.Server, error) {
+	timeout := cacheFor
+	opts := &fs.Options{
+		EntryTimeout: &timeout,
+		AttrTimeout:  &timeout,
+		MountOptions: fuse.MountOptions{
+			FsName:        "banger-host",
+			Name:          "hostfs",
+			DirectMount:   true,
+			AllowOther:    true,
+			MaxWrite:      hostfs.MaxIO,
+			MaxReadAhead:  hostfs.MaxIO,
+			DisableXAttrs: true,
+			Options:       []string{"default_permissions"},
+		},
+	}
+	if readOnly {
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
+	}
+	return fs.Mount(dir, &node{c: c}, opts)
+}
+
+type node struct {
+	fs.Inode
+	c *hostfs.Client
+}
+
+var (
+	_ fs.NodeLookuper   = (*node)(nil)
+	_ fs.NodeGetattrer  = (*node)(nil)
+	_ fs.NodeSetattrer  = (*node)(nil)
+	_ fs.NodeReaddirer  = (*node)(nil)
+	_ fs.NodeReadlinker = (*node)(nil)
+	_ fs.NodeOpener     = (*node)(nil)
+	_ fs.NodeCreater    = (*node)(nil)
+	_ fs.NodeMkdirer    = (*node)(nil)
+	_ fs.NodeSymlinker  = (*node)(nil)
+	_ fs.NodeLinker     = (*node)(nil)
+	_ fs.NodeUnlinker   = (*node)(nil)
+	_ fs.NodeRmdirer    = (*node)(nil)
+	_ fs.NodeRenamer    = (*node)(nil)
+	_ fs.NodeStatfser   = (*node)(nil)
+)
+
+// rel is the node's path in the share ("." for its top).
+func (n *node) rel() string {
+	if p := n.Path(n.Root()); p != "" {
+		return p
+	}
+	return "."
+}
+
+func (n *node) child(name string) string { return path.Join(n.rel(), name) }
+
+func (n *node) call(req hostfs.Request, data []byte) (*hostfs.Response, []byte, syscall.Errno) {
+	resp, out, err := n.c.Call(req, data)
+	if err != nil {
+		if en, ok := err.(syscall.Errno); ok {
+			return nil, nil, en
+		}
+		return nil, nil, syscall.EIO
+	}
+	return resp, out, 0
+}
+
+func fill(a *hostfs.Attr, out *fuse.Attr) {
+	if a == nil {
+		return
+	}
+	out.Ino = a.Ino
+	out.Mode = a.Mode
+	out.Size = uint64(max(a.Size, 0))
+	out.Blocks = uint64(max(a.Blocks, 0))
+	out.Nlink = a.Nlink
+	out.Uid, out.Gid = a.UID, a.GID
+	out.Blksize = a.Blksize
+	out.Atime, out.Atimensec = split(a.Atime)
+	out.Mtime, out.Mtimensec = split(a.Mtime)
+	out.Ctime, out.Ctimensec = split(a.Ctime)
+}
+
+func split(ns int64) (uint64, uint32) {
+	if ns < 0 {
+		return 0, 0
+	}
+	return uint64(ns / 1e9), uint32(ns % 1e9)
+}
+
+// entry makes the child inode for a fresh answer.
+func (n *node) entry(ctx context.Context, a *hostfs.Attr, out *fuse.EntryOut) *fs.Inode {
+	fill(a, &out.Attr)
+	out.SetEntryTimeout(cacheFor)
+	out.SetAttrTimeout(cacheFor)
+	return n.NewInode(ctx, &node{c: n.c}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: a.Ino})
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpLstat, Path: n.child(name)}, nil)
+	if en != 0 {
+		return nil, en
+	}
+	if resp.Attr == nil {
+		return nil, syscall.EIO
+	}
+	return n.entry(ctx, resp.Attr, out), 0
+}
+
+func (n *node) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpLstat, Path: n.rel()}, nil)
+	if en != 0 {
+		return en
+	}
+	fill(resp.Attr, &out.Attr)
+	out.SetTimeout(cacheFor)
+	return 0
+}
+
+func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	set := &hostfs.SetAttr{}
+	if m, ok := in.GetMode(); ok {
+		m &= 0o7777
+		set.Mode = &m
+	}
+	if s, ok := in.GetSize(); ok {
+		sz := int64(s)
+		set.Size = &sz
+	}
+	if u, ok := in.GetUID(); ok {
+		set.UID = &u
+	}
+	if g, ok := in.GetGID(); ok {
+		set.GID = &g
+	}
+	if t, ok := in.GetATime(); ok {
+		ns := t.UnixNano()
+		set.Atime = &ns
+	}
+	if t, ok := in.GetMTime(); ok {
+		ns := t.UnixNano()
+		set.Mtime = &ns
+	}
+	req := hostfs.Request{Op: hostfs.OpSetattr, Path: n.rel(), Set: set}
+	if h, ok := f.(*handle); ok {
+		req.Handle = h.id
+	}
+	resp, _, en := n.call(req, nil)
+	if en != 0 {
+		return en
+	}
+	fill(resp.Attr, &out.Attr)
+	out.SetTimeout(cacheFor)
+	return 0
+}
+
+func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpOpendir, Path: n.rel()}, nil)
+	if en != 0 {
+		return nil, en
+	}
+	fh := resp.Handle
+	defer n.call(hostfs.Request{Op: hostfs.OpClose, Handle: fh}, nil)
+	var list []fuse.DirEntry
+	for {
+		batch, _, en := n.call(hostfs.Request{Op: hostfs.OpReaddir, Handle: fh}, nil)
+		if en != 0 {
+			return nil, en
+		}
+		if len(batch.Entries) == 0 {
+			break
+		}
+		for _, e := range batch.Entries {
+			if e.Name == "" || e.Name == "." || e.Name == ".." || len(e.Name) > 255 {
+				continue
+			}
+			list = append(list, fuse.DirEntry{Name: e.Name, Mode: e.Mode, Ino: e.Ino})
+		}
+	}
+	return fs.NewListDirStream(list), 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpReadlink, Path: n.rel()}, nil)
+	if en != 0 {
+		return nil, en
+	}
+	return []byte(resp.Target), 0
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpOpen, Path: n.rel(), Flags: int(flags)}, nil)
+	if en != 0 {
+		return nil, 0, en
+	}
+	return &handle{n: n, id: resp.Handle}, 0, 0
+}
+
+func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpCreate, Path: n.child(name), Flags: int(flags), Mode: mode & 0o7777}, nil)
+	if en != 0 {
+		return nil, nil, 0, en
+	}
+	if resp.Attr == nil {
+		return nil, nil, 0, syscall.EIO
+	}
+	ch := n.entry(ctx, resp.Attr, out)
+	return ch, &handle{n: n, id: resp.Handle}, 0, 0
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return n.made(ctx, hostfs.Request{Op: hostfs.OpMkdir, Path: n.child(name), Mode: mode & 0o7777}, out)
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return n.made(ctx, hostfs.Request{Op: hostfs.OpSymlink, Path: n.child(name), Target: target}, out)
+}
+
+func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	t, ok := target.(*node)
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	return n.made(ctx, hostfs.Request{Op: hostfs.OpLink, Path: t.rel(), Path2: n.child(name)}, out)
+}
+
+func (n *node) made(ctx context.Context, req hostfs.Request, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	resp, _, en := n.call(req, nil)
+	if en != 0 {
+		return nil, en
+	}
+	if resp.Attr == nil {
+		return nil, syscall.EIO
+	}
+	return n.entry(ctx, resp.Attr, out), 0
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	_, _, en := n.call(hostfs.Request{Op: hostfs.OpUnlink, Path: n.child(name)}, nil)
+	return en
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	_, _, en := n.call(hostfs.Request{Op: hostfs.OpRmdir, Path: n.child(name)}, nil)
+	return en
+}
+
+func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	p, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	_, _, en := n.call(hostfs.Request{Op: hostfs.OpRename, Path: n.child(name), Path2: p.child(newName), Flags: int(flags)}, nil)
+	return en
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpStatfs}, nil)
+	if en != 0 {
+		return en
+	}
+	if st := resp.Statfs; st != nil {
+		out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
+		out.Files, out.Ffree = st.Files, st.Ffree
+		out.Bsize, out.NameLen, out.Frsize = st.Bsize, st.NameLen, st.Bsize
+	}
+	return 0
+}
+
+// handle is an open file on the host.
+type handle struct {
+	n  *node
+	id uint64
+}
+
+var (
+	_ fs.FileReader   = (*handle)(nil)
+	_ fs.FileWriter   = (*handle)(nil)
+	_ fs.FileFsyncer  = (*handle)(nil)
+	_ fs.FileReleaser = (*handle)(nil)
+	_ fs.FileFlusher  = (*handle)(nil)
+)
+
+func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	size := min(len(dest), hostfs.MaxIO)
+	_, data, en := h.n.call(hostfs.Request{Op: hostfs.OpRead, Handle: h.id, Offset: off, Size: int64(size)}, nil)
+	if en != 0 {
+		return nil, en
+	}
+	if len(data) > size {
+		data = data[:size]
+	}
+	return fuse.ReadResultData(data), 0
+}
+
+func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	var done uint32
+	for len(data) > 0 {
+		chunk := data[:min(len(data), hostfs.MaxIO)]
+		resp, _, en := h.n.call(hostfs.Request{Op: hostfs.OpWrite, Handle: h.id, Offset: off}, chunk)
+		if en != 0 {
+			if done > 0 {
+				return done, 0
+			}
+			return 0, en
+		}
+		w := max(min(resp.Written, int64(len(chunk))), 0)
+		done += uint32(w)
+		off += w
+		data = data[w:]
+		if w < int64(len(chunk)) {
+			break
+		}
+	}
+	return done, 0
+}
+
+func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	_, _, en := h.n.call(hostfs.Request{Op: hostfs.OpFsync, Handle: h.id}, nil)
+	return en
+}
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	_, _, en := h.n.call(hostfs.Request{Op: hostfs.OpClose, Handle: h.id}, nil)
+	return en
+}
