@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 )
@@ -52,6 +53,12 @@ const (
 	// PathResizeFS (POST, ResizeFSRequest) grows the ext4 filesystem mounted at a path to
 	// fill its disk, online, once the disk has grown to at least SizeBytes (vm resize).
 	PathResizeFS = "/v1/resizefs"
+	// PathMount (POST, upgraded to MountUpgradeProtocol) mounts a host folder at the
+	// guest path in query "path" ("ro=1" read-only): a FUSE filesystem whose operations
+	// are hostfs requests the agent sends on the upgraded connection, which the host
+	// answers. Closing the connection unmounts it; a new mount at the same path replaces
+	// the old one.
+	PathMount = "/v1/mount"
 )
 
 // ResizeFSRequest names the mount point to grow and the disk size the host made.
@@ -95,6 +102,26 @@ type ThawResponse struct {
 
 // ForwardUpgradeProtocol is the Upgrade header value of a forwarded TCP connection.
 const ForwardUpgradeProtocol = "banger-forward.v1"
+
+// mountPointsOfTheSystem are guest paths a host folder must not cover.
+var mountPointsOfTheSystem = []string{"/proc", "/sys", "/dev", "/run", "/lib/modules", "/bin", "/sbin", "/usr", "/lib", "/etc", "/boot"}
+
+// CheckMountPoint says why p cannot take a host folder: it must be an absolute clean guest
+// path, not / and not in the system's own directories.
+func CheckMountPoint(p string) error {
+	if !path.IsAbs(p) || path.Clean(p) != p || p == "/" || len(p) > 1024 || strings.ContainsAny(p, "\x00\n") {
+		return fmt.Errorf("mount point %q: want an absolute, clean guest path below /, like /root/src or /mnt/data", p)
+	}
+	for _, f := range mountPointsOfTheSystem {
+		if p == f || strings.HasPrefix(p, f+"/") {
+			return fmt.Errorf("mount point %q: %s belongs to the guest's system; use a path like /root/src or /mnt/data", p, f)
+		}
+	}
+	return nil
+}
+
+// MountUpgradeProtocol is the Upgrade header value of a host folder's hostfs stream.
+const MountUpgradeProtocol = "banger-mount.v1"
 
 // IsUpgrade reports whether r asks to switch its connection to protocol (Connection:
 // Upgrade and Upgrade: protocol), as exec and forward requests do.

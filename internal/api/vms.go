@@ -35,6 +35,9 @@ type VMCreateRequest struct {
 	// Ports are port forwards, each [HOSTIP:]HOSTPORT:GUESTPORT[/tcp] or GUESTPORT (a free
 	// host port is picked and kept); they listen on the host while the VM runs.
 	Ports []string `json:"ports,omitempty"`
+	// Mounts are host folders, each SRC:DST[:ro] with SRC an absolute host directory and
+	// DST a guest path; they are mounted in the guest whenever it runs.
+	Mounts []string `json:"mounts,omitempty"`
 }
 
 // VMPortsRequest is POST /v1/vms/ports: add forwards (as in VMCreateRequest.Ports) and
@@ -62,6 +65,15 @@ type VMPort struct {
 	Proto     string `json:"proto"`
 	Listening bool   `json:"listening"`
 	Error     string `json:"error,omitempty"`
+}
+
+// VMMount is a host folder shared with a VM, and whether it is mounted in the guest now.
+type VMMount struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"read_only"`
+	Mounted  bool   `json:"mounted"`
+	Error    string `json:"error,omitempty"`
 }
 
 // VMRequest names a VM (start, health, ...).
@@ -144,7 +156,9 @@ type VM struct {
 	// Paused is set while the VM is paused.
 	Paused *VMPaused `json:"paused,omitempty"`
 	// Ports are its port forwards.
-	Ports     []VMPort  `json:"ports"`
+	Ports []VMPort `json:"ports"`
+	// Mounts are its host folders.
+	Mounts    []VMMount `json:"mounts"`
 	LastExit  string    `json:"last_exit,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`

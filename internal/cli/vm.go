@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -60,6 +62,30 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.req.From, "from", "", "clone this snapshot (`banger snapshot ls`): its processes and files, its image and shape")
 	cmd.Flags().StringArrayVarP(&f.req.Ports, "publish", "p", nil,
 		"forward a host port to the VM, `[HOSTIP:]HOSTPORT:GUESTPORT[/tcp]` or GUESTPORT (a free host port, printed); repeatable; listens on 127.0.0.1 unless HOSTIP says otherwise")
+	cmd.Flags().StringArrayVar(&f.req.Mounts, "mount", nil,
+		"share a host folder with the VM, `SRC:DST[:ro]` (like .:/root/src, or ~/data:/mnt/data:ro); repeatable; mounted whenever the VM runs")
+}
+
+// resolve makes the request's host paths absolute: the daemon does not know the CLI's
+// working directory.
+func (f *createFlags) resolve() error {
+	for i, m := range f.req.Mounts {
+		src, rest, ok := strings.Cut(m, ":")
+		if !ok || src == "" {
+			return fmt.Errorf("--mount %q: want SRC:DST[:ro], like .:/root/src", m)
+		}
+		if strings.HasPrefix(src, "~/") {
+			if home, err := os.UserHomeDir(); err == nil {
+				src = filepath.Join(home, src[2:])
+			}
+		}
+		abs, err := filepath.Abs(src)
+		if err != nil {
+			return fmt.Errorf("--mount %q: %w", m, err)
+		}
+		f.req.Mounts[i] = abs + ":" + rest
+	}
+	return nil
 }
 
 // addBootFlags adds the flags that say what a VM boots and with how much: --image,
@@ -81,6 +107,9 @@ func (a *app) vmCreateCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
 				f.req.Name = args[0]
+			}
+			if err := f.resolve(); err != nil {
+				return err
 			}
 			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
 				return c.CreateVM(ctx, f.req, a.stageProgress(asJSON))
@@ -300,11 +329,10 @@ func (a *app) vmInspectCommand() *cobra.Command {
 				fmt.Fprintf(w, "pid:       %d\n", vm.PID)
 			}
 			for i, p := range vm.Ports {
-				label := "ports:    "
-				if i > 0 {
-					label = "          "
-				}
-				fmt.Fprintf(w, "%s %s\n", label, portLine(p))
+				fmt.Fprintf(w, "%s %s\n", listLabel("ports:", i), portLine(p))
+			}
+			for i, m := range vm.Mounts {
+				fmt.Fprintf(w, "%s %s\n", listLabel("mounts:", i), mountLine(m))
 			}
 			if p := vm.Paused; p != nil {
 				fmt.Fprintf(w, "paused:    since %s, %s on disk in %s (`banger vm resume %s`)\n",
@@ -435,6 +463,9 @@ and remove the VM (unless --keep).
 			if len(args) == 1 {
 				f.req.Name = args[0]
 			}
+			if err := f.resolve(); err != nil {
+				return err
+			}
 			f.req.Start = true
 			// A command runs through the agent: no need to wait for sshd.
 			f.req.SkipSSHWait = len(argv) > 0
@@ -545,7 +576,33 @@ func (a *app) printVM(vm api.VM, asJSON bool, verb string) error {
 	for _, p := range vm.Ports {
 		fmt.Fprintf(a.env.Stdout, "  %s\n", portLine(p))
 	}
+	for _, m := range vm.Mounts {
+		fmt.Fprintf(a.env.Stdout, "  %s\n", mountLine(m))
+	}
 	return nil
+}
+
+// listLabel is an inspect field's label on a list's first line, blank on the others.
+func listLabel(label string, i int) string {
+	if i > 0 {
+		label = ""
+	}
+	return fmt.Sprintf("%-10s", label)
+}
+
+// mountLine describes one host folder and whether it is mounted.
+func mountLine(m api.VMMount) string {
+	s := termutil.SanitizeString(m.Source) + " -> " + termutil.SanitizeString(m.Target)
+	if m.ReadOnly {
+		s += " (read-only)"
+	}
+	switch {
+	case m.Error != "":
+		s += " (not mounted: " + termutil.SanitizeString(m.Error) + ")"
+	case !m.Mounted:
+		s += " (mounted while the VM runs)"
+	}
+	return s
 }
 
 // portLine describes one forward: where to connect, where it goes, and whether it listens.

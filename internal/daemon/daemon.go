@@ -77,6 +77,7 @@ type Daemon struct {
 	images *image.Manager
 	vms    *vmManager
 	ports  portForwards
+	mounts hostMounts
 	warm   warmUp
 
 	shutdownOnce sync.Once
@@ -193,6 +194,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		}
 		d.stopWarmUp()
 		d.closeAllForwards()
+		d.closeAllMounts()
 		d.closeVMs()
 		d.stopNetwork()
 		// The socket goes before the lock: once the lock is free another daemon may start

@@ -138,6 +138,10 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	if err != nil {
 		return api.VM{}, err
 	}
+	mounts, err := parseMounts(req.Mounts)
+	if err != nil {
+		return api.VM{}, err
+	}
 	choice, err := d.chooseVMM()
 	if err != nil {
 		return api.VM{}, err
@@ -146,7 +150,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	unlock := d.lockVM(id)
 	defer unlock()
 	rec := d.newVMRecord(id, p, choice)
-	rec.Creating, rec.Ports = true, ports
+	rec.Creating, rec.Ports, rec.Mounts = true, ports, mounts
 	var warm *warmStart
 	var coldBoot api.VMBoot
 	if p.from != nil {

@@ -119,6 +119,7 @@ func (d *Daemon) setMachine(id string, m vmm.Machine) {
 	d.vms.mu.Unlock()
 	if m == nil {
 		d.closeForwards(id) // its VMM ended: nothing to forward to
+		d.closeMounts(id)
 	}
 }
 

@@ -51,6 +51,8 @@ type vmSpec struct {
 	Template string `json:"template,omitempty"`
 	// Ports are the VM's port forwards (listening while it runs).
 	Ports []portfwd.Spec `json:"ports,omitempty"`
+	// Mounts are the VM's host folders (mounted in the guest while it runs).
+	Mounts []hostMountSpec `json:"mounts,omitempty"`
 }
 
 // vmNetwork is the network part of a VM's status; "tap" is what network.go's reconcile reads.
@@ -178,7 +180,7 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 	out := api.VM{ID: vm.ID, Name: vm.Name, Kernel: rec.Kernel, State: string(vm.State), Driver: vm.VMM,
 		Accel: rec.Accel, DriverReason: rec.DriverReason, CPUs: rec.CPUs, MemoryMiB: rec.MemoryMiB,
 		Dir: rec.Dir, RunDir: rec.RunDir, ConsoleLog: rec.ConsoleLog, Stages: rec.Stages, Boot: rec.Boot, LastExit: rec.LastExit,
-		CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, Disks: []api.VMDisk{}, Ports: []api.VMPort{},
+		CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, Disks: []api.VMDisk{}, Ports: []api.VMPort{}, Mounts: []api.VMMount{},
 		Network: api.VMNetwork{TAP: rec.Network.TAP, IP: rec.Network.IP, Gateway: rec.Network.Gateway, MAC: rec.Network.MAC,
 			DNS: rec.Network.DNS, Note: rec.Network.Note},
 		SSH: api.VMSSH{Ready: rec.SSHReady && vm.State == store.VMRunning, Available: !rec.SSHAbsent && rec.SSHHostKey != "",
@@ -191,6 +193,7 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 		out.SSH.HostKeyAlias = sshkeys.HostAlias(vm.ID)
 	}
 	out.Ports = d.portsToAPI(vm.ID, rec.Ports)
+	out.Mounts = d.mountsToAPI(vm.ID, rec.Mounts)
 	if m := d.machine(vm.ID); m != nil {
 		out.PID = m.PID()
 	}

@@ -132,6 +132,8 @@ func (c leftovers) reattachOrRecordGone(ctx context.Context) {
 		if err == nil {
 			c.d.setMachine(c.vm.ID, m)
 			c.d.openForwardsOf(c.vm, c.rec, nil)
+			// The guest's old mounts died with the old daemon's agent streams.
+			go c.d.openMountsOf(context.Background(), c.vm, c.rec, nil)
 			go c.d.watchMachine(c.vm.ID, m)
 			c.d.log.Info("reattached running VM", "vm", c.vm.Name, "pid", m.PID())
 			c.finishInterruptedPause(ctx, m)

@@ -386,6 +386,7 @@ func (d *Daemon) startLocked(ctx context.Context, vm store.VM, timings *lifecycl
 	b.undo.Success()
 	d.setMachine(vm.ID, b.m)
 	d.openForwardsOf(b.vm, b.rec, b.progress)
+	d.openMountsOf(ctx, b.vm, b.rec, b.progress)
 	go d.watchMachine(vm.ID, b.m)
 	return b.vm, nil
 }

@@ -102,6 +102,17 @@ func (c *Client) Call(req Request, data []byte) (*Response, []byte, error) {
 	return &r.resp, r.data, nil
 }
 
+// Mounted tells the host the mount is up (err nil) or why it failed.
+func (c *Client) Mounted(err error) error {
+	req := Request{Op: OpMounted}
+	if err != nil {
+		req.Target = err.Error()
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	return writeFrame(c.conn, req, nil)
+}
+
 func isClosed(ch chan struct{}) bool {
 	select {
 	case <-ch:

@@ -54,6 +54,9 @@ const (
 	OpRename   = "rename"
 	OpSetattr  = "setattr"
 	OpStatfs   = "statfs"
+	// OpMounted is the guest's one-way notice that its mount is up (Target empty) or
+	// failed (Target says why). It gets no answer; requests may come before it.
+	OpMounted = "mounted"
 )
 
 // Request is a guest's request. Path and Path2 are slash-separated and relative to the

@@ -21,6 +21,9 @@ type ServerOptions struct {
 	OwnerUID, OwnerGID uint32
 	// MaxHandles bounds the files and directories a guest holds open (default 1024).
 	MaxHandles int
+	// Mounted, when set, is told the guest's OpMounted notice: nil once its mount is up,
+	// or why it failed.
+	Mounted func(error)
 }
 
 // serverWorkers bounds the requests served at once.
@@ -70,6 +73,16 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, root *os.Root, opts Ser
 				return nil
 			}
 			return err
+		}
+		if req.Op == OpMounted {
+			if opts.Mounted != nil {
+				var merr error
+				if req.Target != "" {
+					merr = errors.New(sanitize(req.Target))
+				}
+				opts.Mounted(merr)
+			}
+			continue
 		}
 		sem <- struct{}{}
 		wg.Add(1)
@@ -462,4 +475,73 @@ func errnoOf(err error) int {
 	}
 	// os.Root's "path escapes from parent": a symlink pointing out of the share.
 	return int(syscall.EACCES)
+}
+
+// sanitize keeps a guest's message printable and short: it ends up in a terminal.
+func sanitize(msg string) string {
+	out := make([]rune, 0, len(msg))
+	for _, r := range msg {
+		if len(out) >= 300 {
+			break
+		}
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			r = '?'
+		}
+		out = append(out, r)
+	}
+	return string(out)
+}
+
+// Share is a guest's mount being served.
+type Share struct {
+	conn   io.Closer
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// Start serves conn (a mount stream from the guest's agent) from root and waits for the
+// guest's notice that its mount is up: the error is the guest's reason when it is not, or
+// ctx's end. The share then runs until Close, the guest hanging up or parent ending.
+func Start(ctx, parent context.Context, conn io.ReadWriteCloser, root *os.Root, opts ServerOptions) (*Share, error) {
+	mounted := make(chan error, 1)
+	user := opts.Mounted
+	opts.Mounted = func(err error) {
+		select {
+		case mounted <- err:
+		default:
+		}
+		if user != nil {
+			user(err)
+		}
+	}
+	sctx, cancel := context.WithCancel(parent)
+	s := &Share{conn: conn, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		s.err = Serve(sctx, conn, root, opts)
+	}()
+	select {
+	case err := <-mounted:
+		if err == nil {
+			return s, nil
+		}
+		s.Close()
+		return nil, err
+	case <-s.done:
+		return nil, errors.Join(errors.New("the guest hung up before its mount was up"), s.err)
+	case <-ctx.Done():
+		s.Close()
+		return nil, context.Cause(ctx)
+	}
+}
+
+// Done is closed when the share has ended.
+func (s *Share) Done() <-chan struct{} { return s.done }
+
+// Close hangs up (the guest unmounts) and waits for the requests in flight.
+func (s *Share) Close() {
+	s.cancel()
+	_ = s.conn.Close()
+	<-s.done
 }

@@ -61,6 +61,16 @@ func (c *Client) ExecConn(ctx context.Context, req agent.ExecRequest) (io.ReadWr
 	return c.upgrade(ctx, agent.PathExec, nil, agent.ExecUpgradeProtocol, body, hdr)
 }
 
+// Mount mounts a host folder at the guest's absolute path dst: the returned connection is
+// the hostfs stream the caller serves (hostfs.Serve); closing it unmounts.
+func (c *Client) Mount(ctx context.Context, dst string, readOnly bool) (io.ReadWriteCloser, error) {
+	q := url.Values{"path": {dst}}
+	if readOnly {
+		q.Set("ro", "1")
+	}
+	return c.upgrade(ctx, agent.PathMount, q, agent.MountUpgradeProtocol, nil, nil)
+}
+
 // Forward connects to a TCP port on the guest's loopback through the agent and returns the
 // connection (e.g. to the guest's sshd, with or without a guest network).
 func (c *Client) Forward(ctx context.Context, port int) (io.ReadWriteCloser, error) {

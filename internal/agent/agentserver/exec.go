@@ -176,6 +176,33 @@ func checkExecutable(p string) (int, string) {
 	return 0, ""
 }
 
+// upgradeStream takes over the request's connection as a stream of protocol, answering
+// 101: it is tracked like an exec session until done is called. On false the request has
+// been answered (or the connection closed).
+func (s *Server) upgradeStream(w http.ResponseWriter, protocol, what string) (net.Conn, *bufio.ReadWriter, func(), bool) {
+	if !s.trackExec() {
+		writeError(w, agent.CodeInternal, "the agent is shutting down")
+		return nil, nil, nil, false
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		s.execs.Done()
+		writeError(w, agent.CodeInternal, "cannot take over the connection for "+what+": "+err.Error())
+		return nil, nil, nil, false
+	}
+	_ = conn.SetDeadline(time.Time{})
+	_, err = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + protocol + "\r\n\r\n")
+	if err == nil {
+		err = brw.Flush()
+	}
+	if err != nil {
+		_ = conn.Close()
+		s.execs.Done()
+		return nil, nil, nil, false
+	}
+	return conn, brw, s.execs.Done, true
+}
+
 func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	if !agent.IsUpgrade(r, agent.ExecUpgradeProtocol) {
 		writeError(w, agent.CodeUpgradeRequired, fmt.Sprintf("POST %s needs the headers Connection: Upgrade and Upgrade: %s", agent.PathExec, agent.ExecUpgradeProtocol))
@@ -190,25 +217,11 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		writeError(w, agent.CodeBadRequest, err.Error())
 		return
 	}
-	if !s.trackExec() {
-		writeError(w, agent.CodeInternal, "the agent is shutting down")
+	conn, brw, done, ok := s.upgradeStream(w, agent.ExecUpgradeProtocol, "the exec stream")
+	if !ok {
 		return
 	}
-	defer s.execs.Done()
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		writeError(w, agent.CodeInternal, "cannot take over the connection for the exec stream: "+err.Error())
-		return
-	}
-	_ = conn.SetDeadline(time.Time{})
-	_, err = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + agent.ExecUpgradeProtocol + "\r\n\r\n")
-	if err == nil {
-		err = brw.Flush()
-	}
-	if err != nil {
-		_ = conn.Close()
-		return
-	}
+	defer done()
 	e := &execSession{
 		s:          s,
 		spec:       spec,

@@ -28,30 +28,18 @@ func (s *Server) handleForward(w http.ResponseWriter, r *http.Request) {
 		writeError(w, agent.CodeBadRequest, fmt.Sprintf("port %q: want a TCP port 1-65535", r.URL.Query().Get("port")))
 		return
 	}
-	if !s.trackExec() {
-		writeError(w, agent.CodeInternal, "the agent is shutting down")
-		return
-	}
-	defer s.execs.Done()
 	target, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), forwardDialTimeout)
 	if err != nil {
 		writeError(w, agent.CodeUnreachable, fmt.Sprintf("guest port %d: %v", port, err))
 		return
 	}
 	defer target.Close()
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		writeError(w, agent.CodeInternal, "cannot take over the connection for the forward: "+err.Error())
+	conn, brw, done, ok := s.upgradeStream(w, agent.ForwardUpgradeProtocol, "the forward")
+	if !ok {
 		return
 	}
+	defer done()
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Time{})
-	if _, err := brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + agent.ForwardUpgradeProtocol + "\r\n\r\n"); err != nil {
-		return
-	}
-	if err := brw.Flush(); err != nil {
-		return
-	}
 	out := make(chan struct{})
 	go func() {
 		// Bytes the HTTP server already buffered belong to the forwarded stream. The host

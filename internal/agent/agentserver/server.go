@@ -61,6 +61,9 @@ type Server struct {
 
 	freezeMu sync.Mutex
 	freeze   freezeState
+
+	mountMu sync.Mutex
+	mounts  map[string]*hostMount
 }
 
 // New returns a Server.
@@ -166,6 +169,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		route(http.MethodPost, s.handleThaw)
 	case agent.PathResizeFS:
 		route(http.MethodPost, s.handleResizeFS)
+	case agent.PathMount:
+		route(http.MethodPost, s.handleMount)
 	default:
 		writeError(w, agent.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	}
