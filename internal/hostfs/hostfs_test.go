@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 )
@@ -174,4 +175,51 @@ func TestOversizedFrame(t *testing.T) {
 		t.Fatalf("Serve: %v, want a frame-too-large error", err)
 	}
 	guestSide.Close()
+}
+
+// TestOpendirList: an opendir that asks for the first batch gets it with each entry's
+// attributes; a short directory is closed again (no handle), a long one keeps a handle for
+// the rest. A hostile entry name on the host (a symlink out) is listed, not followed.
+func TestOpendirList(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Symlink("/etc/shadow", filepath.Join(dir, "out")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "x"), []byte("12345"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := share(t, dir, ServerOptions{})
+	r, _ := mustCall(t, c, Request{Op: OpOpendir, Path: ".", List: true}, nil)
+	if r.Handle != 0 || len(r.Entries) != 2 {
+		t.Fatalf("short listing: handle %d, %d entries", r.Handle, len(r.Entries))
+	}
+	for _, e := range r.Entries {
+		switch {
+		case e.Attr == nil:
+			t.Fatalf("%s has no attributes", e.Name)
+		case e.Name == "out" && e.Attr.Mode&syscall.S_IFMT != syscall.S_IFLNK:
+			t.Fatalf("the symlink was followed: mode %o", e.Attr.Mode)
+		case e.Name == "x" && e.Attr.Size != 5:
+			t.Fatalf("x: size %d", e.Attr.Size)
+		}
+	}
+	long := filepath.Join(dir, "long")
+	if err := os.Mkdir(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range dirBatch + 5 {
+		if err := os.WriteFile(filepath.Join(long, strconv.Itoa(i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, _ = mustCall(t, c, Request{Op: OpOpendir, Path: "long", List: true}, nil)
+	if r.Handle == 0 || len(r.Entries) != dirBatch {
+		t.Fatalf("long listing: handle %d, %d entries", r.Handle, len(r.Entries))
+	}
+	rest, _ := mustCall(t, c, Request{Op: OpReaddir, Handle: r.Handle}, nil)
+	if len(rest.Entries) != 5 {
+		t.Fatalf("the rest of the listing: %d entries", len(rest.Entries))
+	}
+	mustCall(t, c, Request{Op: OpClose, Handle: r.Handle}, nil)
+	wantErrno(t, c, Request{Op: OpOpendir, Path: "../", List: true}, syscall.EINVAL)
 }

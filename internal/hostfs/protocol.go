@@ -73,6 +73,9 @@ type Request struct {
 	Flags  int      `json:"flags,omitempty"`
 	Mode   uint32   `json:"mode,omitempty"`
 	Set    *SetAttr `json:"set,omitempty"`
+	// List asks opendir for the directory's first batch of entries too; a directory that
+	// fits in it is closed again at once (no handle), which saves a listing two round trips.
+	List bool `json:"list,omitempty"`
 }
 
 // SetAttr names what a setattr changes; nil fields stay.
@@ -105,6 +108,9 @@ type DirEntry struct {
 	Name string `json:"name"`
 	Mode uint32 `json:"mode"` // type bits
 	Ino  uint64 `json:"ino"`
+	// Attr is the entry's lstat, so that listing a directory does not cost the guest one
+	// round trip per name (the kernel's readdirplus looks up every entry).
+	Attr *Attr `json:"attr,omitempty"`
 }
 
 // Statfs is the shared filesystem's usage.

@@ -129,6 +129,9 @@ func (s *server) handle(req *Request, data []byte) (*Response, []byte) {
 		if err != nil {
 			return fail(err)
 		}
+		if req.List {
+			return s.openList(f)
+		}
 		return s.newHandle(f)
 	case OpReaddir:
 		return s.readdir(req.Handle)
@@ -277,23 +280,60 @@ func (s *server) file(id uint64) *os.File {
 	return s.handles[id]
 }
 
-// dirBatch is how many names one readdir answer carries at most.
-const dirBatch = 512
+// dirBatch is how many names one readdir answer carries at most: with each entry's
+// attributes and a worst-case JSON-escaped 255-byte name it stays well under maxHeader.
+const dirBatch = 128
 
 func (s *server) readdir(id uint64) (*Response, []byte) {
 	f := s.file(id)
 	if f == nil {
 		return fail(syscall.EBADF)
 	}
-	ents, err := f.ReadDir(dirBatch)
-	if err != nil && !errors.Is(err, io.EOF) {
+	entries, _, err := s.batch(f)
+	if err != nil {
 		return fail(err)
 	}
-	resp := &Response{Entries: make([]DirEntry, 0, len(ents))}
-	for _, e := range ents {
-		resp.Entries = append(resp.Entries, DirEntry{Name: e.Name(), Mode: typeBits(e.Type())})
+	return &Response{Entries: entries}, nil
+}
+
+// openList answers an opendir that asked for the first batch: a directory that fits is
+// closed again, a longer one keeps a handle for the readdirs that follow.
+func (s *server) openList(f *os.File) (*Response, []byte) {
+	entries, more, err := s.batch(f)
+	if err != nil {
+		_ = f.Close()
+		return fail(err)
+	}
+	if !more {
+		_ = f.Close()
+		return &Response{Entries: entries}, nil
+	}
+	resp, _ := s.newHandle(f)
+	if resp.Errno == 0 {
+		resp.Entries = entries
 	}
 	return resp, nil
+}
+
+// batch reads f's next dirBatch entries with their attributes; more is false once the
+// directory has ended (ReadDir returns fewer than asked only at its end).
+func (s *server) batch(f *os.File) (_ []DirEntry, more bool, _ error) {
+	ents, err := f.ReadDir(dirBatch)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, false, err
+	}
+	out := make([]DirEntry, 0, len(ents))
+	for _, e := range ents {
+		de := DirEntry{Name: e.Name(), Mode: typeBits(e.Type())}
+		// Info is an lstat of the name in the open directory (fstatat): it cannot follow a
+		// path out of the share. A name gone since the listing just has no attributes.
+		if fi, err := e.Info(); err == nil {
+			de.Attr = s.attr(fi)
+			de.Ino = de.Attr.Ino
+		}
+		out = append(out, de)
+	}
+	return out, len(ents) == dirBatch, nil
 }
 
 func (s *server) attrResponse(p string) (*Response, []byte) {

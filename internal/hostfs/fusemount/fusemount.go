@@ -8,6 +8,8 @@ package fusemount
 import (
 	"context"
 	"path"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -49,7 +51,62 @@ func Mount(dir string, c *hostfs.Client, readOnly bool) (*fuse.Server, error) {
 type node struct {
 	fs.Inode
 	c *hostfs.Client
+
+	// listed are the attributes of this directory's entries from its last listing (a
+	// readdir, or one made because names in it were looked up one after another), so the
+	// kernel's per-name lookups cost no round trip to the host. A listing younger than
+	// cacheFor also answers that a name absent from it does not exist, as the kernel's own
+	// caches would; the guest's own changes to the directory drop it.
+	mu       sync.Mutex
+	listed   map[string]*hostfs.Attr // nil value: listed, but its attributes were used
+	listedAt time.Time
+	misses   int // lookups the host answered since the last listing
 }
+
+// maxListed bounds the names a directory keeps from a listing.
+const maxListed = 1 << 16
+
+// listMissThreshold is how many lookups in a row go to the host before the directory is
+// listed instead (a git status or a build stats every file of a directory in turn).
+const listMissThreshold = 3
+
+// fromListing answers a lookup from a fresh listing: the attributes (each used once; the
+// kernel caches them after), or known is false when the host must be asked. absent says
+// the listing did not have the name.
+func (n *node) fromListing(name string) (a *hostfs.Attr, absent, known bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.listed == nil || time.Since(n.listedAt) > cacheFor {
+		n.listed = nil
+		return nil, false, false
+	}
+	a, ok := n.listed[name]
+	if !ok {
+		return nil, true, true
+	}
+	if a == nil {
+		return nil, false, false
+	}
+	n.listed[name] = nil
+	return a, false, true
+}
+
+// missed counts a lookup the host answered and says whether to list the directory now.
+func (n *node) missed() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.misses++
+	return n.misses >= listMissThreshold
+}
+
+func (n *node) setListed(m map[string]*hostfs.Attr) {
+	n.mu.Lock()
+	n.listed, n.listedAt, n.misses = m, time.Now(), 0
+	n.mu.Unlock()
+}
+
+// forgetListed drops the listing's attributes once this directory changes.
+func (n *node) forgetListed() { n.setListed(nil) }
 
 var (
 	_ fs.NodeLookuper   = (*node)(nil)
@@ -121,6 +178,19 @@ func (n *node) entry(ctx context.Context, a *hostfs.Attr, out *fuse.EntryOut) *f
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	a, absent, known := n.fromListing(name)
+	if !known && n.missed() {
+		if _, attrs, en := n.list(); en == 0 {
+			n.setListed(attrs)
+			a, absent, known = n.fromListing(name)
+		}
+	}
+	switch {
+	case absent:
+		return nil, syscall.ENOENT
+	case a != nil:
+		return n.entry(ctx, a, out), 0
+	}
 	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpLstat, Path: n.child(name)}, nil)
 	if en != 0 {
 		return nil, en
@@ -179,29 +249,59 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpOpendir, Path: n.rel()}, nil)
+	list, attrs, en := n.list()
 	if en != 0 {
 		return nil, en
 	}
-	fh := resp.Handle
-	defer n.call(hostfs.Request{Op: hostfs.OpClose, Handle: fh}, nil)
+	n.setListed(attrs)
+	return fs.NewListDirStream(list), 0
+}
+
+// list reads the whole directory from the host, with each entry's attributes.
+func (n *node) list() ([]fuse.DirEntry, map[string]*hostfs.Attr, syscall.Errno) {
 	var list []fuse.DirEntry
-	for {
-		batch, _, en := n.call(hostfs.Request{Op: hostfs.OpReaddir, Handle: fh}, nil)
-		if en != 0 {
-			return nil, en
-		}
-		if len(batch.Entries) == 0 {
-			break
-		}
-		for _, e := range batch.Entries {
-			if e.Name == "" || e.Name == "." || e.Name == ".." || len(e.Name) > 255 {
+	attrs := map[string]*hostfs.Attr{}
+	add := func(entries []hostfs.DirEntry) {
+		for _, e := range entries {
+			if e.Name == "" || e.Name == "." || e.Name == ".." || len(e.Name) > 255 || strings.ContainsRune(e.Name, '/') {
 				continue
 			}
 			list = append(list, fuse.DirEntry{Name: e.Name, Mode: e.Mode, Ino: e.Ino})
+			// An attribute must agree with the entry's type, or the kernel would be told
+			// two things about one name.
+			// Without one (the name vanished on the host mid-listing), the host is asked.
+			if len(attrs) < maxListed {
+				if e.Attr != nil && e.Attr.Mode&syscall.S_IFMT == e.Mode&syscall.S_IFMT {
+					attrs[e.Name] = e.Attr
+				} else {
+					attrs[e.Name] = nil
+				}
+			}
 		}
 	}
-	return fs.NewListDirStream(list), 0
+	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpOpendir, Path: n.rel(), List: true}, nil)
+	if en != 0 {
+		return nil, nil, en
+	}
+	add(resp.Entries)
+	if fh := resp.Handle; fh != 0 {
+		defer n.call(hostfs.Request{Op: hostfs.OpClose, Handle: fh}, nil)
+		for {
+			batch, _, en := n.call(hostfs.Request{Op: hostfs.OpReaddir, Handle: fh}, nil)
+			if en != 0 {
+				return nil, nil, en
+			}
+			if len(batch.Entries) == 0 {
+				break
+			}
+			add(batch.Entries)
+		}
+	}
+	if len(attrs) >= maxListed {
+		// Too many to keep: an incomplete listing must not answer "absent".
+		attrs = nil
+	}
+	return list, attrs, 0
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
@@ -221,6 +321,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 }
 
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	n.forgetListed()
 	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpCreate, Path: n.child(name), Flags: int(flags), Mode: mode & 0o7777}, nil)
 	if en != 0 {
 		return nil, nil, 0, en
@@ -249,6 +350,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 }
 
 func (n *node) made(ctx context.Context, req hostfs.Request, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n.forgetListed()
 	resp, _, en := n.call(req, nil)
 	if en != 0 {
 		return nil, en
@@ -260,20 +362,24 @@ func (n *node) made(ctx context.Context, req hostfs.Request, out *fuse.EntryOut)
 }
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	n.forgetListed()
 	_, _, en := n.call(hostfs.Request{Op: hostfs.OpUnlink, Path: n.child(name)}, nil)
 	return en
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	n.forgetListed()
 	_, _, en := n.call(hostfs.Request{Op: hostfs.OpRmdir, Path: n.child(name)}, nil)
 	return en
 }
 
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	n.forgetListed()
 	p, ok := newParent.(*node)
 	if !ok {
 		return syscall.EXDEV
 	}
+	p.forgetListed()
 	_, _, en := n.call(hostfs.Request{Op: hostfs.OpRename, Path: n.child(name), Path2: p.child(newName), Flags: int(flags)}, nil)
 	return en
 }

@@ -11,8 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/banger-vm/banger/internal/hostfs"
 )
@@ -20,6 +24,24 @@ import (
 // mounted serves dir through hostfs and mounts it with the real kernel FUSE at a new
 // directory, as the guest agent does.
 func mounted(t *testing.T, dir string, readOnly bool) string {
+	t.Helper()
+	mnt, _ := mountedCounting(t, dir, readOnly)
+	return mnt
+}
+
+// countingConn counts the frames the guest side sends: hostfs writes one per request.
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// mountedCounting is mounted that also counts the guest's requests to the host.
+func mountedCounting(t *testing.T, dir string, readOnly bool) (string, *atomic.Int64) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: mount(2) of a FUSE filesystem without fusermount")
@@ -35,7 +57,8 @@ func mounted(t *testing.T, dir string, readOnly bool) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- hostfs.Serve(ctx, hostSide, root, hostfs.ServerOptions{ReadOnly: readOnly}) }()
-	c := hostfs.NewClient(guestSide)
+	requests := new(atomic.Int64)
+	c := hostfs.NewClient(countingConn{guestSide, requests})
 	mnt := t.TempDir()
 	srv, err := Mount(mnt, c, readOnly)
 	if err != nil {
@@ -49,7 +72,7 @@ func mounted(t *testing.T, dir string, readOnly bool) string {
 		<-done
 		root.Close()
 	})
-	return mnt
+	return mnt, requests
 }
 
 func TestMountReadWrite(t *testing.T) {
@@ -139,5 +162,103 @@ func TestMountReadOnly(t *testing.T) {
 	}
 	if err := os.Remove(filepath.Join(mnt, "keep.txt")); !errors.Is(err, syscall.EROFS) {
 		t.Fatalf("remove on a read-only share: %v, want EROFS", err)
+	}
+}
+
+// TestListingCarriesAttributes: stat-ing every entry of a listed tree (ls -lR, find, git
+// status) is answered from the listing's attributes, not one host round trip per name.
+func TestListingCarriesAttributes(t *testing.T) {
+	host := t.TempDir()
+	const dirs, perDir = 4, 150
+	for d := range dirs {
+		dir := filepath.Join(host, "tree", "d"+strconv.Itoa(d))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for f := range perDir {
+			if err := os.WriteFile(filepath.Join(dir, "f"+strconv.Itoa(f)), []byte(strconv.Itoa(f)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mnt, requests := mountedCounting(t, host, false)
+	before := requests.Load()
+	files := 0
+	err := filepath.WalkDir(filepath.Join(mnt, "tree"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			files++
+			if want := int64(len(strings.TrimPrefix(filepath.Base(p), "f"))); fi.Size() != want {
+				t.Errorf("%s: size %d, want %d", p, fi.Size(), want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files != dirs*perDir {
+		t.Fatalf("walked %d files, want %d", files, dirs*perDir)
+	}
+	// Each directory costs a lookup, an opendir, its batches and a close; its files none.
+	if n := requests.Load() - before; n > int64(dirs*12) {
+		t.Fatalf("walking %d files in %d directories took %d requests to the host: entries are looked up one by one", files, dirs, n)
+	}
+}
+
+// TestLookupsListTheDirectory: stat-ing names of a directory one after another without
+// listing it (git status walking its index) lists it after a few, and answers the rest
+// from that listing; a name made on the host shows once the listing is older than the
+// cache time, one made in the guest at once.
+func TestLookupsListTheDirectory(t *testing.T) {
+	host := t.TempDir()
+	const files = 300
+	for f := range files {
+		if err := os.WriteFile(filepath.Join(host, "f"+strconv.Itoa(f)), []byte(strconv.Itoa(f)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mnt, requests := mountedCounting(t, host, false)
+	before := requests.Load()
+	for f := range files {
+		fi, err := os.Lstat(filepath.Join(mnt, "f"+strconv.Itoa(f)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() != int64(len(strconv.Itoa(f))) {
+			t.Fatalf("f%d: size %d", f, fi.Size())
+		}
+	}
+	if n := requests.Load() - before; n > 20 {
+		t.Fatalf("stat of %d files of one directory took %d requests to the host", files, n)
+	}
+	if _, err := os.Lstat(filepath.Join(mnt, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stat of a missing name: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "made-in-guest"), []byte("g"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(mnt, "made-in-guest")); err != nil {
+		t.Fatalf("a file the guest just made: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(host, "made-on-host"), []byte("h"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * cacheFor)
+	for {
+		_, err := os.Lstat(filepath.Join(mnt, "made-on-host"))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a file made on the host is still not seen after %v: %v", 5*cacheFor, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
