@@ -179,3 +179,35 @@ type BenchPauseResult struct {
 	SnapshotSave  BenchStat `json:"snapshot_save"`
 	SnapshotBytes int64     `json:"snapshot_bytes"`
 }
+
+// BenchMountResult is what `banger bench mount` measured, by the client: a host folder
+// (--mount) against the VM's own work disk, each measure Runs times.
+type BenchMountResult struct {
+	Runs      int    `json:"runs"`
+	SizeMB    int    `json:"size_mb"`
+	Files     int    `json:"files"`
+	Driver    string `json:"driver"`
+	Accel     string `json:"accel,omitempty"`
+	Image     string `json:"image"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	// Mount is the host folder, WorkDisk the VM's /root.
+	Mount    BenchMountSide `json:"mount"`
+	WorkDisk BenchMountSide `json:"work_disk"`
+	// ExecTrue is the round trip of `vm exec -- true`, included in every other figure.
+	ExecTrue BenchStat `json:"exec_true"`
+	Note     string    `json:"note,omitempty"`
+}
+
+// BenchMountSide is one filesystem's figures: sequential write (fsync'd) and read of
+// SizeMB MiB, with the medians as MB/s, and walks of the Files-file tree.
+type BenchMountSide struct {
+	Write     BenchStat `json:"write"`
+	WriteMBps float64   `json:"write_mbps"`
+	Read      BenchStat `json:"read"`
+	ReadMBps  float64   `json:"read_mbps"`
+	Find      BenchStat `json:"find"`
+	LsR       BenchStat `json:"ls_lr"`
+	// GitStatus is `git status` over the tree (only when the image has git).
+	GitStatus *BenchStat `json:"git_status,omitempty"`
+}

@@ -12,10 +12,10 @@ import (
 func (a *app) benchCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure banger: create against the bare VMM; pause, resume and fork",
+		Short: "Measure banger: create against the bare VMM; pause, resume and fork; host folders",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(a.benchCreateCommand(), a.benchPauseCommand())
+	cmd.AddCommand(a.benchCreateCommand(), a.benchPauseCommand(), a.benchMountCommand())
 	return cmd
 }
 
