@@ -134,7 +134,7 @@ func TestFilePathsAreArgumentsAndGuestErrorsAreCleaned(t *testing.T) {
 		t.Fatalf("%d exec requests, want 2", len(reqs))
 	}
 	for _, r := range reqs {
-		if len(r.Argv) < 5 || r.Argv[0] != "sh" || r.Argv[1] != "-c" || strings.Contains(r.Argv[2], "reboot") || r.Argv[4] != hostile {
+		if len(r.Argv) < 5 || r.Argv[0] != "sh" || r.Argv[1] != "-c" || strings.Contains(r.Argv[2], "reboot") || strings.Contains(r.Argv[2], "rm -rf") || r.Argv[4] != hostile {
 			t.Fatalf("argv %q: want the path as its own argument of a fixed script", r.Argv)
 		}
 	}

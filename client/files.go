@@ -45,7 +45,7 @@ func (c *Client) ReadFile(ctx context.Context, name, p string) ([]byte, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	out := &cappedBuffer{max: MaxReadFile, full: func() { cancel(errTooLarge) }}
-	code, guestErr, err := c.guestRun(ctx, name, []string{"sh", "-c", `exec cat < "$1"`, "sh", p}, nil, out)
+	code, guestErr, err := c.guestRun(ctx, name, []string{"sh", "-c", guestTools + `tool cat < "$1"`, "sh", p}, nil, out)
 	switch {
 	case context.Cause(ctx) == errTooLarge:
 		return nil, fmt.Errorf("read %s:%s: it is larger than %d bytes: copy it with CopyOut (banger vm cp)", name, p, MaxReadFile)
@@ -65,7 +65,7 @@ func (c *Client) WriteFile(ctx context.Context, name, p string, data []byte, per
 		return fmt.Errorf("write %s:%s: give an absolute file path in the VM, like /root/file", name, p)
 	}
 	// umask keeps the file private until chmod gives it its mode.
-	script := `umask 077 && cat > "$1" && chmod "$2" "$1"`
+	script := guestTools + `umask 077 && tool cat > "$1" && tool chmod "$2" "$1"`
 	mode := strconv.FormatUint(uint64(perm.Perm()), 8)
 	code, guestErr, err := c.guestRun(ctx, name, []string{"sh", "-c", script, "sh", p, mode}, bytes.NewReader(data), io.Discard)
 	switch {
@@ -279,6 +279,10 @@ func (c *Client) guestTest(ctx context.Context, vm, flag, p string) (bool, error
 	}
 	return code == 0, nil
 }
+
+// guestTools defines `tool CMD ARGS...` for a guest script: CMD when the guest has it,
+// else busybox's applet (minimal images install busybox without every link).
+const guestTools = `tool() { if command -v "$1" >/dev/null 2>&1; then "$@"; else busybox "$@"; fi; }; `
 
 // guestTar runs the guest's tar with args, falling back to busybox's applet on minimal
 // images that install busybox without a tar link.
