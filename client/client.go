@@ -57,13 +57,17 @@ type options struct {
 func WithSocket(path string) Option { return func(o *options) { o.socket = path } }
 
 // WithDialer reaches the daemon through dial instead of a local Unix socket: a socket
-// forwarded over SSH, or any other transport that carries the daemon's HTTP API. target
-// names the daemon in error messages (like "ssh://build-host"). dial is called for each
-// new connection; it, not the client, must make sure it reached the right daemon: the
-// socket checks of WithSocket do not apply. WithDialer overrides WithSocket.
-func WithDialer(target string, dial func(ctx context.Context) (net.Conn, error)) Option {
-	return func(o *options) { o.target, o.dial = target, dial }
+// forwarded over SSH, or any other transport that carries the daemon's HTTP API. dial is
+// called for each new connection; it, not the client, must make sure it reached the right
+// daemon: the socket checks of WithSocket do not apply. WithDialer overrides WithSocket;
+// name the daemon for error messages with WithTarget.
+func WithDialer(dial func(ctx context.Context) (net.Conn, error)) Option {
+	return func(o *options) { o.dial = dial }
 }
+
+// WithTarget names the daemon a WithDialer client reaches, for error messages and Target
+// (like "ssh://build-host").
+func WithTarget(name string) Option { return func(o *options) { o.target = name } }
 
 // WithClientVersion sets the version the client announces to the daemon (the daemon logs a
 // mismatch with its own); the default is this package's banger version.
@@ -108,7 +112,7 @@ func DefaultSocket() (string, error) {
 	return l.Socket, nil
 }
 
-// Target is the socket path this client talks to, or the target given to WithDialer.
+// Target is the socket path this client talks to, or the name given with WithTarget.
 func (c *Client) Target() string { return c.api.Target() }
 
 // Status returns the daemon's identity (version, pid, uid, paths) and startup stages.

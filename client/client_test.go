@@ -235,7 +235,7 @@ func TestNoDaemon(t *testing.T) {
 // The dialer's own failure reaches the caller.
 func TestDialerErrorSurfaces(t *testing.T) {
 	boom := errors.New("ssh: connect to host build-box: connection timed out")
-	c, err := client.New(client.WithDialer("ssh://build-box", func(context.Context) (net.Conn, error) { return nil, boom }))
+	c, err := client.New(client.WithTarget("ssh://build-box"), client.WithDialer(func(context.Context) (net.Conn, error) { return nil, boom }))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func ExampleWithDialer() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	c, err := client.New(client.WithDialer("unix:"+sock, func(ctx context.Context) (net.Conn, error) {
+	c, err := client.New(client.WithTarget("unix:"+sock), client.WithDialer(func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}))
