@@ -44,6 +44,27 @@ func NewClient(socket, clientVersion string) *Client {
 	return &Client{socket: socket, version: clientVersion, http: &http.Client{Transport: tr}}
 }
 
+// DialFunc opens a connection to a daemon: a transport other than the local Unix socket
+// (a socket forwarded over SSH, a test's in-memory pipe). Each call opens a new connection.
+type DialFunc func(ctx context.Context) (net.Conn, error)
+
+// NewClientWithDialer returns a client that reaches the daemon through dial instead of a
+// local socket path; target names the daemon in error messages (like "ssh://host"). The
+// private-directory and peer-credential checks of NewClient do not apply: dial is the one
+// that must know it reached the right daemon.
+func NewClientWithDialer(target string, dial DialFunc, clientVersion string) *Client {
+	tr := &http.Transport{
+		DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	return &Client{socket: target, version: clientVersion, http: &http.Client{Transport: tr}}
+}
+
+// Target is the socket path the client talks to, or the target given to
+// NewClientWithDialer.
+func (c *Client) Target() string { return c.socket }
+
 // UnsafeSocketError is a socket the client refused before sending anything: its directory
 // is not private to us, or another user listens on it.
 type UnsafeSocketError struct {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/units"
 )
@@ -85,7 +86,7 @@ on failure or Ctrl-C.
 }
 
 // runPauseBench runs the bench. Whatever it created is removed before it returns.
-func runPauseBench(ctx context.Context, c *api.Client, o benchPauseOptions, progress func(string, ...any)) (res api.BenchPauseResult, err error) {
+func runPauseBench(ctx context.Context, c *client.Client, o benchPauseOptions, progress func(string, ...any)) (res api.BenchPauseResult, err error) {
 	tag := "bp-" + strconv.FormatInt(time.Now().UnixNano()&0xffffff, 16)
 	cleanup := context.WithoutCancel(ctx)
 	o.create.Name, o.create.Start = tag, true
@@ -160,7 +161,7 @@ func runPauseBench(ctx context.Context, c *api.Client, o benchPauseOptions, prog
 }
 
 // removeFork removes a fork's clones, then its snapshot.
-func removeFork(ctx context.Context, c *api.Client, snap string, clones []string) error {
+func removeFork(ctx context.Context, c *client.Client, snap string, clones []string) error {
 	var errs []error
 	for _, n := range clones {
 		if err := c.RemoveVM(ctx, api.VMRemoveRequest{Name: n, Force: true}); err != nil && !isNotFound(err) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/daemon"
 	"github.com/banger-vm/banger/internal/system/proc"
@@ -136,12 +137,12 @@ func (a *app) printStatus(st api.StatusResponse, asJSON bool) error {
 
 // ensureDaemon returns a client to a running daemon, starting a detached one when none runs
 // and autostart is allowed (explicit is true for `daemon start`, which always may).
-func (a *app) ensureDaemon(ctx context.Context, explicit bool) (*api.Client, error) {
+func (a *app) ensureDaemon(ctx context.Context, explicit bool) (*client.Client, error) {
 	cfg, layout, err := a.load()
 	if err != nil {
 		return nil, err
 	}
-	c := api.NewClient(layout.Socket, a.version)
+	c := a.newClient(layout)
 	st, err := c.Status(ctx)
 	if err == nil {
 		if explicit {
@@ -205,7 +206,7 @@ func (a *app) stopDaemon(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c := api.NewClient(layout.Socket, a.version)
+	c := a.newClient(layout)
 	st, err := c.Status(ctx)
 	if api.IsDaemonNotRunning(err) {
 		fmt.Fprintln(a.env.Stdout, "no banger daemon is running")

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/doctor"
 )
@@ -97,7 +98,7 @@ func (a *app) runDoctor(ctx context.Context) ([]api.CheckResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := api.NewClient(layout.Socket, a.version)
+	c := a.newClient(layout)
 	daemonCheck, st, ok := daemonCheck(ctx, c, "start it with `banger daemon start` (or `systemctl --user start banger`)")
 	if !ok {
 		reg := doctor.NewRegistry(30 * time.Second)
@@ -117,7 +118,7 @@ func (a *app) runDoctor(ctx context.Context) ([]api.CheckResult, error) {
 
 // daemonCheck is the doctor's first check: whether the daemon answers its status within
 // 3 s. It PASSes with the daemon's status, or FAILs with hint; ok says which.
-func daemonCheck(ctx context.Context, c *api.Client, hint string) (check api.CheckResult, st api.StatusResponse, ok bool) {
+func daemonCheck(ctx context.Context, c *client.Client, hint string) (check api.CheckResult, st api.StatusResponse, ok bool) {
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	st, err := c.Status(sctx)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/termutil"
 	"github.com/banger-vm/banger/internal/units"
@@ -65,7 +66,7 @@ when it is a terminal. Ctrl-C aborts the pull and leaves nothing registered.
 			if len(args) == 1 {
 				req.Ref = args[0]
 			}
-			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Image, error) {
+			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.Image, error) {
 				p := a.newProgress(asJSON)
 				defer p.done()
 				img, err := c.PullImage(ctx, req, p.update)
@@ -104,7 +105,7 @@ func (a *app) imageImportCommand() *cobra.Command {
 				req.Name = strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
 				req.Name = strings.TrimSuffix(req.Name, ".tar")
 			}
-			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Image, error) {
+			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.Image, error) {
 				p := a.newProgress(asJSON)
 				defer p.done()
 				return c.ImportImage(ctx, req, p.update)
@@ -281,7 +282,7 @@ on its first use; this builds one now, with its progress. See "Warm start" in th
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
-			t, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Template, error) {
+			t, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.Template, error) {
 				p := a.newProgress(asJSON)
 				defer p.done()
 				t, err := c.WarmImage(ctx, req, p.update)
@@ -409,7 +410,7 @@ func (a *app) kernelCommand() *cobra.Command {
 		Short: "Fetch the newest linux-image-cloud-amd64 of a Debian suite (verified) and extract its vmlinux",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			k, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (json.RawMessage, error) {
+			k, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (json.RawMessage, error) {
 				p := a.newProgress(pullJSON)
 				defer p.done()
 				return c.PullKernel(ctx, api.KernelPullRequest{Suite: suite}, p.update)

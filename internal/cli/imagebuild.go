@@ -10,6 +10,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 )
 
@@ -61,7 +62,7 @@ A recipe (TOML) holds the same; flags add to it:
 			if err != nil {
 				return err
 			}
-			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Image, error) {
+			img, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.Image, error) {
 				return c.BuildImage(ctx, req, a.buildProgress(asJSON))
 			})
 			if err != nil {

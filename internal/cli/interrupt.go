@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/client"
 )
 
 // signalCause is the cancel cause of an interruptible context: the signal that ended it.
@@ -39,7 +39,7 @@ func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
 // interruptibleCall reaches the daemon (starting it if need be) and runs call with a context
 // that Ctrl-C or SIGTERM cancels (see interruptible): the shape of the commands whose daemon
 // work an interrupt aborts, like pulls, builds and boots.
-func interruptibleCall[T any](a *app, cmd *cobra.Command, call func(context.Context, *api.Client) (T, error)) (T, error) {
+func interruptibleCall[T any](a *app, cmd *cobra.Command, call func(context.Context, *client.Client) (T, error)) (T, error) {
 	ctx, stop := interruptible(cmd.Context())
 	defer stop()
 	c, err := a.ensureDaemon(ctx, false)

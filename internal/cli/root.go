@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/buildinfo"
 	"github.com/banger-vm/banger/internal/config"
@@ -229,12 +230,20 @@ func (a *app) configFile(layout paths.Layout) string {
 	return layout.ConfigFile
 }
 
-func (a *app) client() (*api.Client, error) {
+func (a *app) client() (*client.Client, error) {
 	_, layout, err := a.load()
 	if err != nil {
 		return nil, err
 	}
-	return api.NewClient(layout.Socket, a.version), nil
+	return a.newClient(layout), nil
+}
+
+// newClient is the SDK client of the daemon at layout's socket, announcing the CLI's
+// version.
+func (a *app) newClient(layout paths.Layout) *client.Client {
+	// New fails only when it must find the default socket; it is given one.
+	c, _ := client.New(client.WithSocket(layout.Socket), client.WithClientVersion(a.version))
+	return c
 }
 
 func printJSON(w io.Writer, v any) error {

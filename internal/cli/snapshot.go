@@ -2,14 +2,15 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/termutil"
 	"github.com/banger-vm/banger/internal/units"
@@ -43,7 +44,7 @@ func (a *app) vmSnapshotCommand() *cobra.Command {
 		Short: "Save a running VM's state and disks as snapshot SNAP; the VM runs on",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.Snapshot, error) {
+			s, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.Snapshot, error) {
 				return c.CreateSnapshot(ctx, api.SnapshotCreateRequest{VM: args[0], Snapshot: args[1]}, a.stageProgress(asJSON))
 			})
 			if err != nil {
@@ -198,32 +199,17 @@ remove it with 'banger snapshot rm' once its clones are gone.`,
 }
 
 // forkClones snapshots parent as snapName and starts one clone of it per name in news, all
-// at once. failed lists the clones that did not start, with why; err is the snapshot's.
-func forkClones(ctx context.Context, c *api.Client, parent, snapName string, news []string, progress func(api.Progress)) (api.ForkResult, []string, error) {
-	began := time.Now()
-	snap, err := c.CreateSnapshot(ctx, api.SnapshotCreateRequest{VM: parent, Snapshot: snapName}, progress)
-	if err != nil {
-		return api.ForkResult{}, nil, err
+// at once (the SDK's Fork). failed lists the clones that did not start, with why; err is
+// the snapshot's.
+func forkClones(ctx context.Context, c *client.Client, parent, snapName string, news []string, progress func(api.Progress)) (api.ForkResult, []string, error) {
+	res, err := c.Fork(ctx, parent, snapName, news, progress)
+	var fe *client.ForkError
+	if !errors.As(err, &fe) {
+		return res, nil, err
 	}
-	vms := make([]api.VM, len(news))
-	errs := make([]error, len(news))
-	var wg sync.WaitGroup
-	for i, n := range news {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			vms[i], errs[i] = c.CreateVM(ctx, api.VMCreateRequest{Name: n, From: snap.Name, Start: true}, nil)
-		}()
-	}
-	wg.Wait()
-	res := api.ForkResult{Snapshot: snap, VMs: []api.VM{}, Seconds: time.Since(began).Seconds()}
-	var failed []string
-	for i, n := range news {
-		if errs[i] != nil {
-			failed = append(failed, fmt.Sprintf("%s: %v", n, errorMessage(errs[i])))
-			continue
-		}
-		res.VMs = append(res.VMs, vms[i])
+	failed := make([]string, len(fe.Names))
+	for i, n := range fe.Names {
+		failed[i] = fmt.Sprintf("%s: %v", n, errorMessage(fe.Failed[n]))
 	}
 	return res, failed, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/buildinfo"
 	"github.com/banger-vm/banger/internal/system/hosttools"
@@ -181,7 +182,7 @@ func (a *app) restartForUpdate(ctx context.Context, want string) ([]string, erro
 	// stop/start print for humans; under --json stdout must stay the result alone.
 	quiet := *a
 	quiet.env.Stdout = a.env.Stderr
-	c := api.NewClient(layout.Socket, a.version)
+	c := a.newClient(layout)
 	daemonRuns := true
 	switch {
 	case hosttools.ServiceActive(ctx, hosttools.UserService, "banger.service"):
@@ -234,7 +235,7 @@ func (a *app) restartForUpdate(ctx context.Context, want string) ([]string, erro
 // stopDaemonForUpdate asks the daemon to shut down and waits until its process is gone.
 // Unlike `daemon stop` it counts a zombie as gone: a detached daemon's parent is whatever
 // init reaps orphans, which may be slow to, and the exited daemon holds no lock any more.
-func stopDaemonForUpdate(ctx context.Context, c *api.Client, timeout time.Duration) error {
+func stopDaemonForUpdate(ctx context.Context, c *client.Client, timeout time.Duration) error {
 	st, err := c.Status(ctx)
 	if err != nil {
 		return err
@@ -269,7 +270,7 @@ func processState(stat string) string {
 }
 
 // waitDaemonVersion waits until the daemon answers and runs want.
-func waitDaemonVersion(ctx context.Context, c *api.Client, want string) error {
+func waitDaemonVersion(ctx context.Context, c *client.Client, want string) error {
 	var last string
 	for {
 		st, err := c.Status(ctx)

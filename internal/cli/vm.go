@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/termutil"
 	"github.com/banger-vm/banger/internal/units"
@@ -111,7 +112,7 @@ func (a *app) vmCreateCommand() *cobra.Command {
 			if err := f.resolve(); err != nil {
 				return err
 			}
-			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.VM, error) {
 				return c.CreateVM(ctx, f.req, a.stageProgress(asJSON))
 			})
 			if err != nil {
@@ -133,7 +134,7 @@ func (a *app) vmStartCommand() *cobra.Command {
 		Short: "Boot a VM and wait until its agent answers",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.VM, error) {
 				return c.StartVM(ctx, args[0], a.stageProgress(asJSON))
 			})
 			if err != nil {
@@ -207,7 +208,7 @@ func (a *app) vmRestartCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.VM, error) {
 				return c.RestartVM(ctx, req, a.stageProgress(asJSON))
 			})
 			if err != nil {
@@ -533,7 +534,7 @@ and remove the VM (unless --keep).
 }
 
 // removeThrowaway removes the VM of `vm run -- CMD`, even after an interrupt.
-func (a *app) removeThrowaway(c *api.Client, vm api.VM) error {
+func (a *app) removeThrowaway(c *client.Client, vm api.VM) error {
 	rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// Its disks are deleted next: no need for a clean shutdown first.
@@ -552,7 +553,7 @@ func commandLine(argv []string) string {
 
 // interactive opens a shell in a freshly started VM (SSH when it has sshd, else the agent's
 // terminal), then reminds the user the VM is still running.
-func (a *app) interactive(ctx context.Context, c *api.Client, vm api.VM) error {
+func (a *app) interactive(ctx context.Context, c *client.Client, vm api.VM) error {
 	defer a.remindRunning(ctx, c, vm.Name)
 	tty := termutil.IsTerminal(a.env.Stdin)
 	if vm.SSH.Ready {
@@ -633,7 +634,7 @@ A paused VM stays paused across daemon restarts, banger update and host reboots.
 'vm stop' of a paused VM discards the saved state (it asks, or takes --force).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.VM, error) {
 				return c.PauseVM(ctx, args[0], a.stageProgress(asJSON))
 			})
 			if err != nil {
@@ -661,7 +662,7 @@ func (a *app) vmResumeCommand() *cobra.Command {
 		Short: "Bring a paused VM back with its processes as they were",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *api.Client) (api.VM, error) {
+			vm, err := interruptibleCall(a, cmd, func(ctx context.Context, c *client.Client) (api.VM, error) {
 				return c.ResumeVM(ctx, args[0], a.stageProgress(asJSON))
 			})
 			if err != nil {
@@ -676,7 +677,7 @@ func (a *app) vmResumeCommand() *cobra.Command {
 
 // confirmDiscard asks, on a terminal, before an operation discards a paused VM's saved
 // state; it returns the force to send. Off a terminal the daemon refuses without --force.
-func (a *app) confirmDiscard(ctx context.Context, c *api.Client, name, what string, force bool) (bool, error) {
+func (a *app) confirmDiscard(ctx context.Context, c *client.Client, name, what string, force bool) (bool, error) {
 	if force || !termutil.IsTerminal(a.env.Stdin) {
 		return force, nil
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/banger-vm/banger/internal/agent/agentclient"
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/cli/sshhandoff"
 	"github.com/banger-vm/banger/internal/sshkeys"
@@ -57,25 +57,26 @@ banger exits with the command's exit code. -t gives the command a terminal.
 
 // exec runs req through the daemon's relay and returns the command's exit code as an
 // ExitError.
-func (a *app) exec(ctx context.Context, c *api.Client, req api.VMExecRequest, stdin io.Reader) error {
+func (a *app) exec(ctx context.Context, c *client.Client, req api.VMExecRequest, stdin io.Reader) error {
 	// The command's output is the user's own session: it goes out unfiltered, like ssh's.
 	stdout, stderr := a.rawOut, a.rawErr
 	if req.TTY {
 		req.Rows, req.Cols = termutil.Size(stdout)
 	}
-	conn, err := c.ExecStream(ctx, req)
-	if err != nil {
-		return err
-	}
 	if req.TTY {
+		// Raw before the stream starts reading stdin, so no keystroke is read cooked; a
+		// failed start restores the terminal on the way out.
 		restore, err := termutil.Raw(stdin)
 		if err != nil {
-			conn.Close()
 			return err
 		}
 		defer restore()
 	}
-	s := agentclient.AttachExec(ctx, conn, stdin, stdout, stderr)
+	s, err := c.StartExec(ctx, req.Name, client.Command{Argv: req.Argv, Env: req.Env, Dir: req.Cwd, TTY: req.TTY,
+		Rows: req.Rows, Cols: req.Cols, Stdin: stdin, Stdout: stdout, Stderr: stderr})
+	if err != nil {
+		return err
+	}
 	defer s.Close()
 	if req.TTY {
 		termutil.WatchResize(ctx, stdout, func(r, c uint16) { _ = s.Resize(r, c) })
@@ -144,7 +145,7 @@ has a network. The system ssh is used when installed; otherwise a built-in clien
 }
 
 // sshTarget describes how to reach vm's sshd.
-func (a *app) sshTarget(c *api.Client, vm api.VM) (sshhandoff.Target, error) {
+func (a *app) sshTarget(c *client.Client, vm api.VM) (sshhandoff.Target, error) {
 	if vm.State != "running" {
 		return sshhandoff.Target{}, fmt.Errorf("VM %s is %s: start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
@@ -176,7 +177,7 @@ func (a *app) sshTarget(c *api.Client, vm api.VM) (sshhandoff.Target, error) {
 	}, nil
 }
 
-func (a *app) ssh(ctx context.Context, c *api.Client, vm api.VM, argv []string, tty bool, sshPath string) error {
+func (a *app) ssh(ctx context.Context, c *client.Client, vm api.VM, argv []string, tty bool, sshPath string) error {
 	if _, _, err := a.load(); err != nil {
 		return err
 	}
@@ -226,7 +227,7 @@ func (a *app) vmSSHProxyCommand() *cobra.Command {
 }
 
 // remindRunning prints one line after an interactive session: the VM still runs.
-func (a *app) remindRunning(ctx context.Context, c *api.Client, name string) {
+func (a *app) remindRunning(ctx context.Context, c *client.Client, name string) {
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	h, err := c.VMHealth(hctx, name)
