@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/termutil"
 )
@@ -101,7 +102,7 @@ The VM and the folder are removed afterwards, also on failure or Ctrl-C.
 }
 
 // runMountBench runs the bench. Whatever it created is removed before it returns.
-func runMountBench(ctx context.Context, c *api.Client, o benchMountOptions, progress func(string, ...any)) (res api.BenchMountResult, err error) {
+func runMountBench(ctx context.Context, c *client.Client, o benchMountOptions, progress func(string, ...any)) (res api.BenchMountResult, err error) {
 	host, err := os.MkdirTemp(o.tmpDir, "banger-bench-mount-")
 	if err != nil {
 		return res, fmt.Errorf("make the shared folder: %w", err)
@@ -181,7 +182,7 @@ func runMountBench(ctx context.Context, c *api.Client, o benchMountOptions, prog
 // mountBench runs the bench's guest commands and keeps their times by measure.
 type mountBench struct {
 	ctx      context.Context
-	c        *api.Client
+	c        *client.Client
 	vm       string
 	measures map[string][]float64
 }
@@ -189,15 +190,16 @@ type mountBench struct {
 // timed runs script (sh -c, with args as $1...) and records its client-side time under
 // measure ("" records nothing). A non-zero exit is an error with the guest's stderr.
 func (b *mountBench) timed(measure, script string, args ...string) (string, error) {
-	var out bytes.Buffer
+	var out, stderr bytes.Buffer
 	began := time.Now()
-	code, stderr, err := guestRun(b.ctx, b.c, b.vm, append([]string{"sh", "-c", script, "sh"}, args...), nil, &limitWriter{w: &out, max: 4096})
+	st, err := b.c.Exec(b.ctx, b.vm, client.Command{Argv: append([]string{"sh", "-c", script, "sh"}, args...),
+		Stdout: &limitWriter{w: &out, max: 4096}, Stderr: &limitWriter{w: &stderr, max: 4096}})
 	ms := msSince(began)
 	if err != nil {
 		return "", err
 	}
-	if code != 0 {
-		return "", fmt.Errorf("%s exited %d: %s", strings.Fields(script)[0], code, termutil.SanitizeString(strings.TrimSpace(stderr)))
+	if st.Code != 0 {
+		return "", fmt.Errorf("%s exited %d: %s", strings.Fields(script)[0], st.Code, termutil.SanitizeString(strings.TrimSpace(stderr.String())))
 	}
 	if measure != "" {
 		b.measures[measure] = append(b.measures[measure], ms)
