@@ -239,7 +239,7 @@ func newValidatingProxy(t *testing.T, doc *openapi3.T, daemonSocket string) *val
 		ModifyResponse: p.checkResponse,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
-				ex.respErr = fmt.Errorf("proxy: %w", err)
+				p.answered(ex, http.StatusBadGateway, fmt.Errorf("proxy: %w", err))
 			}
 			w.WriteHeader(http.StatusBadGateway)
 		},
@@ -259,15 +259,15 @@ func (p *validatingProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	ex := &exchange{method: r.Method, path: r.URL.Path}
-	p.mu.Lock()
-	p.exchanges = append(p.exchanges, ex)
-	p.mu.Unlock()
 	if route, params, err := p.findRoute(r); err == nil {
 		ex.route = routeKey(route.Method, route.Path)
 		vreq := p.validationRequest(r, body)
 		ex.reqErr = openapi3filter.ValidateRequest(r.Context(), &openapi3filter.RequestValidationInput{
 			Request: vreq, PathParams: params, Route: route})
 	}
+	p.mu.Lock()
+	p.exchanges = append(p.exchanges, ex)
+	p.mu.Unlock()
 	p.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 }
 
@@ -291,19 +291,25 @@ func (p *validatingProxy) checkResponse(resp *http.Response) error {
 	if ex == nil {
 		return errors.New("no exchange")
 	}
-	ex.status = resp.StatusCode
 	var body []byte
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		var err error
 		if body, err = io.ReadAll(resp.Body); err != nil {
-			ex.respErr = err
+			p.answered(ex, resp.StatusCode, err)
 			return err
 		}
 		resp.Body.Close()
 		resp.Body = io.NopCloser(bytes.NewReader(body))
 	}
-	ex.respErr = p.validateResponse(resp, body)
+	p.answered(ex, resp.StatusCode, p.validateResponse(resp, body))
 	return nil
+}
+
+// answered records the daemon's answer to ex.
+func (p *validatingProxy) answered(ex *exchange, status int, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ex.status, ex.respErr = status, err
 }
 
 func (p *validatingProxy) validateResponse(resp *http.Response, body []byte) error {
@@ -419,11 +425,15 @@ func (p *validatingProxy) checkStream(op *openapi3.Operation, status int, body [
 	return nil
 }
 
-// since returns the exchanges from index n on.
-func (p *validatingProxy) since(n int) []*exchange {
+// since returns (copies of) the exchanges from index n on.
+func (p *validatingProxy) since(n int) []exchange {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return slices.Clone(p.exchanges[n:])
+	out := make([]exchange, 0, len(p.exchanges)-n)
+	for _, ex := range p.exchanges[n:] {
+		out = append(out, *ex)
+	}
+	return out
 }
 
 func (p *validatingProxy) count() int {
