@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -43,6 +44,9 @@ type fakeDriver struct {
 	// separateMemory makes SaveState write the RAM apart from the state, as Firecracker
 	// does; Restore then needs that file.
 	separateMemory bool
+	// upgrades makes the agent switch exec and forward requests to their streams: an exec
+	// exits 0 at once, a forward echoes what it gets.
+	upgrades bool
 }
 
 // fakeMemoryMagic is the content of a fake RAM file.
@@ -251,10 +255,36 @@ func (m *fakeMachine) serveAgent(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
 		_, _ = w.Write([]byte(`{}`))
+	case agent.PathExec, agent.PathForward:
+		if m.drv.upgrades {
+			m.serveUpgrade(w, r)
+			return
+		}
+		http.Error(w, `{"code":"not_found","message":"fake agent"}`, http.StatusNotFound)
 	default:
 		// No port forwarding: an image whose sshd never answers.
 		http.Error(w, `{"code":"not_found","message":"fake agent"}`, http.StatusNotFound)
 	}
+}
+
+// serveUpgrade answers an exec with an exit frame (code 0) and echoes a forward's bytes.
+func (m *fakeMachine) serveUpgrade(w http.ResponseWriter, r *http.Request) {
+	proto := agent.ExecUpgradeProtocol
+	if r.URL.Path == agent.PathForward {
+		proto = agent.ForwardUpgradeProtocol
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + proto + "\r\n\r\n")
+	_ = brw.Flush()
+	if proto == agent.ForwardUpgradeProtocol {
+		_, _ = io.Copy(conn, brw.Reader)
+		return
+	}
+	_ = agent.NewFrameWriter(conn).WriteFrame(agent.FrameExit, []byte(`{"code":0}`))
 }
 
 func (m *fakeMachine) reattached() *fakeMachine {

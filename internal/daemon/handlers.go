@@ -22,19 +22,41 @@ const maxBodyBytes = 1 << 20
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
-// routes maps "/v1/..." paths to per-method handlers. A hand-rolled table (rather than
-// ServeMux patterns) lets unknown paths and wrong methods get typed JSON errors too.
-func (d *Daemon) routes() http.Handler {
+// routeTable maps paths under "/v1" to per-method handlers. A hand-rolled table (rather
+// than ServeMux patterns) lets unknown paths and wrong methods get typed JSON errors too.
+// Every route must be in the API description (internal/api/openapi.yaml): a test drives
+// each one against it.
+func (d *Daemon) routeTable() map[string]map[string]handlerFunc {
 	table := map[string]map[string]handlerFunc{
-		"/status":   {http.MethodGet: d.handleStatus},
-		"/doctor":   {http.MethodGet: d.handleDoctor},
-		"/events":   {http.MethodGet: d.handleEvents},
-		"/shutdown": {http.MethodPost: d.handleShutdown},
+		"/status":       {http.MethodGet: d.handleStatus},
+		"/doctor":       {http.MethodGet: d.handleDoctor},
+		"/events":       {http.MethodGet: d.handleEvents},
+		"/shutdown":     {http.MethodPost: d.handleShutdown},
+		"/openapi.json": {http.MethodGet: d.handleOpenAPI},
 	}
 	d.addImageRoutes(table)
 	d.addVMRoutes(table)
 	table["/bench/create"] = map[string]handlerFunc{http.MethodPost: d.handleBenchCreate}
 	table["/leaks"] = map[string]handlerFunc{http.MethodGet: d.handleLeaks, http.MethodPost: d.handleLeaksFix}
+	return table
+}
+
+// routeList is the route table as full paths ("/v1/...") to their sorted methods.
+func (d *Daemon) routeList() map[string][]string {
+	out := map[string][]string{}
+	for path, methods := range d.routeTable() {
+		full := "/" + api.Version + path
+		for m := range methods {
+			out[full] = append(out[full], m)
+		}
+		sort.Strings(out[full])
+	}
+	return out
+}
+
+// routes serves the route table.
+func (d *Daemon) routes() http.Handler {
+	table := d.routeTable()
 	prefix := "/" + api.Version
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
@@ -126,6 +148,19 @@ func (d *Daemon) status() api.StatusResponse {
 
 func (d *Daemon) handleStatus(w http.ResponseWriter, _ *http.Request) error {
 	writeJSON(w, http.StatusOK, d.status())
+	return nil
+}
+
+// handleOpenAPI serves the API description, so a client can be generated from the daemon
+// it talks to.
+func (d *Daemon) handleOpenAPI(w http.ResponseWriter, _ *http.Request) error {
+	doc, err := api.OpenAPIJSON()
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(doc)
 	return nil
 }
 
