@@ -120,6 +120,8 @@ var schemasWithoutAType = map[string]string{
 // clientOnlyTypes have JSON tags but never cross the daemon's API: the CLI prints them.
 var clientOnlyTypes = map[string]string{
 	"BenchPauseResult": "measured by the CLI (banger bench pause --json)",
+	"BenchMountResult": "measured by the CLI (banger bench mount --json)",
+	"BenchMountSide":   "part of BenchMountResult",
 	"ForkResult":       "assembled by the CLI (banger vm fork --json)",
 	"StreamEvent":      "described per operation as the *StreamEvent schemas (checked below)",
 }
