@@ -44,6 +44,30 @@ func NewClient(socket, clientVersion string) *Client {
 	return &Client{socket: socket, version: clientVersion, http: &http.Client{Transport: tr}}
 }
 
+// NewClientWithDialer returns a client that reaches the daemon through dial, one call per
+// connection (kept alive and reused between requests): an ssh bridge to another host's
+// daemon, for one. dial may return an *Error, which requests then return as it is; the
+// connection must carry HTTP/1.1 both ways, upgrades included (vm exec, forwards).
+func NewClientWithDialer(dial func(ctx context.Context) (net.Conn, error), clientVersion string) *Client {
+	tr := &http.Transport{
+		DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	return &Client{version: clientVersion, http: &http.Client{Transport: tr}}
+}
+
+// CloseIdleConnections closes the kept-alive connections no request uses (with a dialer,
+// each may be a process).
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// DialSocket connects to the current user's daemon on socket with the checks NewClient
+// applies (a private directory, a listener of ours: see dialDaemon); `banger daemon proxy`
+// bridges such a connection to its stdin and stdout.
+func DialSocket(ctx context.Context, socket string) (net.Conn, error) {
+	return dialDaemon(ctx, &net.Dialer{Timeout: 2 * time.Second}, socket, os.Geteuid())
+}
+
 // UnsafeSocketError is a socket the client refused before sending anything: its directory
 // is not private to us, or another user listens on it.
 type UnsafeSocketError struct {
@@ -246,6 +270,13 @@ func checkPeer(conn net.Conn, uid int) error {
 }
 
 func (c *Client) connError(err error) error {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return ae // a dialer's own account of what failed (see NewClientWithDialer)
+	}
+	if c.socket == "" {
+		return fmt.Errorf("talk to banger daemon: %w", err)
+	}
 	var us *UnsafeSocketError
 	if errors.As(err, &us) {
 		return &Error{Code: CodeUnsafeSocket, Message: us.Reason, Hint: us.Hint}
