@@ -345,6 +345,24 @@ func TestRemoteHost(t *testing.T) {
 		}
 	})
 
+	t.Run("vm ssh into a Debian guest, through the remote host", func(t *testing.T) {
+		e.importSSHImage() // image import is the daemon host's: done there
+		r.must(t, "vm", "create", "rssh", "--image", "deb", "--memory", "768M", "--start")
+		// Three shells in a row (the remote host's, then the guest's) see these words
+		// exactly once each: quoting survives every hop.
+		for _, client := range []string{"", "-"} {
+			args := []string{"vm", "ssh", "rssh", "--", "sh", "-c", "echo \"$(hostname) uid=$(id -u) $1\"; exit 6", "sh", "two 'words' $HOME"}
+			if client != "" {
+				args = append(args[:2], append([]string{"--ssh", client}, args[2:]...)...)
+			}
+			res := r.run(args...)
+			if res.stdout != "rssh uid=0 two 'words' $HOME\n" || res.code != 6 {
+				t.Fatalf("BANGER_HOST=... banger %s: stdout %q stderr %q exit %d", strings.Join(args, " "), res.stdout, res.stderr, res.code)
+			}
+		}
+		r.must(t, "vm", "rm", "--force", "rssh")
+	})
+
 	t.Run("ssh failures say why", func(t *testing.T) {
 		stranger := strings.Replace(r.sshArgs, filepath.Join(r.local, "id"), filepath.Join(r.local, "stranger"), 1)
 		res := r.e.runCmd(r.command([]string{"BANGER_HOST_SSH_ARGS=" + stranger}, "vm", "ls"), nil)
