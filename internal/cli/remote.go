@@ -50,8 +50,12 @@ func (a *app) getenv(k string) string {
 	return a.env.Getenv(k)
 }
 
-// remoteClient is an API client whose connections are ssh bridges to t's daemon.
+// remoteClient is an API client whose connections are ssh bridges to t's daemon: one per
+// invocation, so that its kept-alive connections (ssh processes) are shared.
 func (a *app) remoteClient(t sshtransport.Transport) *api.Client {
+	if len(a.remoteClients) > 0 {
+		return a.remoteClients[0]
+	}
 	c := api.NewClientWithDialer(t.Dial, a.version)
 	a.remoteClients = append(a.remoteClients, c)
 	return c

@@ -89,7 +89,10 @@ The CLI talks to an owner daemon that runs as you (banger daemon); a small root
 helper does only the networking. Start with:
 
   banger daemon start     # start the owner daemon in the background
-  banger doctor           # check this host: KVM, VMMs, disk tools, space`,
+  banger doctor           # check this host: KVM, VMMs, disk tools, space
+
+BANGER_HOST=ssh://USER@HOST (or --host) uses the daemon of another machine instead,
+through ssh (README: "A daemon on another host").`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       a.version,

@@ -297,6 +297,23 @@ func TestRemoteHost(t *testing.T) {
 		}
 	})
 
+	t.Run("vm cp both ways", func(t *testing.T) {
+		src := filepath.Join(r.local, "home", "note.txt")
+		if err := os.WriteFile(src, []byte("from the laptop\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if e.cred != nil {
+			_ = os.Chown(src, int(e.cred.Uid), int(e.cred.Gid))
+		}
+		r.must(t, "vm", "cp", src, "rdev:/root/")
+		if res := r.must(t, "vm", "exec", "rdev", "--", "cat", "/root/note.txt"); res.stdout != "from the laptop\n" {
+			t.Fatalf("copied in: %q", res.stdout)
+		}
+		if res := r.must(t, "vm", "cp", "rdev:/root/note.txt", "-"); !strings.Contains(res.stdout, "from the laptop") {
+			t.Fatalf("copied out as tar: %q", res.stdout)
+		}
+	})
+
 	t.Run("port-forward listens here", func(t *testing.T) {
 		r.must(t, "vm", "exec", "rdev", "--", "sh", "-c", guestHTTPD)
 		cmd := r.command(nil, "vm", "port-forward", "rdev", "8080")
