@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -137,6 +138,10 @@ func daemonCheck(ctx context.Context, c *api.Client, hint string) (check api.Che
 	defer cancel()
 	st, err := c.Status(sctx)
 	if err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Hint != "" && ae.Code != api.CodeDaemonNotRunning {
+			hint = ae.Hint // the transport's own (an ssh failure to a remote host)
+		}
 		check = doctor.Failf(hint, "%s", errorMessage(err))
 	} else {
 		check = doctor.Pass("pid %d, version %s, socket %s", st.PID, st.Version, st.Socket)

@@ -65,8 +65,12 @@ func (a *app) remoteClient(t sshtransport.Transport) *api.Client {
 // hand the daemon paths of this machine, before they do anything.
 func (a *app) checkRemote(cmd *cobra.Command) error {
 	path := cmd.CommandPath()
-	if path == "banger daemon proxy" || path == "banger helper" || strings.HasPrefix(path, "banger helper ") {
-		return nil // always local: the proxy is the remote end; the helper is root's
+	for _, local := range []string{"banger daemon proxy", "banger helper", "banger version", "banger config", "banger completion", "banger help", "banger update"} {
+		if path == local || strings.HasPrefix(path, local+" ") {
+			// Always this machine's (the proxy is the remote end; the helper is root's), or
+			// about this CLI: a bad BANGER_HOST must not stop them.
+			return nil
+		}
 	}
 	t, err := a.remote()
 	if err != nil || t == nil {

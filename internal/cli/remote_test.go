@@ -134,6 +134,17 @@ func TestRemoteHostRefusesLocalWork(t *testing.T) {
 			t.Errorf("BANGER_HOST=%s banger %s: exit %d, stderr %q; want a refusal with %q", c.host, strings.Join(c.args, " "), code, w.stderr.String(), c.want)
 		}
 	}
+	// Commands about this CLI or this machine run whatever BANGER_HOST says.
+	w0 := newCLIWorld(t)
+	w0.env.Getenv = func(k string) string {
+		if k == "BANGER_HOST" {
+			return "ssh://-oProxyCommand=x"
+		}
+		return ""
+	}
+	if code := w0.run("config", "path"); code != 0 {
+		t.Errorf("config path with a bad BANGER_HOST: exit %d, stderr %q", code, w0.stderr.String())
+	}
 	// --host says the same as BANGER_HOST, and wins over it.
 	w := newCLIWorld(t)
 	if code := w.run("--host", "ssh://me@-box", "vm", "ls"); code == 0 || !strings.Contains(w.stderr.String(), "--host") {
