@@ -28,6 +28,7 @@ var execAllowed = map[string]string{
 	"internal/vmm/proc":             "the VMM process supervisor: spawns the VMM the driver built the argv of",
 	"internal/vmm/vmmtest":          "the drivers' shared supervisor tests: start a bystander process",
 	"internal/cli/sshhandoff":       "hands the terminal to the system ssh",
+	"internal/sshtransport":         "ssh to a remote daemon: the daemon proxy bridge, and vm ssh there",
 	"internal/guestinit":            "guest PID 1: starts the agent and sshd inside the guest",
 	"internal/agent/agentserver":    "guest agent: runs the commands the host asks it to run",
 	"internal/testsupport":          "test fixtures: builds the guest binaries for boot tests",

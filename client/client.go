@@ -27,10 +27,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strings"
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/buildinfo"
 	"github.com/banger-vm/banger/internal/paths"
+	"github.com/banger-vm/banger/internal/sshtransport"
 )
 
 // Client is a connection to one banger owner daemon. It is safe for concurrent use; its
@@ -48,6 +51,8 @@ type options struct {
 	dial    func(ctx context.Context) (net.Conn, error)
 	target  string
 	version string
+	host    string
+	sshArgs []string
 }
 
 // WithSocket talks to the daemon listening on the Unix socket at path instead of the
@@ -63,6 +68,16 @@ func WithSocket(path string) Option { return func(o *options) { o.socket = path 
 // name the daemon for error messages with WithTarget.
 func WithDialer(dial func(ctx context.Context) (net.Conn, error)) Option {
 	return func(o *options) { o.dial = dial }
+}
+
+// WithHost reaches the daemon of another machine over SSH, the way DOCKER_HOST does:
+// host is ssh://[user@]host[:port][?banger=/path/to/banger], and each connection runs the
+// system ssh (BatchMode: keys and agents only, never a prompt) with `banger daemon proxy`
+// on that host, which bridges to the remote user's own daemon socket. sshArgs are extra
+// ssh options (like "-i", KEY or "-F", CONFIG). A malformed host (an option smuggled in
+// its user or name, a password, a path) makes New fail.
+func WithHost(host string, sshArgs ...string) Option {
+	return func(o *options) { o.host, o.sshArgs = host, sshArgs }
 }
 
 // WithTarget names the daemon a WithDialer client reaches, for error messages and Target
@@ -81,6 +96,14 @@ func New(opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.host != "" && o.dial == nil {
+		h, err := sshtransport.ParseHost(o.host)
+		if err != nil {
+			return nil, err
+		}
+		t := sshtransport.Transport{Host: h, Args: o.sshArgs}
+		o.dial, o.target = t.Dial, h.String()
+	}
 	if o.dial != nil {
 		if o.target == "" {
 			o.target = "custom dialer"
@@ -97,11 +120,22 @@ func New(opts ...Option) (*Client, error) {
 	return &Client{api: api.NewClient(o.socket, o.version)}, nil
 }
 
-// Default returns a client of the current user's daemon: its socket is
+// Default returns a client of the daemon the banger CLI would use: the one BANGER_HOST
+// names (ssh://..., see WithHost, with BANGER_HOST_SSH_ARGS split on blanks as extra ssh
+// options) when it is set, else the current user's own, whose socket is
 // $XDG_RUNTIME_DIR/banger/banger.sock, or /tmp/banger-UID/banger.sock without
-// XDG_RUNTIME_DIR, as for the banger CLI. It does not start a daemon: run
-// `banger daemon start` (or the systemd user unit) first.
-func Default() (*Client, error) { return New() }
+// XDG_RUNTIME_DIR. It does not start a daemon: run `banger daemon start` (or the systemd
+// user unit) first.
+func Default() (*Client, error) {
+	if h := os.Getenv("BANGER_HOST"); h != "" {
+		return New(WithHost(h, strings.Fields(os.Getenv("BANGER_HOST_SSH_ARGS"))...))
+	}
+	return New()
+}
+
+// CloseIdleConnections ends the kept-alive connections no call is using; with WithHost
+// each is an ssh process, so a program that is done with the client should call it.
+func (c *Client) CloseIdleConnections() { c.api.CloseIdleConnections() }
 
 // DefaultSocket is the path of the current user's daemon socket (see Default).
 func DefaultSocket() (string, error) {

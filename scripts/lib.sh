@@ -8,6 +8,7 @@ BANGER_APT_PACKAGES=(
 	iproute2 util-linux iputils-ping  # ip, ping for diagnostics and the network tests; runuser, setpriv
 	mmdebstrap debian-archive-keyring uidmap  # Debian images (unprivileged: --mode=unshare)
 	xz-utils lz4 zstd    # the kernel build's compressors, to cross-check vmlinux extraction
+	openssh-client openssh-server  # BANGER_HOST=ssh://...: the e2e test runs its own sshd on loopback
 )
 
 # Oldest Go that builds banger: go.mod's go line.

@@ -52,6 +52,8 @@ type DialFunc func(ctx context.Context) (net.Conn, error)
 // local socket path; target names the daemon in error messages (like "ssh://host"). The
 // private-directory and peer-credential checks of NewClient do not apply: dial is the one
 // that must know it reached the right daemon.
+// dial may return an *Error, which requests then return as it is; the connection must
+// carry HTTP/1.1 both ways, upgrades included (vm exec, forwards).
 func NewClientWithDialer(target string, dial DialFunc, clientVersion string) *Client {
 	tr := &http.Transport{
 		DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
@@ -64,6 +66,17 @@ func NewClientWithDialer(target string, dial DialFunc, clientVersion string) *Cl
 // Target is the socket path the client talks to, or the target given to
 // NewClientWithDialer.
 func (c *Client) Target() string { return c.socket }
+
+// CloseIdleConnections closes the kept-alive connections no request uses (with a dialer,
+// each may be a process).
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// DialSocket connects to the current user's daemon on socket with the checks NewClient
+// applies (a private directory, a listener of ours: see dialDaemon); `banger daemon proxy`
+// bridges such a connection to its stdin and stdout.
+func DialSocket(ctx context.Context, socket string) (net.Conn, error) {
+	return dialDaemon(ctx, &net.Dialer{Timeout: 2 * time.Second}, socket, os.Geteuid())
+}
 
 // UnsafeSocketError is a socket the client refused before sending anything: its directory
 // is not private to us, or another user listens on it.
@@ -267,6 +280,13 @@ func checkPeer(conn net.Conn, uid int) error {
 }
 
 func (c *Client) connError(err error) error {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return ae // a dialer's own account of what failed (see NewClientWithDialer)
+	}
+	if c.socket == "" {
+		return fmt.Errorf("talk to banger daemon: %w", err)
+	}
 	var us *UnsafeSocketError
 	if errors.As(err, &us) {
 		return &Error{Code: CodeUnsafeSocket, Message: us.Reason, Hint: us.Hint}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -18,6 +19,7 @@ import (
 	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/daemon"
+	"github.com/banger-vm/banger/internal/sshtransport"
 	"github.com/banger-vm/banger/internal/system/proc"
 	"github.com/banger-vm/banger/internal/vmm/drivers"
 )
@@ -89,8 +91,59 @@ they print the command to run instead.`,
 			return err
 		},
 	}
-	cmd.AddCommand(status, start, stop, restart)
+	proxy := &cobra.Command{
+		Use:   "proxy",
+		Short: "Bridge stdin and stdout to this user's daemon (for BANGER_HOST=ssh://..., run over ssh)",
+		Long: `Connect stdin and stdout to this user's daemon socket, for a banger on another machine:
+BANGER_HOST=ssh://USER@HOST (or --host) runs 'ssh HOST -- banger daemon proxy' for each
+connection. It starts the daemon first under the usual rule (daemon.autostart), checks
+the socket as every command does (a private directory, a listener of this user), writes
+the line "` + strings.TrimSuffix(sshtransport.Greeting, "\n") + `", then copies bytes both ways until
+either side ends. It always acts on this machine: BANGER_HOST is ignored here.`,
+		Hidden: true, // for machines; README "A daemon on another host" documents it
+		Args:   cobra.NoArgs,
+		RunE:   func(cmd *cobra.Command, _ []string) error { return a.proxyDaemon(cmd.Context()) },
+	}
+	cmd.AddCommand(status, start, stop, restart, proxy)
 	return cmd
+}
+
+// proxyDaemon is `banger daemon proxy`: the remote end of an ssh transport.
+func (a *app) proxyDaemon(ctx context.Context) error {
+	a.forceLocal = true
+	if _, err := a.ensureDaemon(ctx, false); err != nil {
+		return err
+	}
+	conn, err := api.DialSocket(ctx, a.layout.Socket)
+	if err != nil {
+		var us *api.UnsafeSocketError
+		if errors.As(err, &us) {
+			return &api.Error{Code: api.CodeUnsafeSocket, Message: us.Reason, Hint: us.Hint}
+		}
+		return fmt.Errorf("connect to the banger daemon on %s: %w", a.layout.Socket, err)
+	}
+	defer conn.Close()
+	// The protocol stream is bytes, not text: the raw stdout.
+	if _, err := io.WriteString(a.rawOut, sshtransport.Greeting); err != nil {
+		return err
+	}
+	done := make(chan struct{}, 2)
+	go func() {
+		if a.env.Stdin != nil {
+			_, _ = io.Copy(conn, a.env.Stdin)
+		}
+		done <- struct{}{}
+	}()
+	go func() {
+		_, _ = io.Copy(a.rawOut, conn)
+		done <- struct{}{}
+	}()
+	// Either side ending ends the bridge: the client hung up, or the daemon closed.
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return nil
 }
 
 func (a *app) runDaemonForeground(ctx context.Context) error {
@@ -141,6 +194,15 @@ func (a *app) ensureDaemon(ctx context.Context, explicit bool) (*client.Client, 
 	cfg, layout, err := a.load()
 	if err != nil {
 		return nil, err
+	}
+	if !explicit { // explicit starts are this machine's (daemon start, update's restart)
+		if t, err := a.remote(); err != nil || t != nil {
+			if err != nil {
+				return nil, err
+			}
+			// The remote proxy starts its daemon under that host's own autostart rule.
+			return a.remoteClient(*t), nil
+		}
 	}
 	c := a.newClient(layout)
 	st, err := c.Status(ctx)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -27,7 +28,9 @@ qemu-system-x86_64, which VMM 'vmm.driver = auto' will pick and why, e2fsprogs,
 free space in the data dir, and the daemon's state database.
 
 When the daemon runs, the checks run inside it (as the user VMs run as); when it
-does not, they run here and the daemon check FAILs with how to start it.
+does not, they run here and the daemon check FAILs with how to start it. With a
+remote daemon (BANGER_HOST or --host) every check is that host's, from its daemon;
+none runs on this machine.
 
 With --leaks it checks instead that nothing banger made is left that no VM
 references: VMM processes under the runtime dir, sockets, VM and run
@@ -99,7 +102,20 @@ func (a *app) runDoctor(ctx context.Context) ([]api.CheckResult, error) {
 		return nil, err
 	}
 	c := a.newClient(layout)
-	daemonCheck, st, ok := daemonCheck(ctx, c, "start it with `banger daemon start` (or `systemctl --user start banger`)")
+	remote, err := a.remote()
+	if err != nil {
+		return nil, err
+	}
+	hint := "start it with `banger daemon start` (or `systemctl --user start banger`)"
+	if remote != nil {
+		// The checks are about the daemon's host; this one's would mislead.
+		c = a.remoteClient(*remote)
+		hint = "see the error above; unset BANGER_HOST (or drop --host) to check this machine instead"
+	}
+	daemonCheck, st, ok := daemonCheck(ctx, c, hint)
+	if !ok && remote != nil {
+		return []api.CheckResult{daemonCheck}, nil
+	}
 	if !ok {
 		reg := doctor.NewRegistry(30 * time.Second)
 		doctor.RegisterHostChecks(reg, doctor.HostOptions{Config: cfg, DataDir: layout.DataDir})
@@ -123,6 +139,10 @@ func daemonCheck(ctx context.Context, c *client.Client, hint string) (check api.
 	defer cancel()
 	st, err := c.Status(sctx)
 	if err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Hint != "" && ae.Code != api.CodeDaemonNotRunning {
+			hint = ae.Hint // the transport's own (an ssh failure to a remote host)
+		}
 		check = doctor.Failf(hint, "%s", errorMessage(err))
 	} else {
 		check = doctor.Pass("pid %d, version %s, socket %s", st.PID, st.Version, st.Socket)

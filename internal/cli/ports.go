@@ -1,12 +1,18 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/internal/api"
+	"github.com/banger-vm/banger/internal/portfwd"
 )
 
 func (a *app) vmPortCommand() *cobra.Command {
@@ -24,7 +30,9 @@ bring it back). Only TCP is forwarded.
   banger vm port dev ls
   banger vm port dev rm 18080                  # by its host port (or HOSTIP:HOSTPORT)
 
-vm create and vm run take the same SPECs with -p.`,
+vm create and vm run take the same SPECs with -p. These forwards are the daemon's: with
+a daemon on another host (BANGER_HOST) they would listen there, so 'add' is refused;
+'banger vm port-forward' listens on this machine instead.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, action, rest := args[0], "ls", args[1:]
@@ -46,6 +54,16 @@ vm create and vm run take the same SPECs with -p.`,
 			}
 			if action != "ls" && action != "list" && len(rest) == 0 {
 				return fmt.Errorf("%s needs at least one port", action)
+			}
+			if len(req.Add) > 0 {
+				if t, err := a.remote(); err != nil || t != nil {
+					if err != nil {
+						return err
+					}
+					return &api.Error{Code: api.CodeBadRequest,
+						Message: fmt.Sprintf("a forward added to VM %s would listen on the daemon's machine, %s (BANGER_HOST or --host)", name, t.Host),
+						Hint:    fmt.Sprintf("forward to this machine with `banger vm port-forward %s %s` (it runs until Ctrl-C)", name, strings.Join(req.Add, " "))}
+				}
 			}
 			c, err := a.ensureDaemon(cmdContext(cmd), false)
 			if err != nil {
@@ -78,4 +96,71 @@ vm create and vm run take the same SPECs with -p.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM's forwards as JSON")
 	return cmd
+}
+
+func (a *app) vmPortForwardCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "port-forward NAME SPEC...",
+		Short: "Forward ports of this machine to a VM until Ctrl-C (works with a remote daemon)",
+		Long: `Listen on this machine and relay every connection to a port in the VM, through the
+daemon and the VM's agent, until Ctrl-C. SPEC is [LOCALIP:]LOCALPORT:GUESTPORT or GUESTPORT
+(a free local port, printed); it listens on 127.0.0.1 unless LOCALIP says otherwise.
+
+Unlike 'vm port add', whose forwards the daemon keeps on its own machine, this one lives
+in this command on this machine: with BANGER_HOST=ssh://... it forwards a port of your
+laptop to a VM on the remote host.
+
+  banger vm port-forward dev 8080
+  BANGER_HOST=ssh://me@box banger vm port-forward dev 18080:8080 2222:22`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			specs := make([]portfwd.Spec, 0, len(args)-1)
+			for _, text := range args[1:] {
+				s, err := portfwd.Parse(text)
+				if err != nil {
+					return err
+				}
+				if s, err = portfwd.Resolve(s); err != nil {
+					return err
+				}
+				specs = append(specs, s)
+			}
+			ctx, stop := interruptible(cmd.Context())
+			defer stop()
+			c, err := a.ensureDaemon(ctx, false)
+			if err != nil {
+				return err
+			}
+			vm, err := c.InspectVM(ctx, name) // a typo fails now, not at the first connection
+			if err != nil {
+				return err
+			}
+			logger := slog.New(slog.NewTextHandler(a.env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			dial := func(ctx context.Context, guestPort int) (io.ReadWriteCloser, error) {
+				conn, err := c.Forward(ctx, vm.ID, guestPort)
+				if err != nil {
+					fmt.Fprintf(a.env.Stderr, "forward to %s port %d: %s\n", vm.Name, guestPort, errorMessage(err))
+				}
+				return conn, err
+			}
+			var fwds []*portfwd.Forwarder
+			defer func() {
+				for _, f := range fwds {
+					f.Close()
+				}
+			}()
+			for _, s := range specs {
+				f, err := portfwd.Listen(s, dial, logger)
+				if err != nil {
+					return err
+				}
+				fwds = append(fwds, f)
+				fmt.Fprintf(a.env.Stdout, "%s -> VM %s port %d\n", net.JoinHostPort(s.HostIP, strconv.Itoa(s.HostPort)), vm.Name, s.GuestPort)
+			}
+			fmt.Fprintln(a.env.Stderr, "forwarding until Ctrl-C")
+			<-ctx.Done()
+			return nil
+		},
+	}
 }

@@ -54,7 +54,12 @@ type app struct {
 	rawOut, rawErr io.Writer
 	flush          []func() error
 	configFlag     string
+	hostFlag       string
+	forceLocal     bool // daemon proxy: always this machine's daemon
 	version        string
+	// remoteClients are the clients of a remote daemon this invocation made: each kept-alive
+	// connection is an ssh process, closed at exit.
+	remoteClients []*client.Client
 
 	loaded bool
 	cfg    config.Config
@@ -85,7 +90,10 @@ The CLI talks to an owner daemon that runs as you (banger daemon); a small root
 helper does only the networking. Start with:
 
   banger daemon start     # start the owner daemon in the background
-  banger doctor           # check this host: KVM, VMMs, disk tools, space`,
+  banger doctor           # check this host: KVM, VMMs, disk tools, space
+
+BANGER_HOST=ssh://USER@HOST (or --host) uses the daemon of another machine instead,
+through ssh (README: "A daemon on another host").`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       a.version,
@@ -94,6 +102,8 @@ helper does only the networking. Start with:
 	root.SetErr(env.Stderr)
 	root.SetVersionTemplate("banger {{.Version}}\n")
 	root.PersistentFlags().StringVar(&a.configFlag, "config", "", "config file (default $BANGER_CONFIG or $XDG_CONFIG_HOME/banger/config.toml)")
+	root.PersistentFlags().StringVar(&a.hostFlag, "host", "", "use the daemon of another machine, `ssh://[USER@]HOST[:PORT]` (default $BANGER_HOST; see `banger daemon --help`)")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return a.checkRemote(cmd) }
 	root.AddCommand(
 		a.versionCommand(),
 		a.configCommand(),
@@ -159,6 +169,9 @@ func unknownCommand(cmd *cobra.Command, arg string) error {
 func Execute(env Env, args []string) int {
 	root, a := newRoot(env)
 	defer func() {
+		for _, c := range a.remoteClients {
+			c.CloseIdleConnections()
+		}
 		for _, f := range a.flush {
 			_ = f()
 		}
@@ -234,6 +247,12 @@ func (a *app) client() (*client.Client, error) {
 	_, layout, err := a.load()
 	if err != nil {
 		return nil, err
+	}
+	if t, err := a.remote(); err != nil || t != nil {
+		if err != nil {
+			return nil, err
+		}
+		return a.remoteClient(*t), nil
 	}
 	return a.newClient(layout), nil
 }

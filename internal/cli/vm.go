@@ -37,7 +37,7 @@ the VM's sshd with banger's own key and the VM's pinned host key.`,
 	}
 	cmd.AddCommand(a.vmCreateCommand(), a.vmStartCommand(), a.vmStopCommand(), a.vmRemoveCommand(),
 		a.vmListCommand(), a.vmInspectCommand(), a.vmExecCommand(), a.vmLogsCommand(), a.vmHealthCommand(),
-		a.vmRunCommand(), a.vmSSHCommand(), a.vmSSHProxyCommand(), a.vmSSHConfigCommand(), a.vmPortCommand(), a.vmResizeCommand(), a.vmCpCommand(), a.vmSSHKnownHostsCommand(), a.vmRestartCommand(),
+		a.vmRunCommand(), a.vmSSHCommand(), a.vmSSHProxyCommand(), a.vmSSHConfigCommand(), a.vmPortCommand(), a.vmPortForwardCommand(), a.vmResizeCommand(), a.vmCpCommand(), a.vmSSHKnownHostsCommand(), a.vmRestartCommand(),
 		a.vmPauseCommand(), a.vmResumeCommand(), a.vmSnapshotCommand(), a.vmForkCommand())
 	return cmd
 }

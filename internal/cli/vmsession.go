@@ -111,12 +111,27 @@ boot and is pinned in banger's own known_hosts, so nothing asks and a changed ke
 refused. The connection goes through the VM's agent, so it works whether or not the VM
 has a network. The system ssh is used when installed; otherwise a built-in client.
 
+With a remote daemon (BANGER_HOST or --host) this runs 'banger vm ssh' on that host over
+ssh (a terminal when a shell is wanted): the key and the pinned host key stay there.
+
   banger vm ssh dev
   banger vm ssh dev -- journalctl -b --no-pager`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if dash := cmd.ArgsLenAtDash(); dash > 1 || (dash < 0 && len(args) > 1) {
 				return fmt.Errorf("vm ssh takes one NAME; put the command after --: banger vm ssh %s -- %s", args[0], strings.Join(args[1:], " "))
+			}
+			want := len(args) == 1 && termutil.IsTerminal(a.env.Stdin)
+			if tty {
+				want = true
+			} else if noTTY {
+				want = false
+			}
+			if t, err := a.remote(); err != nil || t != nil {
+				if err != nil {
+					return err
+				}
+				return a.remoteSSH(*t, args[0], args[1:], want, sshPath, a.env.Stdin)
 			}
 			c, err := a.ensureDaemon(cmdContext(cmd), false)
 			if err != nil {
@@ -125,12 +140,6 @@ has a network. The system ssh is used when installed; otherwise a built-in clien
 			vm, err := c.InspectVM(cmdContext(cmd), args[0])
 			if err != nil {
 				return err
-			}
-			want := len(args) == 1 && termutil.IsTerminal(a.env.Stdin)
-			if tty {
-				want = true
-			} else if noTTY {
-				want = false
 			}
 			if len(args) == 1 {
 				defer a.remindRunning(cmdContext(cmd), c, vm.Name)
