@@ -7,7 +7,10 @@ package fusemount
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/internal/hostfs"
 )
@@ -45,7 +49,30 @@ func Mount(dir string, c *hostfs.Client, readOnly bool) (*fuse.Server, error) {
 	if readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
-	return fs.Mount(dir, &node{c: c}, opts)
+	srv, err := fs.Mount(dir, &node{c: c}, opts)
+	if err != nil {
+		return nil, err
+	}
+	// Best effort: a slower read ahead only costs throughput.
+	_ = setReadAhead(dir, readAheadKB)
+	return srv, nil
+}
+
+// readAheadKB is the read-ahead window of a share. The kernel caps a FUSE mount's at
+// 128 KiB when it mounts, so sequential reads went one 128 KiB request at a time, each
+// a round trip over the agent channel; a wider window keeps several requests of up to
+// MaxIO in flight.
+const readAheadKB = 4096
+
+// setReadAhead sets the read-ahead window of the filesystem mounted at dir, through its
+// backing device's sysfs entry (/sys/class/bdi/MAJOR:MINOR).
+func setReadAhead(dir string, kb int) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(strconv.Itoa(kb)), 0)
 }
 
 type node struct {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -260,5 +261,23 @@ func TestLookupsListTheDirectory(t *testing.T) {
 			t.Fatalf("a file made on the host is still not seen after %v: %v", 5*cacheFor, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMountWidensReadAhead: the share's read-ahead window is raised past the kernel's
+// 128 KiB FUSE default, so a sequential read keeps several requests in flight.
+func TestMountWidensReadAhead(t *testing.T) {
+	mnt := mounted(t, t.TempDir(), true)
+	var st syscall.Stat_t
+	if err := syscall.Stat(mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", st.Dev>>8&0xfff, st.Dev&0xff|(st.Dev>>12)&0xfff00)
+	got, err := os.ReadFile(p)
+	if err != nil {
+		t.Skipf("no sysfs entry for the mount's device: %v", err)
+	}
+	if strings.TrimSpace(string(got)) != strconv.Itoa(readAheadKB) {
+		t.Fatalf("%s is %q, want %d", p, strings.TrimSpace(string(got)), readAheadKB)
 	}
 }
