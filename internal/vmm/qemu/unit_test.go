@@ -65,7 +65,7 @@ func TestQEMUArgs(t *testing.T) {
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "512",
 		"-kernel", "/k/vmlinuz", "-initrd", "/k/initrd",
-		"-append", "console=ttyS0 panic=-1 reboot=t banger.root=serial:rootfs banger.layer=serial:layer banger.work=serial:work banger.modules=serial:mods banger.agent=serial tsc_early_khz=2500000",
+		"-append", "console=ttyS0 panic=-1 reboot=t banger.root=serial:rootfs banger.layer=serial:layer banger.work=serial:work banger.modules=serial:mods banger.agent=serial tsc_early_khz=2500000 tsc=reliable",
 		"-chardev", "pipe,id=con,path=/run/b/vm1/console.fifo", "-serial", "chardev:con",
 		"-qmp", "unix:/run/b/vm1/qmp.sock,server=on,wait=off",
 		"-drive", "id=rootfs,file=/img/root,,fs.ext4,format=raw,if=none,readonly=on",
@@ -96,7 +96,7 @@ func TestQEMUArgs(t *testing.T) {
 			t.Errorf("vsock args lack %q: %s", w, joined)
 		}
 	}
-	for _, no := range []string{"tsc_early_khz", "virtio-serial", "agent.sock", "-sandbox"} {
+	for _, no := range []string{"tsc_early_khz", "tsc=reliable", "virtio-serial", "agent.sock", "-sandbox"} {
 		if strings.Contains(joined, no) {
 			t.Errorf("vsock/kvm args have %q: %s", no, joined)
 		}
@@ -105,9 +105,15 @@ func TestQEMUArgs(t *testing.T) {
 	spec.Cmdline = "console=ttyS0 tsc_early_khz=1000"
 	spec.AgentPort = 0
 	cl := kernelCmdline(spec, newLayout(spec.RunDir, TransportVsock, 9, 0), AccelTCG, 2500000)
-	if strings.Count(cl, "tsc_early_khz") != 1 || strings.Contains(cl, "agent_port") {
+	if strings.Count(cl, "tsc_early_khz") != 1 || strings.Contains(cl, "agent_port") || strings.Count(cl, "tsc=reliable") != 1 {
 		t.Errorf("cmdline %q", cl)
 	}
+	// A tsc= the caller chose is theirs.
+	spec.Cmdline = "console=ttyS0 tsc=unstable"
+	if cl := kernelCmdline(spec, newLayout(spec.RunDir, TransportVsock, 9, 0), AccelTCG, 2500000); strings.Contains(cl, "tsc=reliable") {
+		t.Errorf("cmdline %q overrides the caller's tsc=", cl)
+	}
+	spec.Cmdline = "console=ttyS0 tsc_early_khz=1000"
 	// RAM in a file: shared for a VM to snapshot, copy-on-write and waiting for the state
 	// for a clone.
 	spec.MemoryFile = "/snap/mem,x"
