@@ -159,6 +159,11 @@ func (b *boot) run() error {
 		return fmt.Errorf("exec %s: %w", initPath, err)
 	}
 	b.logf("the image has no systemd: staying PID 1 and supervising the agent")
+	// An init system would mount these; without one, terminals (vm exec -t, ssh) and
+	// POSIX shared memory need them from banger-init.
+	if err := mountSessionFilesystems(); err != nil {
+		b.logf("warning: %v", err)
+	}
 	return b.supervise()
 }
 
@@ -213,6 +218,26 @@ func mountAPIFilesystems() error {
 	}
 	if err := unix.Mount("tmpfs", bangerRun, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil && !errors.Is(err, unix.EBUSY) {
 		return fmt.Errorf("mount tmpfs on %s: %w", bangerRun, err)
+	}
+	return nil
+}
+
+// mountSessionFilesystems mounts /dev/pts (pseudo-terminals) and /dev/shm where the image's
+// own init is not there to do it.
+func mountSessionFilesystems() error {
+	for _, m := range []struct {
+		dst, fstype, data string
+		flags             uintptr
+	}{
+		{"/dev/pts", "devpts", "gid=5,mode=0620,ptmxmode=0666", unix.MS_NOSUID | unix.MS_NOEXEC},
+		{"/dev/shm", "tmpfs", "mode=1777", unix.MS_NOSUID | unix.MS_NODEV},
+	} {
+		if err := os.MkdirAll(m.dst, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", m.dst, err)
+		}
+		if err := unix.Mount(m.fstype, m.dst, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.dst, err)
+		}
 	}
 	return nil
 }
