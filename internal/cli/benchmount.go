@@ -70,26 +70,9 @@ The VM and the folder are removed afterwards, also on failure or Ctrl-C.
 			case o.files < 1 || o.files > benchMountMaxFiles:
 				return fmt.Errorf("--files %d: pass a count between 1 and %d", o.files, benchMountMaxFiles)
 			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			progress := func(format string, args ...any) {
-				if !asJSON {
-					fmt.Fprintf(a.env.Stderr, "  "+format+"\n", args...)
-				}
-			}
-			res, err := runMountBench(ctx, c, o, progress)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(a.env.Stdout, res)
-			}
-			printMountBench(a, res)
-			return nil
+			return runClientBench(a, cmd, asJSON, func(ctx context.Context, c *client.Client, progress func(string, ...any)) (api.BenchMountResult, error) {
+				return runMountBench(ctx, c, o, progress)
+			}, printMountBench)
 		},
 	}
 	addBootFlags(cmd, &o.create.Image, &o.create.Kernel, &o.create.CPUs, &o.create.Memory)

@@ -56,26 +56,9 @@ on failure or Ctrl-C.
 			if o.clones < 1 || o.clones > benchPauseMaxClones {
 				return fmt.Errorf("--clones %d: pass a count between 1 and %d", o.clones, benchPauseMaxClones)
 			}
-			ctx, stop := interruptible(cmd.Context())
-			defer stop()
-			c, err := a.ensureDaemon(ctx, false)
-			if err != nil {
-				return err
-			}
-			progress := func(format string, args ...any) {
-				if !asJSON {
-					fmt.Fprintf(a.env.Stderr, "  "+format+"\n", args...)
-				}
-			}
-			res, err := runPauseBench(ctx, c, o, progress)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(a.env.Stdout, res)
-			}
-			printPauseBench(a, res)
-			return nil
+			return runClientBench(a, cmd, asJSON, func(ctx context.Context, c *client.Client, progress func(string, ...any)) (api.BenchPauseResult, error) {
+				return runPauseBench(ctx, c, o, progress)
+			}, printPauseBench)
 		},
 	}
 	addBootFlags(cmd, &o.create.Image, &o.create.Kernel, &o.create.CPUs, &o.create.Memory)
@@ -83,6 +66,31 @@ on failure or Ctrl-C.
 	cmd.Flags().IntVar(&o.clones, "clones", 3, "clones per fork")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON (no progress)")
 	return cmd
+}
+
+// runClientBench runs a bench the client times: it reaches (or starts) the daemon, runs
+// bench with a progress printer (silent for --json), and prints the result.
+func runClientBench[R any](a *app, cmd *cobra.Command, asJSON bool, bench func(context.Context, *client.Client, func(string, ...any)) (R, error), print func(*app, R)) error {
+	ctx, stop := interruptible(cmd.Context())
+	defer stop()
+	c, err := a.ensureDaemon(ctx, false)
+	if err != nil {
+		return err
+	}
+	progress := func(format string, args ...any) {
+		if !asJSON {
+			fmt.Fprintf(a.env.Stderr, "  "+format+"\n", args...)
+		}
+	}
+	res, err := bench(ctx, c, progress)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(a.env.Stdout, res)
+	}
+	print(a, res)
+	return nil
 }
 
 // runPauseBench runs the bench. Whatever it created is removed before it returns.
