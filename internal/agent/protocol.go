@@ -35,6 +35,8 @@ const (
 	// PathForward (POST, upgraded to ForwardUpgradeProtocol) connects to a TCP port on the
 	// guest's loopback (query "port") and then carries that connection's bytes both ways.
 	// The host reaches the guest's sshd this way with or without a guest network.
+	// With "proto=udp" (upgraded to ForwardUDPUpgradeProtocol) it carries framed
+	// datagrams to and from a UDP port instead: see datagram.go.
 	PathForward = "/v1/forward"
 	// PathIdentity (POST, IdentityRequest) makes a clone of a snapshot its own machine.
 	PathIdentity = "/v1/identity"

@@ -32,8 +32,9 @@ type VMCreateRequest struct {
 	// From names a user snapshot to clone: the VM gets its processes and files, with its
 	// own identity, and the snapshot's image and shape (leave those fields empty).
 	From string `json:"from,omitempty"`
-	// Ports are port forwards, each [HOSTIP:]HOSTPORT:GUESTPORT[/tcp] or GUESTPORT (a free
-	// host port is picked and kept); they listen on the host while the VM runs.
+	// Ports are port forwards, each [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] or
+	// GUESTPORT[/udp] (a free host port is picked and kept); they listen on the host while
+	// the VM runs.
 	Ports []string `json:"ports,omitempty"`
 	// Mounts are host folders, each SRC:DST[:ro] with SRC an absolute host directory and
 	// DST a guest path; they are mounted in the guest whenever it runs.
@@ -41,7 +42,8 @@ type VMCreateRequest struct {
 }
 
 // VMPortsRequest is POST /v1/vms/ports: add forwards (as in VMCreateRequest.Ports) and
-// remove others, named by their host side (HOSTPORT or HOSTIP:HOSTPORT).
+// remove others, named by their host side (HOSTPORT or HOSTIP:HOSTPORT, with /tcp or /udp
+// to name only that protocol's forward).
 type VMPortsRequest struct {
 	Name   string   `json:"name"`
 	Add    []string `json:"add,omitempty"`
@@ -56,7 +58,7 @@ type VMResizeRequest struct {
 }
 
 // VMPort is one port forward of a VM: HostIP:HostPort on the host to GuestPort on the
-// guest's loopback. Listening says it accepts connections now; Error why it does not while
+// guest's loopback, Proto "tcp" or "udp". Listening says it accepts connections now; Error why it does not while
 // the VM runs.
 type VMPort struct {
 	HostIP    string `json:"host_ip"`

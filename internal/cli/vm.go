@@ -61,7 +61,7 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.req.Cold, "cold", false, "boot the kernel even when a warm-start template of the image and shape exists")
 	cmd.Flags().StringVar(&f.req.From, "from", "", "clone this snapshot (`banger snapshot ls`): its processes and files, its image and shape")
 	cmd.Flags().StringArrayVarP(&f.req.Ports, "publish", "p", nil,
-		"forward a host port to the VM, `[HOSTIP:]HOSTPORT:GUESTPORT[/tcp]` or GUESTPORT (a free host port, printed); repeatable; listens on 127.0.0.1 unless HOSTIP says otherwise")
+		"forward a host port to the VM, `[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp]` or GUESTPORT[/udp] (a free host port, printed); repeatable; listens on 127.0.0.1 unless HOSTIP says otherwise; UDP is relayed per client address (see `banger vm port --help`)")
 	cmd.Flags().StringArrayVar(&f.req.Mounts, "mount", nil,
 		"share a host folder with the VM, `SRC:DST[:ro]` (like .:/root/src, or ~/data:/mnt/data:ro); repeatable; mounted whenever the VM runs")
 }

@@ -1,8 +1,9 @@
 package daemon
 
 // Port forwards: a VM's forwards are part of its record; while its VMM runs the daemon
-// listens on each host address and relays connections through the guest agent to the
-// guest's loopback port, so forwards work with or without a guest network. They are opened
+// listens on each host address and relays connections (TCP) or each client's datagrams
+// (UDP) through the guest agent to the guest's loopback port, so forwards work with or
+// without a guest network. They are opened
 // whenever the VM comes up (start, resume, a daemon restart that reattaches it) and closed
 // when its VMM ends.
 
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/banger-vm/banger/internal/api"
@@ -53,7 +55,7 @@ func (d *Daemon) parsePorts(ctx context.Context, texts []string, vmID string, ex
 	for _, t := range texts {
 		s, err := portfwd.Parse(t)
 		if err != nil {
-			return nil, api.Errorf(api.CodeBadRequest, "use -p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp] or -p GUESTPORT", "%v", err)
+			return nil, api.Errorf(api.CodeBadRequest, "use -p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] or -p GUESTPORT[/udp]", "%v", err)
 		}
 		if s, err = portfwd.Resolve(s); err != nil {
 			return nil, api.Errorf(api.CodeUnavailable, "", "%v", err)
@@ -62,7 +64,11 @@ func (d *Daemon) parsePorts(ctx context.Context, texts []string, vmID string, ex
 			return nil, api.Errorf(api.CodeConflict, "pick another host port", "host port %s is already forwarded to %s", s.Key(), who)
 		}
 		// Free now? (A forward binds for real when its VM runs.)
-		f, err := portfwd.Listen(s, func(context.Context, int) (io.ReadWriteCloser, error) { return nil, errors.New("checking") }, d.log)
+		f, err := portfwd.Listen(s, portfwd.Options{
+			TCP: func(context.Context, int) (io.ReadWriteCloser, error) { return nil, errors.New("checking") },
+			UDP: func(context.Context, int) (portfwd.PacketConn, error) { return nil, errors.New("checking") },
+			Log: d.log,
+		})
 		if err != nil {
 			return nil, api.Errorf(api.CodeConflict, "", "%v", err)
 		}
@@ -106,6 +112,17 @@ func (d *Daemon) openForwards(vmID, vmName string, specs []portfwd.Spec) []strin
 		}
 		return m.Agent().Forward(ctx, port)
 	}
+	dialUDP := func(ctx context.Context, port int) (portfwd.PacketConn, error) {
+		m := d.machine(vmID)
+		if m == nil {
+			return nil, fmt.Errorf("VM %s is not running", vmName)
+		}
+		s, err := m.Agent().ForwardUDP(ctx, port)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 	var warnings []string
 	p := &d.ports
 	p.mu.Lock()
@@ -118,7 +135,7 @@ func (d *Daemon) openForwards(vmID, vmName string, specs []portfwd.Spec) []strin
 			warnings = append(warnings, fmt.Sprintf("a stored forward is invalid (%v): remove it with `banger vm port %s rm`", err, vmName))
 			continue
 		}
-		f, err := portfwd.Listen(s, dial, d.log)
+		f, err := portfwd.Listen(s, portfwd.Options{TCP: dial, UDP: dialUDP, Log: d.log})
 		if err != nil {
 			if p.failed[vmID] == nil {
 				p.failed[vmID] = map[string]string{}
@@ -178,8 +195,14 @@ func (d *Daemon) portsToAPI(vmID string, specs []portfwd.Spec) []api.VMPort {
 }
 
 // matchHostSide says whether text names s by its host side: HOSTPORT, HOSTIP:HOSTPORT or
-// [HOSTIP]:HOSTPORT.
+// [HOSTIP]:HOSTPORT, each optionally with /tcp or /udp (without, both protocols match).
 func matchHostSide(text string, s portfwd.Spec) bool {
+	if t, proto, ok := strings.Cut(text, "/"); ok {
+		if proto != s.Proto {
+			return false
+		}
+		text = t
+	}
 	if n, err := strconv.Atoi(text); err == nil {
 		return n == s.HostPort
 	}

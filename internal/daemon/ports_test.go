@@ -20,6 +20,16 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// udpBound says whether a socket holds UDP port on 127.0.0.1.
+func udpBound(port int) bool {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		return true
+	}
+	c.Close()
+	return false
+}
+
 func listens(port int) bool {
 	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
 	if err != nil {
@@ -38,22 +48,33 @@ func TestFakePortForwards(t *testing.T) {
 	create := func(name string, ports ...string) (api.VM, error) {
 		return e.d.createVM(ctx, api.VMCreateRequest{Name: name, Image: "img", DiskSize: "256M", Start: true, Ports: ports}, noProgress)
 	}
-	for _, bad := range []string{"80/udp", "0", "x:80", "1.2.3:80:80", "99999"} {
+	for _, bad := range []string{"80/sctp", "53/UDP", "0", "x:80", "1.2.3:80:80", "99999"} {
 		_, err := create("bad", bad)
 		wantCode(t, err, api.CodeBadRequest, "port")
 	}
 	fixed := freePort(t)
-	vm, err := create("pf", strconv.Itoa(fixed)+":8080", "80")
+	// UDP on the TCP forward's port number is another forward.
+	vm, err := create("pf", strconv.Itoa(fixed)+":8080", "80", strconv.Itoa(fixed)+":53/udp", "53/udp")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(vm.Ports) != 2 || vm.Ports[0].HostPort != fixed || vm.Ports[1].HostPort == 0 || vm.Ports[1].GuestPort != 80 || !vm.Ports[0].Listening {
+	if len(vm.Ports) != 4 || vm.Ports[0].HostPort != fixed || vm.Ports[1].HostPort == 0 || vm.Ports[1].GuestPort != 80 || !vm.Ports[0].Listening ||
+		vm.Ports[2].Proto != "udp" || vm.Ports[2].HostPort != fixed || !vm.Ports[2].Listening || vm.Ports[3].Proto != "udp" || vm.Ports[3].HostPort == 0 {
 		t.Fatalf("ports %+v", vm.Ports)
 	}
-	picked := vm.Ports[1].HostPort
-	if !listens(fixed) || !listens(picked) {
+	picked, pickedUDP := vm.Ports[1].HostPort, vm.Ports[3].HostPort
+	if !listens(fixed) || !listens(picked) || !udpBound(fixed) || !udpBound(pickedUDP) {
 		t.Fatal("a running VM's forwards do not listen")
 	}
+	udpHolder, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpHolder.Close()
+	_, err = create("other", strconv.Itoa(udpHolder.LocalAddr().(*net.UDPAddr).Port)+":53/udp")
+	wantCode(t, err, api.CodeConflict, "is taken by pid ")
+	_, err = create("other", strconv.Itoa(pickedUDP)+":53/udp")
+	wantCode(t, err, api.CodeConflict, "already forwarded to VM pf")
 	_, err = create("other", strconv.Itoa(fixed)+":22")
 	wantCode(t, err, api.CodeConflict, "already forwarded to VM pf")
 	holder, err := net.Listen("tcp", "127.0.0.1:0")
@@ -66,21 +87,29 @@ func TestFakePortForwards(t *testing.T) {
 
 	// Stopped: not listening; started again: listening on the same ports.
 	must(e.d.stopVM(ctx, api.VMStopRequest{Name: "pf", Force: true}))
-	if listens(fixed) || listens(picked) {
+	if listens(fixed) || listens(picked) || udpBound(fixed) || udpBound(pickedUDP) {
 		t.Fatal("a stopped VM's forwards still listen")
 	}
 	must(e.d.startVM(ctx, "pf", noProgress))
-	if !listens(fixed) || !listens(picked) {
+	if !listens(fixed) || !listens(picked) || !udpBound(pickedUDP) {
 		t.Fatal("forwards did not come back with the VM")
 	}
 	e.restart()
-	if !listens(fixed) || !listens(picked) {
+	if !listens(fixed) || !listens(picked) || !udpBound(fixed) || !udpBound(pickedUDP) {
 		t.Fatal("forwards did not come back with a restarted daemon")
 	}
 
+	// rm HOSTPORT/udp leaves the TCP forward of that port number; rm HOSTPORT takes both.
+	out, err := e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Remove: []string{strconv.Itoa(fixed) + "/udp", strconv.Itoa(pickedUDP)}})
+	if err != nil || len(out.Ports) != 2 || !listens(fixed) || udpBound(fixed) || udpBound(pickedUDP) {
+		t.Fatalf("rm of the UDP forwards: %+v %v", out.Ports, err)
+	}
+	_, err = e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Remove: []string{strconv.Itoa(fixed) + "/udp"}})
+	wantCode(t, err, api.CodeNotFound, "forwards no host port")
+
 	// add and rm on the running VM.
 	extra := freePort(t)
-	out, err := e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Add: []string{strconv.Itoa(extra) + ":9090"}, Remove: []string{strconv.Itoa(picked)}})
+	out, err = e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Add: []string{strconv.Itoa(extra) + ":9090"}, Remove: []string{strconv.Itoa(picked)}})
 	if err != nil || len(out.Ports) != 2 || !listens(extra) || listens(picked) {
 		t.Fatalf("change: %+v %v", out.Ports, err)
 	}

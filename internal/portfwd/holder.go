@@ -12,18 +12,18 @@ import (
 	"strings"
 )
 
-// maxProcNetBytes bounds a /proc/net/tcp read.
+// maxProcNetBytes bounds a /proc/net/{tcp,udp} read.
 const maxProcNetBytes = 8 << 20
 
-// HolderOf names the process listening on ip:port over TCP, as well as this user can see:
-// "pid 123 (nginx)", "a process of another user" (its file descriptors are not readable),
-// or "another process" when the listener is not found at all.
-func HolderOf(ip string, port int) string {
-	return holderIn("/proc", ip, port)
+// HolderOf names the process holding ip:port over proto ("tcp": listening; "udp": bound),
+// as well as this user can see: "pid 123 (nginx)", "a process of another user" (its file
+// descriptors are not readable), or "another process" when the socket is not found at all.
+func HolderOf(proto, ip string, port int) string {
+	return holderIn("/proc", proto, ip, port)
 }
 
-func holderIn(proc, ip string, port int) string {
-	inodes := listeningInodes(proc, ip, port)
+func holderIn(proc, proto, ip string, port int) string {
+	inodes := listeningInodes(proc, proto, ip, port)
 	if len(inodes) == 0 {
 		return "another process"
 	}
@@ -64,8 +64,10 @@ func sanitizeComm(s string) string {
 }
 
 // listeningInodes reads the socket inodes listening on ip:port (or on the wildcard
-// address, which also takes the port) from /proc/net/tcp and tcp6.
-func listeningInodes(proc, ip string, port int) map[string]bool {
+// address, which also takes the port) from /proc/net/tcp and tcp6, or for "udp" those
+// bound to it from /proc/net/udp and udp6 (a UDP socket has no listening state: any bound
+// one, connected or not, holds the port).
+func listeningInodes(proc, proto, ip string, port int) map[string]bool {
 	want, err := netip.ParseAddr(ip)
 	if err != nil {
 		return nil
@@ -79,7 +81,11 @@ func listeningInodes(proc, ip string, port int) map[string]bool {
 		netDir = filepath.Join(proc, "net")
 	}
 	out := map[string]bool{}
-	for _, name := range []string{"tcp", "tcp6"} {
+	files := []string{"tcp", "tcp6"}
+	if proto == "udp" {
+		files = []string{"udp", "udp6"}
+	}
+	for _, name := range files {
 		f, err := os.Open(filepath.Join(netDir, name))
 		if err != nil {
 			continue
@@ -88,7 +94,7 @@ func listeningInodes(proc, ip string, port int) map[string]bool {
 		for sc.Scan() {
 			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
 			fields := strings.Fields(sc.Text())
-			if len(fields) < 10 || fields[3] != "0A" { // 0A: LISTEN
+			if len(fields) < 10 || (proto != "udp" && fields[3] != "0A") { // 0A: LISTEN
 				continue
 			}
 			addr, p, ok := parseProcAddr(fields[1])

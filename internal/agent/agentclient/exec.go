@@ -77,6 +77,17 @@ func (c *Client) Forward(ctx context.Context, port int) (io.ReadWriteCloser, err
 	return c.upgrade(ctx, agent.PathForward, url.Values{"port": {strconv.Itoa(port)}}, agent.ForwardUpgradeProtocol, nil, nil)
 }
 
+// ForwardUDP opens a UDP flow to a port on the guest's loopback through the agent: each
+// datagram written is sent from one guest socket connected to that port, and its answers
+// are read back, one datagram per ReadPacket.
+func (c *Client) ForwardUDP(ctx context.Context, port int) (*agent.DatagramStream, error) {
+	conn, err := c.upgrade(ctx, agent.PathForward, url.Values{"port": {strconv.Itoa(port)}, "proto": {"udp"}}, agent.ForwardUDPUpgradeProtocol, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return agent.NewDatagramStream(conn), nil
+}
+
 // upgrade POSTs to path asking to switch to protocol, and returns the switched connection;
 // any other answer is the agent's typed error.
 func (c *Client) upgrade(ctx context.Context, path string, query url.Values, protocol string, body io.Reader, hdr http.Header) (io.ReadWriteCloser, error) {
