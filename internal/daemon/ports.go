@@ -101,10 +101,38 @@ func (d *Daemon) forwardedKeys(ctx context.Context, exceptID string) (map[string
 	return out, nil
 }
 
-// openForwards starts listening for a VM that just came up; a forward that cannot listen
-// (its host port taken since) is recorded as failed and returned as a warning.
+// openForwards makes a VM's listening forwards those of specs: forwards no longer wanted
+// close, listening ones still wanted stay as they are (their connections and UDP flows
+// go on), the others listen. One that cannot listen (its host port taken since) is
+// recorded as failed and returned as a warning.
 func (d *Daemon) openForwards(vmID, vmName string, specs []portfwd.Spec) []string {
-	d.closeForwards(vmID)
+	p := &d.ports
+	wanted := map[portfwd.Spec]bool{}
+	for _, s := range specs {
+		wanted[s] = true
+	}
+	p.mu.Lock()
+	if p.active == nil {
+		p.init()
+	}
+	var kept, stale []*portfwd.Forwarder
+	for _, f := range p.active[vmID] {
+		if wanted[f.Spec()] {
+			kept = append(kept, f)
+		} else {
+			stale = append(stale, f)
+		}
+	}
+	p.active[vmID] = kept
+	delete(p.failed, vmID)
+	p.mu.Unlock()
+	for _, f := range stale {
+		f.Close()
+	}
+	listening := map[portfwd.Spec]bool{}
+	for _, f := range kept {
+		listening[f.Spec()] = true
+	}
 	dial := func(ctx context.Context, port int) (io.ReadWriteCloser, error) {
 		m := d.machine(vmID)
 		if m == nil {
@@ -124,13 +152,12 @@ func (d *Daemon) openForwards(vmID, vmName string, specs []portfwd.Spec) []strin
 		return s, nil
 	}
 	var warnings []string
-	p := &d.ports
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.active == nil {
-		p.init()
-	}
 	for _, s := range specs {
+		if listening[s] {
+			continue
+		}
 		if err := s.Check(); err != nil {
 			warnings = append(warnings, fmt.Sprintf("a stored forward is invalid (%v): remove it with `banger vm port %s rm`", err, vmName))
 			continue

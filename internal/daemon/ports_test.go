@@ -2,8 +2,12 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"os"
+	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/banger-vm/banger/internal/api"
@@ -28,6 +32,25 @@ func udpBound(port int) bool {
 	}
 	c.Close()
 	return false
+}
+
+// listenerInode is the socket inode listening on TCP 127.0.0.1:port here ("" if none).
+func listenerInode(t *testing.T, port int) string {
+	t.Helper()
+	// This thread's network namespace: the one the daemon binds in (see portfwd.HolderOf).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b, err := os.ReadFile("/proc/thread-self/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("0100007F:%04X", port)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 10 && f[1] == want && f[3] == "0A" {
+			return f[9]
+		}
+	}
+	return ""
 }
 
 func listens(port int) bool {
@@ -107,11 +130,16 @@ func TestFakePortForwards(t *testing.T) {
 	_, err = e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Remove: []string{strconv.Itoa(fixed) + "/udp"}})
 	wantCode(t, err, api.CodeNotFound, "forwards no host port")
 
-	// add and rm on the running VM.
+	// add and rm on the running VM; the forwards they do not name keep listening as they
+	// were (same socket: their connections and UDP flows go on).
+	before := listenerInode(t, fixed)
 	extra := freePort(t)
 	out, err = e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Add: []string{strconv.Itoa(extra) + ":9090"}, Remove: []string{strconv.Itoa(picked)}})
 	if err != nil || len(out.Ports) != 2 || !listens(extra) || listens(picked) {
 		t.Fatalf("change: %+v %v", out.Ports, err)
+	}
+	if after := listenerInode(t, fixed); before == "" || after != before {
+		t.Fatalf("the untouched forward on %d was reopened (socket %q, then %q)", fixed, before, after)
 	}
 	_, err = e.d.changePorts(ctx, api.VMPortsRequest{Name: "pf", Remove: []string{"1"}})
 	wantCode(t, err, api.CodeNotFound, "forwards no host port")
