@@ -76,7 +76,8 @@ type DatagramStream struct {
 
 // NewDatagramStream frames datagrams over conn.
 func NewDatagramStream(conn io.ReadWriteCloser) *DatagramStream {
-	return &DatagramStream{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	// A small buffer: ReadDatagram reads long payloads straight into the caller's buffer.
+	return &DatagramStream{conn: conn, r: bufio.NewReaderSize(conn, 4<<10)}
 }
 
 // ReadPacket reads the next datagram into buf; see ReadDatagram.

@@ -157,6 +157,10 @@ func (f *Forwarder) runSession(s *udpSession) {
 		}
 		return
 	}
+	// Ending the flow (idle, evicted, Close) closes the guest end, which also unblocks a
+	// write to a guest end that stopped reading.
+	stop := context.AfterFunc(s.ctx, func() { _ = guest.Close() })
+	defer stop()
 	fromGuest := make(chan struct{})
 	go func() {
 		defer close(fromGuest)

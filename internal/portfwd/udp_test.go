@@ -243,3 +243,38 @@ func TestForwardUDPGarbledGuest(t *testing.T) {
 	<-guestDone // the host end closed the stream
 	waitUntil(t, "the flow to end", func() bool { return f.UDPSessions() == 0 })
 }
+
+// TestForwardUDPStuckGuest: a guest end that stops reading blocks its flow's writes; Close
+// still ends the flow and returns.
+func TestForwardUDPStuckGuest(t *testing.T) {
+	spec, _ := Resolve(Spec{HostIP: "127.0.0.1", GuestPort: 53, Proto: "udp"})
+	writing := make(chan struct{}, 1)
+	f, err := Listen(spec, Options{UDP: func(context.Context, int) (PacketConn, error) {
+		host, guest := net.Pipe()
+		t.Cleanup(func() { guest.Close() })
+		go func() {
+			// Take one byte of the first frame, then stop reading: the write is stuck.
+			guest.Read(make([]byte, 1))
+			writing <- struct{}{}
+		}()
+		return agent.NewDatagramStream(host), nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := udpClient(t, spec.HostPort)
+	if _, err := c.Write([]byte("stuck")); err != nil {
+		t.Fatal(err)
+	}
+	<-writing
+	closed := make(chan struct{})
+	go func() {
+		f.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return with a flow blocked writing to its guest end")
+	}
+}
