@@ -142,6 +142,21 @@ func TestForwardUDP(t *testing.T) {
 		t.Fatalf("flows %v, %d dials, %d sessions: want one flow per client", flows, dials.Load(), f.UDPSessions())
 	}
 
+	// On the wildcard address (a dual-stack socket): answers still reach the client.
+	wild, err := Resolve(Spec{HostIP: "0.0.0.0", GuestPort: 53, Proto: "udp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wdials atomic.Int32
+	w, err := Listen(wild, Options{UDP: udpDialer(udpResponder(t), &wdials)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exchange(udpClient(t, wild.HostPort), "wildcard"); err != nil {
+		t.Fatalf("through 0.0.0.0: %v", err)
+	}
+	w.Close()
+
 	// TCP and UDP on the same port number are two forwards.
 	tcp, err := Listen(Spec{HostIP: "127.0.0.1", HostPort: spec.HostPort, GuestPort: 80, Proto: "tcp"}, Options{TCP: echoGuest(t)})
 	if err != nil {
