@@ -125,6 +125,23 @@ func (e *env) hostListens(port int) bool {
 	return err == nil
 }
 
+// restartWithoutHelper restarts the daemon configured with a helper socket nobody listens
+// on: VMs it starts have no guest network.
+func (e *env) restartWithoutHelper() {
+	e.t.Helper()
+	e.daemon("stop")
+	cfgPath := filepath.Join(e.dir, "cfg/banger/config.toml")
+	cfg, err := os.ReadFile(cfgPath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	noHelper := strings.Replace(string(cfg), "helper_socket = ", "helper_socket = \""+filepath.Join(e.dir, "no-helper.sock")+"\"\n# was: helper_socket = ", 1)
+	if err := os.WriteFile(cfgPath, []byte(noHelper), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	e.daemon("start")
+}
+
 // TestPortForward: a guest HTTP server on :8080 answers on the forwarded host ports (a fixed
 // one and one banger picked); the forwards survive vm restart and a daemon restart, work for
 // a VM started without the root helper (no guest network), follow vm port add/rm, and a
@@ -184,17 +201,7 @@ func TestPortForward(t *testing.T) {
 	e.must("vm", "rm", "--force", "pf")
 
 	// Without the root helper: no guest network, the forward works through the agent.
-	e.daemon("stop")
-	cfgPath := filepath.Join(e.dir, "cfg/banger/config.toml")
-	cfg, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	noHelper := strings.Replace(string(cfg), "helper_socket = ", "helper_socket = \""+filepath.Join(e.dir, "no-helper.sock")+"\"\n# was: helper_socket = ", 1)
-	if err := os.WriteFile(cfgPath, []byte(noHelper), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.daemon("start")
+	e.restartWithoutHelper()
 	e.must("vm", "create", "nonet", "--image", "bb", "--memory", "512M", "--start", "-p", strconv.Itoa(fixed)+":8080")
 	if nv := e.inspectVM("nonet"); nv.Network.IP != "" {
 		t.Fatalf("VM without the helper has address %s", nv.Network.IP)
@@ -362,5 +369,18 @@ func TestPortForwardUDP(t *testing.T) {
 	if e.udpBound(picked) {
 		t.Fatal("a removed VM's UDP forward is still bound")
 	}
+
+	// Without the root helper: no guest network, the UDP forward works through the agent.
+	e.restartWithoutHelper()
+	e.must("vm", "create", "nonet", "--image", "bb", "--memory", "512M", "--start", "-p", strconv.Itoa(fixed)+":5353/udp")
+	if nv := e.inspectVM("nonet"); nv.Network.IP != "" {
+		t.Fatalf("VM without the helper has address %s", nv.Network.IP)
+	}
+	e.buildUDPEcho("nonet")
+	e.must("vm", "exec", "nonet", "--", "sh", "-c", guestUDPEcho)
+	if got := e.hostUDP(fixed, nil, "no-network"); got != "re:no-network" {
+		t.Fatalf("UDP forward of a VM without a network: %q", got)
+	}
+	e.must("vm", "rm", "--force", "nonet")
 	e.requireNoLeaks()
 }
