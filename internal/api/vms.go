@@ -39,6 +39,9 @@ type VMCreateRequest struct {
 	// Mounts are host folders, each SRC:DST[:ro] with SRC an absolute host directory and
 	// DST a guest path; they are mounted in the guest whenever it runs.
 	Mounts []string `json:"mounts,omitempty"`
+	// PublishAll forwards every TCP port the guest listens on (1024 and up, on 127.0.0.1
+	// or a wildcard address) from the same port on the host's 127.0.0.1, while it runs.
+	PublishAll bool `json:"publish_all,omitempty"`
 }
 
 // VMPortsRequest is POST /v1/vms/ports: add forwards (as in VMCreateRequest.Ports) and
@@ -67,6 +70,8 @@ type VMPort struct {
 	Proto     string `json:"proto"`
 	Listening bool   `json:"listening"`
 	Error     string `json:"error,omitempty"`
+	// Auto marks a forward --publish-all made for a port the guest listens on.
+	Auto bool `json:"auto,omitempty"`
 }
 
 // VMMount is a host folder shared with a VM, and whether it is mounted in the guest now.
@@ -159,6 +164,8 @@ type VM struct {
 	Paused *VMPaused `json:"paused,omitempty"`
 	// Ports are its port forwards.
 	Ports []VMPort `json:"ports"`
+	// PublishAll says the VM publishes every TCP port its guest listens on.
+	PublishAll bool `json:"publish_all,omitempty"`
 	// Mounts are its host folders.
 	Mounts    []VMMount `json:"mounts"`
 	LastExit  string    `json:"last_exit,omitempty"`

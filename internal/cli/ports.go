@@ -26,6 +26,9 @@ request/response protocols (DNS, NTP, game or service pings). A client's flow en
 60 s without a datagram either way; a forward keeps at most 256 flows (the least recently
 active goes first) and drops datagrams, as UDP does, when the guest end lags.
 
+vm create --publish-all forwards every TCP port the guest listens on (1024 and up) from
+the same host port, as the guest opens and closes them; ls shows those as published.
+
   banger vm port dev add 8080                  # a free host port, printed
   banger vm port dev add 18080:8080 0.0.0.0:2222:22
   banger vm port dev add 5353:53/udp           # a DNS server in the VM

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/portfwd"
@@ -31,10 +32,24 @@ type portForwards struct {
 	mu     sync.Mutex
 	active map[string][]*portfwd.Forwarder // by VM id
 	failed map[string]map[string]string    // VM id -> spec key -> why it is not listening
+	auto   map[string]*publisher           // VM id -> its --publish-all forwards
+	// publishEvery is how often a --publish-all VM's listeners are polled (0: 2 s).
+	publishEvery time.Duration
 }
 
 func (p *portForwards) init() {
-	p.active, p.failed = map[string][]*portfwd.Forwarder{}, map[string]map[string]string{}
+	p.active, p.failed, p.auto = map[string][]*portfwd.Forwarder{}, map[string]map[string]string{}, map[string]*publisher{}
+}
+
+// tcpDialer reaches a VM's guest TCP ports through its agent, whichever machine runs it.
+func (d *Daemon) tcpDialer(vmID, vmName string) portfwd.Dialer {
+	return func(ctx context.Context, port int) (io.ReadWriteCloser, error) {
+		m := d.machine(vmID)
+		if m == nil {
+			return nil, fmt.Errorf("VM %s is not running", vmName)
+		}
+		return m.Agent().Forward(ctx, port)
+	}
 }
 
 // parsePorts reads the forwards a request asks for, picks free host ports for those
@@ -133,13 +148,7 @@ func (d *Daemon) openForwards(vmID, vmName string, specs []portfwd.Spec) []strin
 	for _, f := range kept {
 		listening[f.Spec()] = true
 	}
-	dial := func(ctx context.Context, port int) (io.ReadWriteCloser, error) {
-		m := d.machine(vmID)
-		if m == nil {
-			return nil, fmt.Errorf("VM %s is not running", vmName)
-		}
-		return m.Agent().Forward(ctx, port)
-	}
+	dial := d.tcpDialer(vmID, vmName)
 	dialUDP := func(ctx context.Context, port int) (portfwd.PacketConn, error) {
 		m := d.machine(vmID)
 		if m == nil {
@@ -182,11 +191,16 @@ func (d *Daemon) closeForwards(vmID string) {
 	p := &d.ports
 	p.mu.Lock()
 	fs := p.active[vmID]
+	pub := p.auto[vmID]
 	delete(p.active, vmID)
 	delete(p.failed, vmID)
+	delete(p.auto, vmID)
 	p.mu.Unlock()
 	for _, f := range fs {
 		f.Close()
+	}
+	if pub != nil {
+		pub.stop()
 	}
 }
 
@@ -197,6 +211,11 @@ func (d *Daemon) closeAllForwards() {
 	ids := make([]string, 0, len(p.active))
 	for id := range p.active {
 		ids = append(ids, id)
+	}
+	for id := range p.auto {
+		if _, ok := p.active[id]; !ok {
+			ids = append(ids, id)
+		}
 	}
 	p.mu.Unlock()
 	for _, id := range ids {
@@ -217,6 +236,9 @@ func (d *Daemon) portsToAPI(vmID string, specs []portfwd.Spec) []api.VMPort {
 	for _, s := range specs {
 		out = append(out, api.VMPort{HostIP: s.HostIP, HostPort: s.HostPort, GuestPort: s.GuestPort, Proto: s.Proto,
 			Listening: listening[s.Key()], Error: p.failed[vmID][s.Key()]})
+	}
+	if pub := p.auto[vmID]; pub != nil {
+		out = append(out, pub.ports()...)
 	}
 	return out
 }
@@ -303,8 +325,12 @@ func (d *Daemon) handleVMPorts(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// openForwardsOf opens the forwards of a VM that came up, reporting those that fail.
+// openForwardsOf opens the forwards of a VM that came up, reporting those that fail, and
+// starts publishing its listeners with --publish-all.
 func (d *Daemon) openForwardsOf(vm store.VM, rec vmRecord, progress progressFunc) {
+	if rec.PublishAll {
+		d.startPublisher(vm.ID, vm.Name)
+	}
 	if len(rec.Ports) == 0 {
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/banger-vm/banger/internal/api"
 )
@@ -160,5 +161,84 @@ func TestFakePortForwards(t *testing.T) {
 	must(0, e.d.removeVM(ctx, api.VMRemoveRequest{Name: "pf", Force: true}))
 	if listens(fixed) || listens(extra) {
 		t.Fatal("a removed VM's forwards still listen")
+	}
+}
+
+// TestFakePublishAll: a --publish-all VM forwards the ports its guest listens on (1024 and
+// up, not those it forwards explicitly) from the same host ports, follows them as they
+// come and go, reports a taken one, and stops with the VM.
+func TestFakePublishAll(t *testing.T) {
+	e := newFakeEnv(t)
+	ctx := context.Background()
+	e.d.ports.publishEvery = 20 * time.Millisecond
+	a, b, explicit, taken := freePort(t), freePort(t), freePort(t), freePort(t)
+	holder, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(taken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	e.drv.mu.Lock()
+	e.drv.listeners = []int{22, a, explicit, taken}
+	e.drv.mu.Unlock()
+	hostExplicit := freePort(t)
+	vm, err := e.d.createVM(ctx, api.VMCreateRequest{Name: "pa", Image: "img", DiskSize: "256M", Start: true, PublishAll: true,
+		Ports: []string{strconv.Itoa(hostExplicit) + ":" + strconv.Itoa(explicit)}}, noProgress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !vm.PublishAll {
+		t.Fatal("the VM does not say it publishes all")
+	}
+	autos := func() map[int]api.VMPort {
+		out := map[int]api.VMPort{}
+		row, err := e.d.store.GetVMByName(ctx, "pa")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range e.d.vmToAPI(ctx, row).Ports {
+			if p.Auto {
+				out[p.GuestPort] = p
+			}
+		}
+		return out
+	}
+	waitUntil(t, "the guest's ports to be published", func() bool {
+		got := autos()
+		return len(got) == 2 && got[a].Listening && got[taken].Error != ""
+	})
+	if _, ok := autos()[22]; ok || !listens(a) {
+		t.Fatalf("published: %+v (want %d, not the privileged 22)", autos(), a)
+	}
+	if _, ok := autos()[explicit]; ok {
+		t.Fatal("a port forwarded explicitly was published too")
+	}
+	// The guest stops listening on a and starts on b.
+	e.drv.mu.Lock()
+	e.drv.listeners = []int{b}
+	e.drv.mu.Unlock()
+	waitUntil(t, "the published ports to follow the guest's", func() bool {
+		got := autos()
+		return len(got) == 1 && got[b].Listening && !listens(a) && listens(b)
+	})
+	must(e.d.stopVM(ctx, api.VMStopRequest{Name: "pa", Force: true}))
+	if listens(b) || len(autos()) != 0 {
+		t.Fatal("a stopped VM's published ports still listen")
+	}
+	must(e.d.startVM(ctx, "pa", noProgress))
+	waitUntil(t, "publishing after a restart", func() bool { return listens(b) })
+	must(0, e.d.removeVM(ctx, api.VMRemoveRequest{Name: "pa", Force: true}))
+	if listens(b) {
+		t.Fatal("a removed VM's published port still listens")
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -384,3 +384,35 @@ func TestPortForwardUDP(t *testing.T) {
 	e.must("vm", "rm", "--force", "nonet")
 	e.requireNoLeaks()
 }
+
+// TestPortPublishAll: a --publish-all VM's guest server on a port is reachable on the same
+// host port once it listens, and the forward goes when the server stops.
+func TestPortPublishAll(t *testing.T) {
+	e := setup(t)
+	port := e.freeHostPort()
+	e.must("vm", "create", "pa", "--image", "bb", "--memory", "512M", "--start", "--publish-all")
+	e.must("vm", "exec", "pa", "--", "sh", "-c", strings.Replace(guestHTTPD, "127.0.0.1:8080", "127.0.0.1:"+strconv.Itoa(port), 1))
+	deadline := time.Now().Add(60 * time.Second)
+	for !e.hostListens(port) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's port %d was not published:\n%s", port, e.must("vm", "inspect", "pa").stdout)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if got := e.hostGet(port); got != "hello-pa\n" {
+		t.Fatalf("through the published port %d: %q", port, got)
+	}
+	if out := e.must("vm", "inspect", "pa").stdout; !strings.Contains(out, "127.0.0.1:"+strconv.Itoa(port)+" -> guest port "+strconv.Itoa(port)+"/tcp (published") ||
+		!strings.Contains(out, "--publish-all") {
+		t.Fatalf("inspect lacks the published port:\n%s", out)
+	}
+	e.must("vm", "exec", "pa", "--", "busybox", "killall", "httpd")
+	for e.hostListens(port) {
+		if time.Now().After(deadline) {
+			t.Fatalf("port %d still published after the guest's server stopped", port)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	e.must("vm", "rm", "--force", "pa")
+	e.requireNoLeaks()
+}

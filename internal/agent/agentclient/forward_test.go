@@ -259,3 +259,63 @@ func TestForwardUDPHostile(t *testing.T) {
 		}
 	}
 }
+
+// TestListeners: the agent lists a TCP port listening on 127.0.0.1 (forwardable), not one
+// listening on ::1 only (its forwards dial 127.0.0.1).
+func TestListeners(t *testing.T) {
+	c := setupUnix(t, newAgent(t, agentserver.Config{}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	want := ln.Addr().(*net.TCPAddr).Port
+	v6only := -1
+	if l6, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		defer l6.Close()
+		v6only = l6.Addr().(*net.TCPAddr).Port
+	}
+	ports, err := c.Listeners(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for i, p := range ports {
+		found = found || p == want
+		if p == v6only {
+			t.Errorf("::1-only port %d listed", p)
+		}
+		if i > 0 && ports[i-1] >= p {
+			t.Errorf("ports not ascending and unique: %v", ports)
+		}
+	}
+	if !found {
+		t.Fatalf("port %d not in %v", want, ports)
+	}
+}
+
+// TestListenersHostile: a guest answering ports out of range, or too many, is refused.
+func TestListenersHostile(t *testing.T) {
+	many := strings.Repeat("1,", agent.MaxListeners) + "1"
+	for _, body := range []string{`{"tcp":[0]}`, `{"tcp":[65536]}`, `{"tcp":[-1]}`, `{"tcp":[` + many + `]}`} {
+		sock := filepath.Join(shortDir(t), "agent.sock")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, body)
+		})}
+		go srv.Serve(ln)
+		c := agentclient.New(func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}, nil)
+		if ports, err := c.Listeners(ctxT(t, 10*time.Second)); err == nil {
+			t.Errorf("%.40s: accepted %d ports", body, len(ports))
+		}
+		c.Close()
+		srv.Close()
+	}
+}

@@ -6,11 +6,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/banger-vm/banger/internal/agent"
+	"github.com/banger-vm/banger/internal/procnet"
 )
 
 // forwardDialTimeout bounds the connect to the guest port: loopback answers at once or
@@ -128,4 +131,27 @@ func relayDatagramsOut(conn io.Writer, target net.Conn) {
 			return
 		}
 	}
+}
+
+// handleListeners lists the TCP ports listening where handleForward reaches them: on
+// 127.0.0.1 or a wildcard address (not ::1 only, nor another address only).
+func (s *Server) handleListeners(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, agent.ListenersResponse{TCP: listeningPorts(procnet.Read("tcp", "tcp6"))})
+}
+
+func listeningPorts(socks []procnet.Socket) []int {
+	ports := []int{}
+	for _, sk := range socks {
+		a := sk.Local.Addr()
+		if sk.State != procnet.TCPListen || !(a.IsUnspecified() || a == netip.AddrFrom4([4]byte{127, 0, 0, 1})) {
+			continue
+		}
+		ports = append(ports, int(sk.Local.Port()))
+	}
+	slices.Sort(ports)
+	ports = slices.Compact(ports)
+	if len(ports) > agent.MaxListeners {
+		ports = ports[:agent.MaxListeners]
+	}
+	return ports
 }
