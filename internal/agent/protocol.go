@@ -35,7 +35,12 @@ const (
 	// PathForward (POST, upgraded to ForwardUpgradeProtocol) connects to a TCP port on the
 	// guest's loopback (query "port") and then carries that connection's bytes both ways.
 	// The host reaches the guest's sshd this way with or without a guest network.
+	// With "proto=udp" (upgraded to ForwardUDPUpgradeProtocol) it carries framed
+	// datagrams to and from a UDP port instead: see datagram.go.
 	PathForward = "/v1/forward"
+	// PathListeners (GET) answers ListenersResponse: the TCP ports the guest listens on
+	// where a forward reaches them (127.0.0.1 or a wildcard address), for --publish-all.
+	PathListeners = "/v1/listeners"
 	// PathIdentity (POST, IdentityRequest) makes a clone of a snapshot its own machine.
 	PathIdentity = "/v1/identity"
 	// PathSync (POST, no body) flushes every filesystem to its disk (sync(2)) and answers
@@ -99,6 +104,15 @@ type FreezeResponse struct {
 type ThawResponse struct {
 	Thawed []string `json:"thawed"`
 }
+
+// ListenersResponse lists the guest's listening TCP ports, ascending, at most
+// MaxListeners of them.
+type ListenersResponse struct {
+	TCP []int `json:"tcp"`
+}
+
+// MaxListeners bounds a ListenersResponse.
+const MaxListeners = 1024
 
 // ForwardUpgradeProtocol is the Upgrade header value of a forwarded TCP connection.
 const ForwardUpgradeProtocol = "banger-forward.v1"

@@ -32,16 +32,21 @@ type VMCreateRequest struct {
 	// From names a user snapshot to clone: the VM gets its processes and files, with its
 	// own identity, and the snapshot's image and shape (leave those fields empty).
 	From string `json:"from,omitempty"`
-	// Ports are port forwards, each [HOSTIP:]HOSTPORT:GUESTPORT[/tcp] or GUESTPORT (a free
-	// host port is picked and kept); they listen on the host while the VM runs.
+	// Ports are port forwards, each [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] or
+	// GUESTPORT[/udp] (a free host port is picked and kept); they listen on the host while
+	// the VM runs.
 	Ports []string `json:"ports,omitempty"`
 	// Mounts are host folders, each SRC:DST[:ro] with SRC an absolute host directory and
 	// DST a guest path; they are mounted in the guest whenever it runs.
 	Mounts []string `json:"mounts,omitempty"`
+	// PublishAll forwards every TCP port the guest listens on (1024 and up, on 127.0.0.1
+	// or a wildcard address) from the same port on the host's 127.0.0.1, while it runs.
+	PublishAll bool `json:"publish_all,omitempty"`
 }
 
 // VMPortsRequest is POST /v1/vms/ports: add forwards (as in VMCreateRequest.Ports) and
-// remove others, named by their host side (HOSTPORT or HOSTIP:HOSTPORT).
+// remove others, named by their host side (HOSTPORT or HOSTIP:HOSTPORT, with /tcp or /udp
+// to name only that protocol's forward).
 type VMPortsRequest struct {
 	Name   string   `json:"name"`
 	Add    []string `json:"add,omitempty"`
@@ -56,7 +61,7 @@ type VMResizeRequest struct {
 }
 
 // VMPort is one port forward of a VM: HostIP:HostPort on the host to GuestPort on the
-// guest's loopback. Listening says it accepts connections now; Error why it does not while
+// guest's loopback, Proto "tcp" or "udp". Listening says it accepts connections now; Error why it does not while
 // the VM runs.
 type VMPort struct {
 	HostIP    string `json:"host_ip"`
@@ -65,6 +70,8 @@ type VMPort struct {
 	Proto     string `json:"proto"`
 	Listening bool   `json:"listening"`
 	Error     string `json:"error,omitempty"`
+	// Auto marks a forward --publish-all made for a port the guest listens on.
+	Auto bool `json:"auto,omitempty"`
 }
 
 // VMMount is a host folder shared with a VM, and whether it is mounted in the guest now.
@@ -157,6 +164,8 @@ type VM struct {
 	Paused *VMPaused `json:"paused,omitempty"`
 	// Ports are its port forwards.
 	Ports []VMPort `json:"ports"`
+	// PublishAll says the VM publishes every TCP port its guest listens on.
+	PublishAll bool `json:"publish_all,omitempty"`
 	// Mounts are its host folders.
 	Mounts    []VMMount `json:"mounts"`
 	LastExit  string    `json:"last_exit,omitempty"`

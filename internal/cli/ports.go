@@ -18,17 +18,29 @@ import (
 func (a *app) vmPortCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "port NAME [ls | add SPEC... | rm HOSTPORT...]",
+		Use:   "port NAME [ls | add SPEC... | rm HOSTPORT[/PROTO]...]",
 		Short: "List, add or remove a VM's port forwards",
-		Long: `A port forward makes a TCP port in the VM reachable on the host. It goes through the
-VM's agent, so it works with or without a guest network; it listens on 127.0.0.1 unless
-SPEC names another host address, while the VM runs (start, resume and a daemon restart
-bring it back). Only TCP is forwarded.
+		Long: `A port forward makes a TCP or UDP port on the VM's loopback reachable on the host. It
+goes through the VM's agent, so it works with or without a guest network; it listens on
+127.0.0.1 unless SPEC names another host address, while the VM runs (start, resume and a
+daemon restart bring it back).
+
+SPEC is [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp], or GUESTPORT[/udp] for a free host port.
+UDP is forwarded per client address: each host client (source IP and port) gets its own
+guest socket, and the guest's answers to it go back to that client only. That suits
+request/response protocols (DNS, NTP, game or service pings). A client's flow ends after
+60 s without a datagram either way; a forward keeps at most 256 flows (the least recently
+active goes first) and drops datagrams, as UDP does, when the guest end lags.
+
+vm create --publish-all forwards every TCP port the guest listens on (1024 and up) from
+the same host port, as the guest opens and closes them; ls shows those as published.
 
   banger vm port dev add 8080                  # a free host port, printed
   banger vm port dev add 18080:8080 0.0.0.0:2222:22
+  banger vm port dev add 5353:53/udp           # a DNS server in the VM
   banger vm port dev ls
-  banger vm port dev rm 18080                  # by its host port (or HOSTIP:HOSTPORT)
+  banger vm port dev rm 18080                  # by its host port (or HOSTIP:HOSTPORT), both protocols
+  banger vm port dev rm 5353/udp               # only the UDP forward
 
 vm create and vm run take the same SPECs with -p. These forwards are the daemon's: with
 a daemon on another host (BANGER_HOST) they would listen there, so 'add' is refused;
@@ -121,6 +133,9 @@ laptop to a VM on the remote host.
 				if err != nil {
 					return err
 				}
+				if s.Proto != "tcp" {
+					return fmt.Errorf("port %q: vm port-forward relays TCP only; for UDP use `banger vm port %s add %s` on the daemon's machine", text, name, text)
+				}
 				if s, err = portfwd.Resolve(s); err != nil {
 					return err
 				}
@@ -151,7 +166,7 @@ laptop to a VM on the remote host.
 				}
 			}()
 			for _, s := range specs {
-				f, err := portfwd.Listen(s, dial, logger)
+				f, err := portfwd.Listen(s, portfwd.Options{TCP: dial, Log: logger})
 				if err != nil {
 					return err
 				}

@@ -62,7 +62,9 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.req.Cold, "cold", false, "boot the kernel even when a warm-start template of the image and shape exists")
 	cmd.Flags().StringVar(&f.req.From, "from", "", "clone this snapshot (`banger snapshot ls`): its processes and files, its image and shape")
 	cmd.Flags().StringArrayVarP(&f.req.Ports, "publish", "p", nil,
-		"forward a host port to the VM, `[HOSTIP:]HOSTPORT:GUESTPORT[/tcp]` or GUESTPORT (a free host port, printed); repeatable; listens on 127.0.0.1 unless HOSTIP says otherwise")
+		"forward a host port to the VM, `[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp]` or GUESTPORT[/udp] (a free host port, printed); repeatable; listens on 127.0.0.1 unless HOSTIP says otherwise; UDP is relayed per client address (see `banger vm port --help`)")
+	cmd.Flags().BoolVar(&f.req.PublishAll, "publish-all", false,
+		"forward every TCP port the guest listens on (1024 and up, on 127.0.0.1 or a wildcard address) from the same port on the host's 127.0.0.1, following them as they come and go (checked every 2 s)")
 	cmd.Flags().StringArrayVar(&f.req.Mounts, "mount", nil,
 		"share a host folder with the VM, `SRC:DST[:ro]` (like .:/root/src, or ~/data:/mnt/data:ro); repeatable; mounted whenever the VM runs")
 }
@@ -328,6 +330,9 @@ func (a *app) vmInspectCommand() *cobra.Command {
 			}
 			if vm.PID > 0 {
 				fmt.Fprintf(w, "pid:       %d\n", vm.PID)
+			}
+			if vm.PublishAll {
+				fmt.Fprintf(w, "publish:   every TCP port the guest listens on, 1024 and up (--publish-all)\n")
 			}
 			for i, p := range vm.Ports {
 				fmt.Fprintf(w, "%s %s\n", listLabel("ports:", i), portLine(p))
@@ -609,6 +614,9 @@ func mountLine(m api.VMMount) string {
 // portLine describes one forward: where to connect, where it goes, and whether it listens.
 func portLine(p api.VMPort) string {
 	s := fmt.Sprintf("%s -> guest port %d/%s", net.JoinHostPort(p.HostIP, strconv.Itoa(p.HostPort)), p.GuestPort, p.Proto)
+	if p.Auto {
+		s += " (published: the guest listens on it)"
+	}
 	switch {
 	case p.Error != "":
 		s += " (not listening: " + termutil.SanitizeString(p.Error) + ")"

@@ -47,6 +47,8 @@ type fakeDriver struct {
 	// upgrades makes the agent switch exec and forward requests to their streams: an exec
 	// exits 0 at once, a forward echoes what it gets.
 	upgrades bool
+	// listeners are the TCP ports the guests listen on (/v1/listeners), under mu.
+	listeners []int
 }
 
 // fakeMemoryMagic is the content of a fake RAM file.
@@ -216,6 +218,12 @@ func (m *fakeMachine) serveAgent(w http.ResponseWriter, r *http.Request) {
 	case agent.PathIdentity:
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"machine_id":"fake","steps":[]}`))
+	case agent.PathListeners:
+		m.drv.mu.Lock()
+		l := agent.ListenersResponse{TCP: append([]int{}, m.drv.listeners...)}
+		m.drv.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(l)
 	case agent.PathSync:
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"duration_ms":0.1}`))

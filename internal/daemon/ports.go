@@ -1,8 +1,9 @@
 package daemon
 
 // Port forwards: a VM's forwards are part of its record; while its VMM runs the daemon
-// listens on each host address and relays connections through the guest agent to the
-// guest's loopback port, so forwards work with or without a guest network. They are opened
+// listens on each host address and relays connections (TCP) or each client's datagrams
+// (UDP) through the guest agent to the guest's loopback port, so forwards work with or
+// without a guest network. They are opened
 // whenever the VM comes up (start, resume, a daemon restart that reattaches it) and closed
 // when its VMM ends.
 
@@ -14,7 +15,9 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/banger-vm/banger/internal/api"
 	"github.com/banger-vm/banger/internal/portfwd"
@@ -29,10 +32,24 @@ type portForwards struct {
 	mu     sync.Mutex
 	active map[string][]*portfwd.Forwarder // by VM id
 	failed map[string]map[string]string    // VM id -> spec key -> why it is not listening
+	auto   map[string]*publisher           // VM id -> its --publish-all forwards
+	// publishEvery is how often a --publish-all VM's listeners are polled (0: 2 s).
+	publishEvery time.Duration
 }
 
 func (p *portForwards) init() {
-	p.active, p.failed = map[string][]*portfwd.Forwarder{}, map[string]map[string]string{}
+	p.active, p.failed, p.auto = map[string][]*portfwd.Forwarder{}, map[string]map[string]string{}, map[string]*publisher{}
+}
+
+// tcpDialer reaches a VM's guest TCP ports through its agent, whichever machine runs it.
+func (d *Daemon) tcpDialer(vmID, vmName string) portfwd.Dialer {
+	return func(ctx context.Context, port int) (io.ReadWriteCloser, error) {
+		m := d.machine(vmID)
+		if m == nil {
+			return nil, fmt.Errorf("VM %s is not running", vmName)
+		}
+		return m.Agent().Forward(ctx, port)
+	}
 }
 
 // parsePorts reads the forwards a request asks for, picks free host ports for those
@@ -53,7 +70,7 @@ func (d *Daemon) parsePorts(ctx context.Context, texts []string, vmID string, ex
 	for _, t := range texts {
 		s, err := portfwd.Parse(t)
 		if err != nil {
-			return nil, api.Errorf(api.CodeBadRequest, "use -p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp] or -p GUESTPORT", "%v", err)
+			return nil, api.Errorf(api.CodeBadRequest, "use -p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] or -p GUESTPORT[/udp]", "%v", err)
 		}
 		if s, err = portfwd.Resolve(s); err != nil {
 			return nil, api.Errorf(api.CodeUnavailable, "", "%v", err)
@@ -62,7 +79,11 @@ func (d *Daemon) parsePorts(ctx context.Context, texts []string, vmID string, ex
 			return nil, api.Errorf(api.CodeConflict, "pick another host port", "host port %s is already forwarded to %s", s.Key(), who)
 		}
 		// Free now? (A forward binds for real when its VM runs.)
-		f, err := portfwd.Listen(s, func(context.Context, int) (io.ReadWriteCloser, error) { return nil, errors.New("checking") }, d.log)
+		f, err := portfwd.Listen(s, portfwd.Options{
+			TCP: func(context.Context, int) (io.ReadWriteCloser, error) { return nil, errors.New("checking") },
+			UDP: func(context.Context, int) (portfwd.PacketConn, error) { return nil, errors.New("checking") },
+			Log: d.log,
+		})
 		if err != nil {
 			return nil, api.Errorf(api.CodeConflict, "", "%v", err)
 		}
@@ -95,30 +116,62 @@ func (d *Daemon) forwardedKeys(ctx context.Context, exceptID string) (map[string
 	return out, nil
 }
 
-// openForwards starts listening for a VM that just came up; a forward that cannot listen
-// (its host port taken since) is recorded as failed and returned as a warning.
+// openForwards makes a VM's listening forwards those of specs: forwards no longer wanted
+// close, listening ones still wanted stay as they are (their connections and UDP flows
+// go on), the others listen. One that cannot listen (its host port taken since) is
+// recorded as failed and returned as a warning.
 func (d *Daemon) openForwards(vmID, vmName string, specs []portfwd.Spec) []string {
-	d.closeForwards(vmID)
-	dial := func(ctx context.Context, port int) (io.ReadWriteCloser, error) {
+	p := &d.ports
+	wanted := map[portfwd.Spec]bool{}
+	for _, s := range specs {
+		wanted[s] = true
+	}
+	p.mu.Lock()
+	if p.active == nil {
+		p.init()
+	}
+	var kept, stale []*portfwd.Forwarder
+	for _, f := range p.active[vmID] {
+		if wanted[f.Spec()] {
+			kept = append(kept, f)
+		} else {
+			stale = append(stale, f)
+		}
+	}
+	p.active[vmID] = kept
+	delete(p.failed, vmID)
+	p.mu.Unlock()
+	for _, f := range stale {
+		f.Close()
+	}
+	listening := map[portfwd.Spec]bool{}
+	for _, f := range kept {
+		listening[f.Spec()] = true
+	}
+	dial := d.tcpDialer(vmID, vmName)
+	dialUDP := func(ctx context.Context, port int) (portfwd.PacketConn, error) {
 		m := d.machine(vmID)
 		if m == nil {
 			return nil, fmt.Errorf("VM %s is not running", vmName)
 		}
-		return m.Agent().Forward(ctx, port)
+		s, err := m.Agent().ForwardUDP(ctx, port)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
 	var warnings []string
-	p := &d.ports
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.active == nil {
-		p.init()
-	}
 	for _, s := range specs {
+		if listening[s] {
+			continue
+		}
 		if err := s.Check(); err != nil {
 			warnings = append(warnings, fmt.Sprintf("a stored forward is invalid (%v): remove it with `banger vm port %s rm`", err, vmName))
 			continue
 		}
-		f, err := portfwd.Listen(s, dial, d.log)
+		f, err := portfwd.Listen(s, portfwd.Options{TCP: dial, UDP: dialUDP, Log: d.log})
 		if err != nil {
 			if p.failed[vmID] == nil {
 				p.failed[vmID] = map[string]string{}
@@ -138,11 +191,16 @@ func (d *Daemon) closeForwards(vmID string) {
 	p := &d.ports
 	p.mu.Lock()
 	fs := p.active[vmID]
+	pub := p.auto[vmID]
 	delete(p.active, vmID)
 	delete(p.failed, vmID)
+	delete(p.auto, vmID)
 	p.mu.Unlock()
 	for _, f := range fs {
 		f.Close()
+	}
+	if pub != nil {
+		pub.stop()
 	}
 }
 
@@ -153,6 +211,11 @@ func (d *Daemon) closeAllForwards() {
 	ids := make([]string, 0, len(p.active))
 	for id := range p.active {
 		ids = append(ids, id)
+	}
+	for id := range p.auto {
+		if _, ok := p.active[id]; !ok {
+			ids = append(ids, id)
+		}
 	}
 	p.mu.Unlock()
 	for _, id := range ids {
@@ -174,12 +237,21 @@ func (d *Daemon) portsToAPI(vmID string, specs []portfwd.Spec) []api.VMPort {
 		out = append(out, api.VMPort{HostIP: s.HostIP, HostPort: s.HostPort, GuestPort: s.GuestPort, Proto: s.Proto,
 			Listening: listening[s.Key()], Error: p.failed[vmID][s.Key()]})
 	}
+	if pub := p.auto[vmID]; pub != nil {
+		out = append(out, pub.ports()...)
+	}
 	return out
 }
 
 // matchHostSide says whether text names s by its host side: HOSTPORT, HOSTIP:HOSTPORT or
-// [HOSTIP]:HOSTPORT.
+// [HOSTIP]:HOSTPORT, each optionally with /tcp or /udp (without, both protocols match).
 func matchHostSide(text string, s portfwd.Spec) bool {
+	if t, proto, ok := strings.Cut(text, "/"); ok {
+		if proto != s.Proto {
+			return false
+		}
+		text = t
+	}
 	if n, err := strconv.Atoi(text); err == nil {
 		return n == s.HostPort
 	}
@@ -253,8 +325,12 @@ func (d *Daemon) handleVMPorts(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// openForwardsOf opens the forwards of a VM that came up, reporting those that fail.
+// openForwardsOf opens the forwards of a VM that came up, reporting those that fail, and
+// starts publishing its listeners with --publish-all.
 func (d *Daemon) openForwardsOf(vm store.VM, rec vmRecord, progress progressFunc) {
+	if rec.PublishAll {
+		d.startPublisher(vm.ID, vm.Name)
+	}
 	if len(rec.Ports) == 0 {
 		return
 	}

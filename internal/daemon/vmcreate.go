@@ -150,7 +150,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	unlock := d.lockVM(id)
 	defer unlock()
 	rec := d.newVMRecord(id, p, choice)
-	rec.Creating, rec.Ports, rec.Mounts = true, ports, mounts
+	rec.Creating, rec.Ports, rec.Mounts, rec.PublishAll = true, ports, mounts, req.PublishAll
 	var warm *warmStart
 	var coldBoot api.VMBoot
 	if p.from != nil {

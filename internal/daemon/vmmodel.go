@@ -53,6 +53,8 @@ type vmSpec struct {
 	Ports []portfwd.Spec `json:"ports,omitempty"`
 	// Mounts are the VM's host folders (mounted in the guest while it runs).
 	Mounts []hostMountSpec `json:"mounts,omitempty"`
+	// PublishAll forwards every TCP port the guest listens on (publish.go).
+	PublishAll bool `json:"publish_all,omitempty"`
 }
 
 // vmNetwork is the network part of a VM's status; "tap" is what network.go's reconcile reads.
@@ -192,7 +194,7 @@ func (d *Daemon) vmToAPI(ctx context.Context, vm store.VM) api.VM {
 	if rec.SSHHostKey != "" {
 		out.SSH.HostKeyAlias = sshkeys.HostAlias(vm.ID)
 	}
-	out.Ports = d.portsToAPI(vm.ID, rec.Ports)
+	out.Ports, out.PublishAll = d.portsToAPI(vm.ID, rec.Ports), rec.PublishAll
 	out.Mounts = d.mountsToAPI(vm.ID, rec.Mounts)
 	if m := d.machine(vm.ID); m != nil {
 		out.PID = m.PID()

@@ -1,7 +1,8 @@
 // Package portfwd forwards ports of the host to ports in a VM: a listener on the host
-// whose every connection is relayed to a TCP port on the guest's loopback, through a dialer
-// the caller gives (banger's goes through the guest agent, so it works with or without a
-// guest network).
+// whose every connection is relayed to a TCP port on the guest's loopback, or a UDP socket
+// whose datagrams are relayed per client address to a UDP port there, through dialers the
+// caller gives (banger's go through the guest agent, so they work with or without a guest
+// network).
 package portfwd
 
 import (
@@ -24,7 +25,7 @@ type Spec struct {
 	HostIP    string `json:"host_ip"`
 	HostPort  int    `json:"host_port"` // 0 until a free one is picked (Resolve)
 	GuestPort int    `json:"guest_port"`
-	Proto     string `json:"proto"` // "tcp"
+	Proto     string `json:"proto"` // "tcp" or "udp"
 }
 
 // DefaultHostIP is where a forward listens unless told otherwise: only this machine.
@@ -39,18 +40,17 @@ func (s Spec) Key() string {
 	return net.JoinHostPort(s.HostIP, strconv.Itoa(s.HostPort)) + "/" + s.Proto
 }
 
-// Parse reads the flag forms [HOSTIP:]HOSTPORT:GUESTPORT[/tcp] and GUESTPORT[/tcp] (a free
-// host port is picked later, by Resolve). UDP is refused: only TCP is forwarded.
+// Parse reads the flag forms [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] and
+// GUESTPORT[/tcp|/udp] (a free host port is picked later, by Resolve).
 func Parse(text string) (Spec, error) {
 	s := Spec{HostIP: DefaultHostIP, Proto: "tcp"}
 	body, proto, hasProto := strings.Cut(text, "/")
 	if hasProto {
 		switch proto {
-		case "tcp":
-		case "udp":
-			return Spec{}, fmt.Errorf("port %q: UDP is not forwarded (TCP only)", text)
+		case "tcp", "udp":
+			s.Proto = proto
 		default:
-			return Spec{}, fmt.Errorf("port %q: protocol %q: use tcp", text, proto)
+			return Spec{}, fmt.Errorf("port %q: protocol %q: use tcp or udp", text, proto)
 		}
 	}
 	port := func(p string) (int, error) {
@@ -104,7 +104,7 @@ func (s Spec) Check() error {
 		return fmt.Errorf("host IP %q", s.HostIP)
 	case s.HostPort < 1 || s.HostPort > 65535 || s.GuestPort < 1 || s.GuestPort > 65535:
 		return fmt.Errorf("ports %d->%d", s.HostPort, s.GuestPort)
-	case s.Proto != "tcp":
+	case s.Proto != "tcp" && s.Proto != "udp":
 		return fmt.Errorf("protocol %q", s.Proto)
 	}
 	return nil
@@ -113,6 +113,15 @@ func (s Spec) Check() error {
 // Resolve picks a free host port for a spec without one, so that the VM keeps it.
 func Resolve(s Spec) (Spec, error) {
 	if s.HostPort != 0 {
+		return s, nil
+	}
+	if s.Proto == "udp" {
+		pc, err := net.ListenPacket("udp", net.JoinHostPort(s.HostIP, "0"))
+		if err != nil {
+			return s, fmt.Errorf("pick a free UDP port on %s: %w", s.HostIP, err)
+		}
+		defer pc.Close()
+		s.HostPort = pc.LocalAddr().(*net.UDPAddr).Port
 		return s, nil
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(s.HostIP, "0"))
@@ -127,45 +136,107 @@ func Resolve(s Spec) (Spec, error) {
 // Dialer connects to a TCP port on the guest's loopback.
 type Dialer func(ctx context.Context, guestPort int) (io.ReadWriteCloser, error)
 
+// PacketConn is a flow of datagrams to and from one UDP port on the guest's loopback.
+type PacketConn interface {
+	// ReadPacket reads the guest port's next datagram into buf (MaxDatagram bytes).
+	ReadPacket(buf []byte) (int, error)
+	WritePacket(p []byte) error
+	Close() error
+}
+
+// PacketDialer opens a UDP flow to a port on the guest's loopback.
+type PacketDialer func(ctx context.Context, guestPort int) (PacketConn, error)
+
+// Options are how a forward reaches the guest, and its UDP limits.
+type Options struct {
+	TCP Dialer
+	UDP PacketDialer
+	Log *slog.Logger
+	// UDPIdle ends a UDP client's flow after this long without a datagram either way
+	// (0: DefaultUDPIdle).
+	UDPIdle time.Duration
+	// MaxUDPSessions bounds a UDP forward's client flows; the least recently active is
+	// ended for a new one (0: DefaultMaxUDPSessions).
+	MaxUDPSessions int
+}
+
 // Forwarder is one listening forward.
 type Forwarder struct {
 	spec   Spec
-	ln     net.Listener
-	dial   Dialer
+	ln     net.Listener // tcp
+	pc     *net.UDPConn // udp
+	o      Options
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	udp    udpState
 }
 
-// Listen binds spec's host address and relays each connection through dial. A taken
-// address is an error that names the process holding it, when it can be found.
-func Listen(spec Spec, dial Dialer, log *slog.Logger) (*Forwarder, error) {
+// Listen binds spec's host address and relays each connection (TCP) or each client's
+// datagrams (UDP) through the matching dialer of o. A taken address is an error that
+// names the process holding it, when it can be found.
+func Listen(spec Spec, o Options) (*Forwarder, error) {
 	if err := spec.Check(); err != nil {
 		return nil, fmt.Errorf("forward %s: %w", spec, err)
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(spec.HostIP, strconv.Itoa(spec.HostPort)))
+	if (spec.Proto == "tcp" && o.TCP == nil) || (spec.Proto == "udp" && o.UDP == nil) {
+		return nil, fmt.Errorf("forward %s: no way to reach the guest's %s ports", spec, spec.Proto)
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.UDPIdle <= 0 {
+		o.UDPIdle = DefaultUDPIdle
+	}
+	if o.MaxUDPSessions <= 0 {
+		o.MaxUDPSessions = DefaultMaxUDPSessions
+	}
+	addr := net.JoinHostPort(spec.HostIP, strconv.Itoa(spec.HostPort))
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &Forwarder{spec: spec, o: o, log: o.Log, ctx: ctx, cancel: cancel}
+	var err error
+	if spec.Proto == "udp" {
+		var ua *net.UDPAddr
+		if ua, err = net.ResolveUDPAddr("udp", addr); err == nil {
+			f.pc, err = net.ListenUDP("udp", ua)
+		}
+	} else {
+		f.ln, err = net.Listen("tcp", addr)
+	}
 	if err != nil {
+		cancel()
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("host port %s is taken by %s: pick another host port (-p OTHER:%d)",
-				net.JoinHostPort(spec.HostIP, strconv.Itoa(spec.HostPort)), HolderOf(spec.HostIP, spec.HostPort), spec.GuestPort)
+			suffix := ""
+			if spec.Proto == "udp" {
+				addr, suffix = addr+"/udp", "/udp"
+			}
+			return nil, fmt.Errorf("host port %s is taken by %s: pick another host port (-p OTHER:%d%s)",
+				addr, HolderOf(spec.Proto, spec.HostIP, spec.HostPort), spec.GuestPort, suffix)
 		}
 		return nil, fmt.Errorf("forward %s: %w", spec, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	f := &Forwarder{spec: spec, ln: ln, dial: dial, log: log, ctx: ctx, cancel: cancel}
 	f.wg.Add(1)
-	go f.serve()
+	if f.pc != nil {
+		f.startUDP()
+	} else {
+		go f.serve()
+	}
 	return f, nil
 }
 
 // Spec is what f forwards.
 func (f *Forwarder) Spec() Spec { return f.spec }
 
-// Close stops listening and ends the forward's open connections.
+// Close stops listening and ends the forward's open connections and UDP flows.
 func (f *Forwarder) Close() {
 	f.cancel()
-	_ = f.ln.Close()
+	if f.ln != nil {
+		_ = f.ln.Close()
+	}
+	if f.pc != nil {
+		_ = f.pc.Close()
+	}
 	f.wg.Wait()
 }
 
@@ -202,7 +273,7 @@ func (f *Forwarder) relay(c net.Conn) {
 	defer f.wg.Done()
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(f.ctx, dialTimeout)
-	guest, err := f.dial(ctx, f.spec.GuestPort)
+	guest, err := f.o.TCP(ctx, f.spec.GuestPort)
 	cancel()
 	if err != nil {
 		f.log.Info("port forward: guest end not reachable", "forward", f.spec.String(), "err", err)

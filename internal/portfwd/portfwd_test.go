@@ -19,20 +19,30 @@ func TestParse(t *testing.T) {
 		"0.0.0.0:18080:8080":  {"0.0.0.0", 18080, 8080, "tcp"},
 		"[::1]:18080:80/tcp":  {"::1", 18080, 80, "tcp"},
 		"192.168.1.5:2222:22": {"192.168.1.5", 2222, 22, "tcp"},
+		"53/udp":              {"127.0.0.1", 0, 53, "udp"},
+		"5353:53/udp":         {"127.0.0.1", 5353, 53, "udp"},
+		"0.0.0.0:5353:53/udp": {"0.0.0.0", 5353, 53, "udp"},
+		"[::1]:5353:53/udp":   {"::1", 5353, 53, "udp"},
 	}
 	for in, want := range good {
 		if got, err := Parse(in); err != nil || got != want {
 			t.Errorf("Parse(%q) = %+v, %v; want %+v", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "0", "65536", "-1", "08080", "80:", ":80", "a:b", "1:2:3:4", "host:80:80", "80/udp",
-		"80/sctp", "[::1]80:80", "[::1]:80", "fe80::1%eth0:80:80", "80\n", "1.2.3.4:80:80:80", " 80"} {
+	for _, bad := range []string{"", "0", "65536", "-1", "08080", "80:", ":80", "a:b", "1:2:3:4", "host:80:80",
+		"80/sctp", "80/UDP", "80/udp/tcp", "80/", "/udp", "0/udp", "65536/udp", "53:/udp", "53/udp\n", "53/udp ", "5353:53/udp/",
+		"[::1]:53/udp", "1:2:3/udp", "[::1]80:80", "[::1]:80", "fe80::1%eth0:80:80", "80\n", "1.2.3.4:80:80:80", " 80"} {
 		if s, err := Parse(bad); err == nil {
 			t.Errorf("Parse(%q) accepted: %+v", bad, s)
 		}
 	}
-	if _, err := Parse("53/udp"); err == nil || !strings.Contains(err.Error(), "TCP only") {
-		t.Errorf("udp: %v", err)
+	if _, err := Parse("53/sctp"); err == nil || !strings.Contains(err.Error(), "use tcp or udp") {
+		t.Errorf("sctp: %v", err)
+	}
+	for _, bad := range []Spec{{"127.0.0.1", 53, 53, "sctp"}, {"127.0.0.1", 53, 53, ""}, {"127.0.0.1", 0, 53, "udp"}} {
+		if bad.Check() == nil {
+			t.Errorf("Check(%+v) passed", bad)
+		}
 	}
 }
 
@@ -70,7 +80,7 @@ func TestForward(t *testing.T) {
 		t.Fatalf("resolve %+v %v", spec, err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	f, err := Listen(spec, echoGuest(t), log)
+	f, err := Listen(spec, Options{TCP: echoGuest(t), Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,19 +95,19 @@ func TestForward(t *testing.T) {
 	if string(got) != "HELLO" {
 		t.Fatalf("through the forward: %q", got)
 	}
-	_, err = Listen(spec, echoGuest(t), log)
+	_, err = Listen(spec, Options{TCP: echoGuest(t), Log: log})
 	want := "pid " + strconv.Itoa(os.Getpid()) + " ("
 	if err == nil || !strings.Contains(err.Error(), "is taken by "+want) {
 		t.Fatalf("second listen on %d: %v (want it to name %q)", spec.HostPort, err, want)
 	}
 	f.Close()
-	g, err := Listen(spec, echoGuest(t), log)
+	g, err := Listen(spec, Options{TCP: echoGuest(t), Log: log})
 	if err != nil {
 		t.Fatalf("listen after Close: %v", err)
 	}
 	g.Close()
 	// A guest end that does not answer: the client's connection is closed, nothing hangs.
-	h, err := Listen(spec, func(context.Context, int) (io.ReadWriteCloser, error) { return nil, io.ErrUnexpectedEOF }, log)
+	h, err := Listen(spec, Options{TCP: func(context.Context, int) (io.ReadWriteCloser, error) { return nil, io.ErrUnexpectedEOF }, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,22 +122,7 @@ func TestForward(t *testing.T) {
 	c.Close()
 }
 
-func TestParseProcAddr(t *testing.T) {
-	for in, want := range map[string]string{
-		"0100007F:1F90":                         "127.0.0.1:8080",
-		"00000000:0016":                         "0.0.0.0:22",
-		"00000000000000000000000001000000:0050": "[::1]:80",
-	} {
-		a, p, ok := parseProcAddr(in)
-		if !ok || net.JoinHostPort(a.String(), strconv.Itoa(p)) != want {
-			t.Errorf("%s = %v %d %v, want %s", in, a, p, ok, want)
-		}
-	}
-	for _, bad := range []string{"", "zz:10", "0100007F", "0100007F:zz", "01007F:0050"} {
-		if _, _, ok := parseProcAddr(bad); ok {
-			t.Errorf("%q parsed", bad)
-		}
-	}
+func TestSanitizeComm(t *testing.T) {
 	if got := sanitizeComm("evil\x1b[2J\n"); strings.ContainsAny(got, "\x1b\n") {
 		t.Errorf("comm %q not sanitized", got)
 	}

@@ -268,7 +268,7 @@ func TestRemoteHost(t *testing.T) {
 		r.must(t, append([]string{"vm", "create", "rdev", "--start"}, vmFlags...)...)
 		// The busybox image has no init system: banger-init, staying PID 1, mounted the
 		// devpts that /dev/ptmx needs and a /dev/shm, as a distro's init would.
-		r.must(t, "vm", "exec", "rdev", "--", "sh", "-c", "mountpoint -q /dev/pts && mountpoint -q /dev/shm")
+		r.must(t, "vm", "exec", "rdev", "--", "sh", "-c", "grep -q ' /dev/pts devpts ' /proc/mounts && grep -q ' /dev/shm tmpfs ' /proc/mounts")
 		cmd := r.command(nil, "vm", "exec", "-t", "rdev", "--", "sh", "-c", "tty; stty size; exit 5")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 		if e.cred != nil {

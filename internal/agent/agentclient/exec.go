@@ -77,6 +77,38 @@ func (c *Client) Forward(ctx context.Context, port int) (io.ReadWriteCloser, err
 	return c.upgrade(ctx, agent.PathForward, url.Values{"port": {strconv.Itoa(port)}}, agent.ForwardUpgradeProtocol, nil, nil)
 }
 
+// Listeners lists the TCP ports the guest listens on where Forward reaches them.
+func (c *Client) Listeners(ctx context.Context) ([]int, error) {
+	resp, err := c.do(ctx, http.MethodGet, agent.PathListeners, nil, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var l agent.ListenersResponse
+	if err := decodeJSON(resp, http.StatusOK, &l); err != nil {
+		return nil, err
+	}
+	if len(l.TCP) > agent.MaxListeners {
+		return nil, fmt.Errorf("agent %s: %d ports, at most %d", agent.PathListeners, len(l.TCP), agent.MaxListeners)
+	}
+	for _, p := range l.TCP {
+		if p < 1 || p > 65535 {
+			return nil, fmt.Errorf("agent %s: port %d", agent.PathListeners, p)
+		}
+	}
+	return l.TCP, nil
+}
+
+// ForwardUDP opens a UDP flow to a port on the guest's loopback through the agent: each
+// datagram written is sent from one guest socket connected to that port, and its answers
+// are read back, one datagram per ReadPacket.
+func (c *Client) ForwardUDP(ctx context.Context, port int) (*agent.DatagramStream, error) {
+	conn, err := c.upgrade(ctx, agent.PathForward, url.Values{"port": {strconv.Itoa(port)}, "proto": {"udp"}}, agent.ForwardUDPUpgradeProtocol, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return agent.NewDatagramStream(conn), nil
+}
+
 // upgrade POSTs to path asking to switch to protocol, and returns the switched connection;
 // any other answer is the agent's typed error.
 func (c *Client) upgrade(ctx context.Context, path string, query url.Values, protocol string, body io.Reader, hdr http.Header) (io.ReadWriteCloser, error) {

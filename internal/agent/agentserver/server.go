@@ -157,6 +157,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		route(http.MethodPost, s.handlePower)
 	case agent.PathForward:
 		route(http.MethodPost, s.handleForward)
+	case agent.PathListeners:
+		route(http.MethodGet, s.handleListeners)
 	case agent.PathIdentity:
 		route(http.MethodPost, s.handleIdentity)
 	case agent.PathSync:
