@@ -103,6 +103,7 @@ helper does only the networking. Start with:
 		a.snapshotCommand(),
 		a.helperCommand(),
 		a.updateCommand(),
+		a.mcpCommand(),
 	)
 	root.AddCommand(a.benchCommand())
 	// cobra adds `completion` only when it executes; add it now so it is checked too.
