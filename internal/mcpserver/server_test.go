@@ -522,3 +522,78 @@ func TestCappedAndCutRune(t *testing.T) {
 		t.Errorf("output of a cut €: %q %v %d", text, b64, dropped)
 	}
 }
+
+// TestHangUpStillRemovesTheThrowaway: a client that goes away mid vm_run (its end of the
+// stream closed, as when the agent's process ends) or cancels the call does not leak the
+// VM: the command is killed and the VM removed, and Serve returns only after that.
+func TestHangUpStillRemovesTheThrowaway(t *testing.T) {
+	for _, how := range []string{"hang-up", "cancel"} {
+		t.Run(how, func(t *testing.T) {
+			d := newAgentDaemon(t)
+			ctx := context.Background()
+			c2sR, c2sW := io.Pipe()
+			s2cR, s2cW := io.Pipe()
+			served := make(chan error, 1)
+			go func() {
+				served <- Serve(ctx, Options{Connect: func(context.Context) (Daemon, error) { return d, nil }}, &mcp.IOTransport{Reader: c2sR, Writer: s2cW})
+			}()
+			cs, err := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil).Connect(ctx, &mcp.IOTransport{Reader: s2cR, Writer: c2sW}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pidFile := filepath.Join(t.TempDir(), "pid")
+			callCtx, cancelCall := context.WithCancel(ctx)
+			defer cancelCall()
+			called := make(chan struct{})
+			go func() {
+				defer close(called)
+				_, _ = cs.CallTool(callCtx, &mcp.CallToolParams{Name: "vm_run", Arguments: map[string]any{
+					"argv": []string{"sh", "-c", `echo $$ > "$0"; exec sleep 600`, pidFile}, "timeout_seconds": 1800}})
+			}()
+			var pid int
+			for deadline := time.Now().Add(time.Minute); pid == 0; time.Sleep(20 * time.Millisecond) {
+				b, _ := os.ReadFile(pidFile)
+				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				if time.Now().After(deadline) {
+					t.Fatal("vm_run's command did not start")
+				}
+			}
+			waitGone := func() {
+				t.Helper()
+				for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+					d.mu.Lock()
+					left, removed := len(d.vms), len(d.removed)
+					d.mu.Unlock()
+					if left == 0 && removed == 1 && syscall.Kill(pid, 0) != nil {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%d VMs left, %d removed, command (pid %d) running: %v", left, removed, pid, syscall.Kill(pid, 0) == nil)
+					}
+				}
+			}
+			if how == "cancel" {
+				cancelCall()
+				<-called
+				waitGone()
+				cs.Close()
+			} else {
+				c2sW.Close() // the server's stdin ends
+				select {
+				case <-served:
+				case <-time.After(CleanupGrace + time.Minute):
+					t.Fatal("Serve did not return after the client hung up")
+				}
+				// Serve waited for vm_run's cleanup: the VM is gone now, not later.
+				d.mu.Lock()
+				left, removed := len(d.vms), len(d.removed)
+				d.mu.Unlock()
+				if left != 0 || removed != 1 {
+					t.Fatalf("when Serve returned: %d VMs left, %d removed", left, removed)
+				}
+				waitGone()
+				s2cR.Close()
+			}
+		})
+	}
+}
