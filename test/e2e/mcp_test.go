@@ -73,8 +73,8 @@ func mcpOK[T any](t *testing.T, cs *mcp.ClientSession, name string, args map[str
 
 // TestMCPServer: `banger mcp` spoken to by the SDK's client: every tool listed with its
 // schemas; vm_run on a real busybox guest gives the command's exact stdout, stderr and exit
-// code and leaves no VM; create, write, read, exec and rm round trip on one VM; a timed-out
-// command is killed; hostile names and relative paths are tool errors; nothing leaks.
+// code and leaves no VM; create, write, read, exec, fork and rm round trip on one VM; a
+// timed-out command is killed; hostile names and relative paths are tool errors; nothing leaks.
 func TestMCPServer(t *testing.T) {
 	e := setup(t)
 	ctx := context.Background()
@@ -177,6 +177,27 @@ func TestMCPServer(t *testing.T) {
 			t.Errorf("%s(%v): isError %v, %q; want a tool error about %q", bad.tool, bad.args, res.IsError, mcpText(res), bad.want)
 		}
 	}
+
+	// A fork carries the parent's files; its snapshot is kept until removed.
+	fork := mcpOK[struct {
+		Snapshot string `json:"snapshot"`
+		Clones   []struct {
+			Name  string `json:"name"`
+			State string `json:"state"`
+		} `json:"clones"`
+		Failed []string `json:"failed"`
+	}](t, cs, "vm_fork", map[string]any{"name": "mcp", "new_names": []string{"mcp-kid"}})
+	if len(fork.Clones) != 1 || fork.Clones[0].Name != "mcp-kid" || fork.Clones[0].State != "running" || len(fork.Failed) != 0 || fork.Snapshot == "" {
+		t.Fatalf("vm_fork: %+v", fork)
+	}
+	kid := mcpOK[struct {
+		Content string `json:"content"`
+	}](t, cs, "vm_read_file", map[string]any{"name": "mcp-kid", "path": "/root/dir/hello.txt"})
+	if kid.Content != body {
+		t.Errorf("the clone's copy of the file: %q, want %q", kid.Content, body)
+	}
+	mcpOK[map[string]any](t, cs, "vm_rm", map[string]any{"name": "mcp-kid", "force": true})
+	e.must("snapshot", "rm", fork.Snapshot)
 
 	mcpOK[map[string]any](t, cs, "vm_rm", map[string]any{"name": "mcp", "force": true})
 	ls := mcpOK[struct {
