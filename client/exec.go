@@ -50,6 +50,17 @@ func (c *Client) StartExec(ctx context.Context, name string, cmd Command) (*Exec
 	return &ExecSession{s: agentclient.AttachExec(ctx, conn, cmd.Stdin, cmd.Stdout, cmd.Stderr)}, nil
 }
 
+// ExecStream is the low-level form of StartExec: it opens the exec stream of req and
+// returns the connection, which carries the guest agent's exec frames (banger's own
+// tools attach to it with the same code StartExec uses). Most programs want StartExec or
+// Exec; the frame format is banger's internal protocol and may change within API v1.
+func (c *Client) ExecStream(ctx context.Context, req VMExecRequest) (io.ReadWriteCloser, error) {
+	if len(req.Argv) == 0 {
+		return nil, errNoArgv
+	}
+	return c.api.ExecStream(ctx, req)
+}
+
 // Exec runs cmd in VM name and waits for it. A command that ran returns its ExitStatus
 // and a nil error whatever its exit code; err is set (with Code -1) when it could not
 // run or the stream broke, or (with the status valid) when writing its output failed.

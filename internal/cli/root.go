@@ -114,6 +114,7 @@ through ssh (README: "A daemon on another host").`,
 		a.snapshotCommand(),
 		a.helperCommand(),
 		a.updateCommand(),
+		a.mcpCommand(),
 	)
 	root.AddCommand(a.benchCommand())
 	// cobra adds `completion` only when it executes; add it now so it is checked too.

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/banger-vm/banger/internal/api"
@@ -135,15 +134,8 @@ func (k stopKind) state() store.VMState {
 	return store.VMStopped
 }
 
-var vmNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
-
-func validVMName(name string) error {
-	if !vmNameRE.MatchString(name) || strings.HasSuffix(name, "-") || strings.Contains(name, "--") {
-		return api.Errorf(api.CodeBadRequest, "use 1-32 lowercase letters, digits and single '-', starting with a letter and not ending with '-'",
-			"invalid VM name %q", name)
-	}
-	return nil
-}
+// validVMName is the API's rule, shared with clients that check names before asking.
+func validVMName(name string) error { return api.ValidVMName(name) }
 
 var (
 	nameAdjectives = []string{"brisk", "calm", "eager", "fuzzy", "gentle", "happy", "jolly", "keen", "lucky", "mellow", "nimble", "plucky", "quiet", "rapid", "sunny", "witty"}
