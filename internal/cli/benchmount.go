@@ -127,8 +127,10 @@ func runMountBench(ctx context.Context, c *client.Client, o benchMountOptions, p
 	gitTree := benchMountGuestDir + "/tree"
 	hasGit := b.ok("command -v git")
 	if hasGit {
+		// gc.auto 0: a background git gc would pack and delete loose objects while the
+		// walks below run (10k files are past its threshold).
 		progress("git init and commit of the tree in the guest")
-		if _, err := b.timed("", `cd "$1" && git init -q && git add -A && git -c user.name=bench -c user.email=bench@banger commit -qm bench`, gitTree); err != nil {
+		if _, err := b.timed("", `cd "$1" && git init -q && git config gc.auto 0 && git add -A && git -c user.name=bench -c user.email=bench@banger commit -qm bench`, gitTree); err != nil {
 			return res, fmt.Errorf("git commit of the tree: %w", err)
 		}
 	} else {

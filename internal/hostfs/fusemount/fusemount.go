@@ -87,7 +87,8 @@ type node struct {
 	mu       sync.Mutex
 	listed   map[string]*hostfs.Attr // nil value: listed, but its attributes were used
 	listedAt time.Time
-	misses   int // lookups the host answered since the last listing
+	misses   int    // lookups the host answered since the last listing
+	gen      uint64 // counts the guest's changes to the directory (forgetListed)
 }
 
 // maxListed bounds the names a directory keeps from a listing.
@@ -126,14 +127,31 @@ func (n *node) missed() bool {
 	return n.misses >= listMissThreshold
 }
 
-func (n *node) setListed(m map[string]*hostfs.Attr) {
+// listGen is the directory's change count, taken before a listing is asked for.
+func (n *node) listGen() uint64 {
 	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.gen
+}
+
+// setListed keeps a listing begun at change count gen, unless the guest changed the
+// directory while it was under way (the listing may predate that change).
+func (n *node) setListed(gen uint64, m map[string]*hostfs.Attr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if gen != n.gen {
+		return
+	}
 	n.listed, n.listedAt, n.misses = m, time.Now(), 0
-	n.mu.Unlock()
 }
 
 // forgetListed drops the listing's attributes once this directory changes.
-func (n *node) forgetListed() { n.setListed(nil) }
+func (n *node) forgetListed() {
+	n.mu.Lock()
+	n.gen++
+	n.listed, n.misses = nil, 0
+	n.mu.Unlock()
+}
 
 var (
 	_ fs.NodeLookuper   = (*node)(nil)
@@ -207,8 +225,9 @@ func (n *node) entry(ctx context.Context, a *hostfs.Attr, out *fuse.EntryOut) *f
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	a, absent, known := n.fromListing(name)
 	if !known && n.missed() {
+		gen := n.listGen()
 		if _, attrs, en := n.list(); en == 0 {
-			n.setListed(attrs)
+			n.setListed(gen, attrs)
 			a, absent, known = n.fromListing(name)
 		}
 	}
@@ -276,11 +295,12 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	gen := n.listGen()
 	list, attrs, en := n.list()
 	if en != 0 {
 		return nil, en
 	}
-	n.setListed(attrs)
+	n.setListed(gen, attrs)
 	return fs.NewListDirStream(list), 0
 }
 
@@ -349,6 +369,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
 	n.forgetListed()
+	defer n.forgetListed() // and a listing under way meanwhile is not kept
 	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpCreate, Path: n.child(name), Flags: int(flags), Mode: mode & 0o7777}, nil)
 	if en != 0 {
 		return nil, nil, 0, en
@@ -378,6 +399,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 
 func (n *node) made(ctx context.Context, req hostfs.Request, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	n.forgetListed()
+	defer n.forgetListed() // and a listing under way meanwhile is not kept
 	resp, _, en := n.call(req, nil)
 	if en != 0 {
 		return nil, en
@@ -390,23 +412,27 @@ func (n *node) made(ctx context.Context, req hostfs.Request, out *fuse.EntryOut)
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	n.forgetListed()
+	defer n.forgetListed() // and a listing under way meanwhile is not kept
 	_, _, en := n.call(hostfs.Request{Op: hostfs.OpUnlink, Path: n.child(name)}, nil)
 	return en
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	n.forgetListed()
+	defer n.forgetListed() // and a listing under way meanwhile is not kept
 	_, _, en := n.call(hostfs.Request{Op: hostfs.OpRmdir, Path: n.child(name)}, nil)
 	return en
 }
 
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	n.forgetListed()
+	defer n.forgetListed() // and a listing under way meanwhile is not kept
 	p, ok := newParent.(*node)
 	if !ok {
 		return syscall.EXDEV
 	}
 	p.forgetListed()
+	defer p.forgetListed()
 	_, _, en := n.call(hostfs.Request{Op: hostfs.OpRename, Path: n.child(name), Path2: p.child(newName), Flags: int(flags)}, nil)
 	return en
 }

@@ -281,3 +281,20 @@ func TestMountWidensReadAhead(t *testing.T) {
 		t.Fatalf("%s is %q, want %d", p, strings.TrimSpace(string(got)), readAheadKB)
 	}
 }
+
+// TestListingRacingAChange: a listing that was under way while the guest changed the
+// directory is not kept, so the new name is never answered as absent.
+func TestListingRacingAChange(t *testing.T) {
+	n := &node{}
+	gen := n.listGen()
+	n.forgetListed() // the guest's mkdir, while the listing was on its way
+	n.setListed(gen, map[string]*hostfs.Attr{"old": {Mode: syscall.S_IFREG}})
+	if _, absent, known := n.fromListing("new"); known || absent {
+		t.Fatalf("a stale listing answered for a name made after it: absent %v known %v", absent, known)
+	}
+	gen = n.listGen()
+	n.setListed(gen, map[string]*hostfs.Attr{"old": {Mode: syscall.S_IFREG}})
+	if _, absent, known := n.fromListing("new"); !known || !absent {
+		t.Fatalf("a fresh listing should answer absent: absent %v known %v", absent, known)
+	}
+}
