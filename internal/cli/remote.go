@@ -101,6 +101,13 @@ func (a *app) checkRemote(cmd *cobra.Command) error {
 		if flag("mount") {
 			return refuse("--mount shares folders of the daemon's machine", "run the command on "+t.Host.Name+" to share its folders")
 		}
+		if flag("publish-all") {
+			return refuse("--publish-all would listen on the daemon's machine",
+				"forward the ports you need to this machine with `banger vm port-forward NAME PORT...` once the VM runs")
+		}
+	case "banger bench mount":
+		return refuse("`bench mount` shares a folder it makes on this machine, which the remote daemon cannot reach",
+			"run `banger bench mount` on "+t.Host.Name)
 	}
 	return nil
 }

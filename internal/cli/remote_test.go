@@ -116,6 +116,8 @@ func TestRemoteHostRefusesLocalWork(t *testing.T) {
 		{"ssh://me@box", []string{"image", "build", "new", "--from", "bb"}, "names files on this machine"},
 		{"ssh://me@box", []string{"vm", "run", "-p", "8080", "--", "true"}, "vm port-forward"},
 		{"ssh://me@box", []string{"vm", "create", "dev", "--mount", ".:/root/src"}, "--mount"},
+		{"ssh://me@box", []string{"vm", "run", "--publish-all", "--", "true"}, "--publish-all"},
+		{"ssh://me@box", []string{"bench", "mount"}, "bench mount"},
 		{"ssh://me@box", []string{"vm", "port", "dev", "add", "8080"}, "vm port-forward dev 8080"},
 		{"ssh://me@box", []string{"vm", "ssh-config"}, "vm ssh-config"},
 		{"ssh://-oProxyCommand=touch%20/tmp/x", []string{"vm", "ls"}, "BANGER_HOST"},

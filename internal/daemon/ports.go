@@ -328,8 +328,10 @@ func (d *Daemon) handleVMPorts(w http.ResponseWriter, r *http.Request) error {
 // openForwardsOf opens the forwards of a VM that came up, reporting those that fail, and
 // starts publishing its listeners with --publish-all.
 func (d *Daemon) openForwardsOf(vm store.VM, rec vmRecord, progress progressFunc) {
+	// The VM's own forwards bind first: a published guest port must not take their host
+	// ports from them.
 	if rec.PublishAll {
-		d.startPublisher(vm.ID, vm.Name)
+		defer d.startPublisher(vm.ID, vm.Name)
 	}
 	if len(rec.Ports) == 0 {
 		return

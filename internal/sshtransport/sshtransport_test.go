@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -79,9 +80,25 @@ func TestParseHostRefusesHostile(t *testing.T) {
 func TestArgv(t *testing.T) {
 	tr := Transport{Host: Host{User: "me", Name: "box", Port: 2222, Banger: "/opt/my banger"}, Args: []string{"-i", "/k/id", "-p", "1"}}
 	got := strings.Join(tr.Argv([]string{"/opt/my banger", "daemon", "proxy"}, false), " ")
-	want := "-o BatchMode=yes -i /k/id -p 1 -p 2222 -l me -T -- box '/opt/my banger' daemon proxy"
+	want := "-o BatchMode=yes -p 2222 -l me -i /k/id -p 1 -T -- box '/opt/my banger' daemon proxy"
 	if got != want {
 		t.Fatalf("argv\n got %s\nwant %s", got, want)
+	}
+	// What the real ssh makes of it: the address's port and user, whatever the extra
+	// options say.
+	ssh, err := exec.LookPath("ssh")
+	if err != nil {
+		t.Skip("no ssh client on PATH (openssh-client) to resolve the command line with ssh -G")
+	}
+	tr.Args = []string{"-p", "1", "-l", "other", "-o", "Port=3", "-o", "User=x"}
+	argv := tr.Argv([]string{"true"}, false)
+	dash := slices.Index(argv, "--")
+	out, err := exec.Command(ssh, append(append([]string{"-G", "-F", "/dev/null"}, argv[:dash]...), "box")...).Output()
+	if err != nil {
+		t.Fatalf("ssh -G: %v", err)
+	}
+	if !strings.Contains(string(out), "\nport 2222\n") || !strings.Contains(string(out), "\nuser me\n") {
+		t.Fatalf("ssh resolves the command line to another port or user:\n%s", out)
 	}
 }
 

@@ -46,15 +46,17 @@ type Transport struct {
 // for the remote shell) on the host; tty asks for a terminal.
 func (t Transport) Argv(remote []string, tty bool) []string {
 	// First -o wins in ssh: nothing may turn prompts back on (stdin is our stream).
+	// The first -p and -l win too (ssh keeps the first value it sees of an option): the
+	// address's own port and user go before the user's extra options, so what errors name
+	// is where ssh goes.
 	args := []string{"-o", "BatchMode=yes"}
-	args = append(args, t.Args...)
-	// Last -p and -l win: the address's own say.
 	if t.Host.Port != 0 {
 		args = append(args, "-p", strconv.Itoa(t.Host.Port))
 	}
 	if t.Host.User != "" {
 		args = append(args, "-l", t.Host.User)
 	}
+	args = append(args, t.Args...)
 	if tty {
 		args = append(args, "-t")
 	} else {

@@ -89,6 +89,7 @@ type node struct {
 	listedAt time.Time
 	misses   int    // lookups the host answered since the last listing
 	gen      uint64 // counts the guest's changes to the directory (forgetListed)
+	tooBig   bool   // its listing would pass maxListed: lookups ask the host one by one
 }
 
 // maxListed bounds the names a directory keeps from a listing.
@@ -99,50 +100,82 @@ const maxListed = 1 << 16
 const listMissThreshold = 3
 
 // fromListing answers a lookup from a fresh listing: the attributes (each used once; the
-// kernel caches them after), or known is false when the host must be asked. absent says
-// the listing did not have the name.
-func (n *node) fromListing(name string) (a *hostfs.Attr, absent, known bool) {
+// kernel caches them after) and how long they stay true (what is left of the listing's
+// cacheFor, counted from when it was asked for), or known is false when the host must be
+// asked. absent says the listing did not have the name.
+func (n *node) fromListing(name string) (a *hostfs.Attr, absent, known bool, left time.Duration) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.listed == nil || time.Since(n.listedAt) > cacheFor {
+	left = cacheFor - time.Since(n.listedAt)
+	if n.listed == nil || left <= 0 {
 		n.listed = nil
-		return nil, false, false
+		return nil, false, false, 0
 	}
 	a, ok := n.listed[name]
 	if !ok {
-		return nil, true, true
+		return nil, true, true, left
 	}
 	if a == nil {
-		return nil, false, false
+		return nil, false, false, 0
 	}
 	n.listed[name] = nil
-	return a, false, true
+	return a, false, true, left
+}
+
+// changed drops this node's entry from its directory's listing: the guest changed it (a
+// write, a chmod, a truncate), so the attributes listed before are no longer true.
+func (n *node) changed() {
+	name, p := n.Parent()
+	if p == nil {
+		return
+	}
+	if pn, ok := p.Operations().(*node); ok {
+		pn.mu.Lock()
+		if _, listed := pn.listed[name]; listed {
+			pn.listed[name] = nil
+		}
+		pn.mu.Unlock()
+	}
 }
 
 // missed counts a lookup the host answered and says whether to list the directory now.
 func (n *node) missed() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.tooBig {
+		return false
+	}
 	n.misses++
 	return n.misses >= listMissThreshold
 }
 
-// listGen is the directory's change count, taken before a listing is asked for.
-func (n *node) listGen() uint64 {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.gen
+// listStart is where a listing begins: the directory's change count and the time, which
+// its answers' freshness counts from.
+type listStart struct {
+	gen uint64
+	at  time.Time
 }
 
-// setListed keeps a listing begun at change count gen, unless the guest changed the
-// directory while it was under way (the listing may predate that change).
-func (n *node) setListed(gen uint64, m map[string]*hostfs.Attr) {
+// startListing is taken before a listing is asked for.
+func (n *node) startListing() listStart {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if gen != n.gen {
+	return listStart{gen: n.gen, at: time.Now()}
+}
+
+// setListed keeps a listing begun at st, unless the guest changed the directory while it
+// was under way (the listing may predate that change). A nil listing (too many names to
+// keep) stops listing this directory for lookups.
+func (n *node) setListed(st listStart, m map[string]*hostfs.Attr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if m == nil {
+		n.tooBig = true
+	}
+	if st.gen != n.gen {
 		return
 	}
-	n.listed, n.listedAt, n.misses = m, time.Now(), 0
+	n.listed, n.listedAt, n.misses = m, st.at, 0
 }
 
 // forgetListed drops the listing's attributes once this directory changes.
@@ -223,19 +256,23 @@ func (n *node) entry(ctx context.Context, a *hostfs.Attr, out *fuse.EntryOut) *f
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	a, absent, known := n.fromListing(name)
+	a, absent, known, left := n.fromListing(name)
 	if !known && n.missed() {
-		gen := n.listGen()
+		st := n.startListing()
 		if _, attrs, en := n.list(); en == 0 {
-			n.setListed(gen, attrs)
-			a, absent, known = n.fromListing(name)
+			n.setListed(st, attrs)
+			a, absent, known, left = n.fromListing(name)
 		}
 	}
 	switch {
 	case absent:
 		return nil, syscall.ENOENT
 	case a != nil:
-		return n.entry(ctx, a, out), 0
+		ch := n.entry(ctx, a, out)
+		// No longer than the listing itself stays true.
+		out.SetEntryTimeout(left)
+		out.SetAttrTimeout(left)
+		return ch, 0
 	}
 	resp, _, en := n.call(hostfs.Request{Op: hostfs.OpLstat, Path: n.child(name)}, nil)
 	if en != 0 {
@@ -258,6 +295,8 @@ func (n *node) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) 
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	n.changed()
+	defer n.changed()
 	set := &hostfs.SetAttr{}
 	if m, ok := in.GetMode(); ok {
 		m &= 0o7777
@@ -295,12 +334,12 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	gen := n.listGen()
+	st := n.startListing()
 	list, attrs, en := n.list()
 	if en != 0 {
 		return nil, en
 	}
-	n.setListed(gen, attrs)
+	n.setListed(st, attrs)
 	return fs.NewListDirStream(list), 0
 }
 
@@ -477,6 +516,8 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 }
 
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.n.changed()
+	defer h.n.changed()
 	var done uint32
 	for len(data) > 0 {
 		chunk := data[:min(len(data), hostfs.MaxIO)]

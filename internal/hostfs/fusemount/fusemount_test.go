@@ -286,15 +286,56 @@ func TestMountWidensReadAhead(t *testing.T) {
 // directory is not kept, so the new name is never answered as absent.
 func TestListingRacingAChange(t *testing.T) {
 	n := &node{}
-	gen := n.listGen()
+	st := n.startListing()
 	n.forgetListed() // the guest's mkdir, while the listing was on its way
-	n.setListed(gen, map[string]*hostfs.Attr{"old": {Mode: syscall.S_IFREG}})
-	if _, absent, known := n.fromListing("new"); known || absent {
+	n.setListed(st, map[string]*hostfs.Attr{"old": {Mode: syscall.S_IFREG}})
+	if _, absent, known, _ := n.fromListing("new"); known || absent {
 		t.Fatalf("a stale listing answered for a name made after it: absent %v known %v", absent, known)
 	}
-	gen = n.listGen()
-	n.setListed(gen, map[string]*hostfs.Attr{"old": {Mode: syscall.S_IFREG}})
-	if _, absent, known := n.fromListing("new"); !known || !absent {
-		t.Fatalf("a fresh listing should answer absent: absent %v known %v", absent, known)
+	st = n.startListing()
+	n.setListed(st, map[string]*hostfs.Attr{"old": {Mode: syscall.S_IFREG}})
+	if _, absent, known, left := n.fromListing("new"); !known || !absent || left <= 0 || left > cacheFor {
+		t.Fatalf("a fresh listing should answer absent: absent %v known %v, for %v", absent, known, left)
+	}
+	// Freshness counts from when the listing was asked for, not when it came back.
+	n.setListed(listStart{gen: n.gen, at: time.Now().Add(-cacheFor)}, map[string]*hostfs.Attr{"old": {Mode: syscall.S_IFREG}})
+	if _, _, known, _ := n.fromListing("old"); known {
+		t.Fatal("a listing asked for cacheFor ago still answers")
+	}
+	// A directory too big to keep is not listed again for lookups.
+	big := &node{}
+	big.setListed(big.startListing(), nil)
+	for range listMissThreshold + 2 {
+		if big.missed() {
+			t.Fatal("a directory too big to keep is listed again for a lookup")
+		}
+	}
+}
+
+// TestGuestChangeDropsListedAttr: a file the guest writes or chmods after its directory
+// was listed is looked up on the host again, not answered with the listed attributes.
+func TestGuestChangeDropsListedAttr(t *testing.T) {
+	host := t.TempDir()
+	if err := os.WriteFile(filepath.Join(host, "f"), []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mnt := mounted(t, host, false)
+	if _, err := os.ReadDir(mnt); err != nil { // the listing
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(mnt, "f"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("2345"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Chmod(filepath.Join(mnt, "f"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(mnt, "f"))
+	if err != nil || fi.Size() != 5 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("after the guest's write and chmod: %v %v", fi, err)
 	}
 }
