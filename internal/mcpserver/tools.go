@@ -137,20 +137,27 @@ type RunInput struct {
 	Memory         string   `json:"memory,omitempty" jsonschema:"memory size like 512M or 2G (default: the daemon's default)"`
 }
 
+// checkCommand validates what vm_run and vm_exec share: the command (argv or shell), its
+// timeout, working directory and stdin.
+func checkCommand(argvIn []string, shell string, timeoutSeconds float64, workdirIn, stdin string) (argv []string, timeout time.Duration, workdir string, err error) {
+	if argv, err = checkArgv(argvIn, shell); err != nil {
+		return nil, 0, "", err
+	}
+	if timeout, err = checkTimeout(timeoutSeconds); err != nil {
+		return nil, 0, "", err
+	}
+	if workdir, err = checkWorkdir(workdirIn); err != nil {
+		return nil, 0, "", err
+	}
+	if err = checkStdin(stdin); err != nil {
+		return nil, 0, "", err
+	}
+	return argv, timeout, workdir, nil
+}
+
 func (t *tools) vmRun(ctx context.Context, req *mcp.CallToolRequest, in RunInput) (*mcp.CallToolResult, ExecOutput, error) {
-	argv, err := checkArgv(in.Argv, in.Shell)
+	argv, timeout, workdir, err := checkCommand(in.Argv, in.Shell, in.TimeoutSeconds, in.Workdir, in.Stdin)
 	if err != nil {
-		return nil, ExecOutput{}, err
-	}
-	timeout, err := checkTimeout(in.TimeoutSeconds)
-	if err != nil {
-		return nil, ExecOutput{}, err
-	}
-	workdir, err := checkWorkdir(in.Workdir)
-	if err != nil {
-		return nil, ExecOutput{}, err
-	}
-	if err := checkStdin(in.Stdin); err != nil {
 		return nil, ExecOutput{}, err
 	}
 	if err := checkShape(in.Image, in.CPUs, in.Memory); err != nil {
@@ -267,19 +274,8 @@ func (t *tools) vmExec(ctx context.Context, _ *mcp.CallToolRequest, in ExecInput
 	if err := checkName("name", in.Name); err != nil {
 		return nil, ExecOutput{}, err
 	}
-	argv, err := checkArgv(in.Argv, in.Shell)
+	argv, timeout, workdir, err := checkCommand(in.Argv, in.Shell, in.TimeoutSeconds, in.Workdir, in.Stdin)
 	if err != nil {
-		return nil, ExecOutput{}, err
-	}
-	timeout, err := checkTimeout(in.TimeoutSeconds)
-	if err != nil {
-		return nil, ExecOutput{}, err
-	}
-	workdir, err := checkWorkdir(in.Workdir)
-	if err != nil {
-		return nil, ExecOutput{}, err
-	}
-	if err := checkStdin(in.Stdin); err != nil {
 		return nil, ExecOutput{}, err
 	}
 	d, err := t.daemon(ctx)
