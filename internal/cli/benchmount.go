@@ -62,13 +62,9 @@ The VM and the folder are removed afterwards, also on failure or Ctrl-C.
   banger bench mount --image debian-bookworm --size-mb 200 --files 10000 --runs 3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			switch {
-			case o.runs < 1 || o.runs > benchMountMaxRuns:
-				return fmt.Errorf("--runs %d: pass a count between 1 and %d", o.runs, benchMountMaxRuns)
-			case o.sizeMB < 1 || o.sizeMB > benchMountMaxMB:
-				return fmt.Errorf("--size-mb %d: pass a size between 1 and %d", o.sizeMB, benchMountMaxMB)
-			case o.files < 1 || o.files > benchMountMaxFiles:
-				return fmt.Errorf("--files %d: pass a count between 1 and %d", o.files, benchMountMaxFiles)
+			if err := errors.Join(checkBenchFlag("runs", o.runs, benchMountMaxRuns), checkBenchFlag("size-mb", o.sizeMB, benchMountMaxMB),
+				checkBenchFlag("files", o.files, benchMountMaxFiles)); err != nil {
+				return err
 			}
 			return runClientBench(a, cmd, asJSON, func(ctx context.Context, c *client.Client, progress func(string, ...any)) (api.BenchMountResult, error) {
 				return runMountBench(ctx, c, o, progress)

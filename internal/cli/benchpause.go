@@ -50,11 +50,8 @@ on failure or Ctrl-C.
   banger bench pause --memory 1G --runs 5 --clones 3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.runs < 1 || o.runs > benchPauseMaxRuns {
-				return fmt.Errorf("--runs %d: pass a count between 1 and %d", o.runs, benchPauseMaxRuns)
-			}
-			if o.clones < 1 || o.clones > benchPauseMaxClones {
-				return fmt.Errorf("--clones %d: pass a count between 1 and %d", o.clones, benchPauseMaxClones)
+			if err := errors.Join(checkBenchFlag("runs", o.runs, benchPauseMaxRuns), checkBenchFlag("clones", o.clones, benchPauseMaxClones)); err != nil {
+				return err
 			}
 			return runClientBench(a, cmd, asJSON, func(ctx context.Context, c *client.Client, progress func(string, ...any)) (api.BenchPauseResult, error) {
 				return runPauseBench(ctx, c, o, progress)
@@ -66,6 +63,14 @@ on failure or Ctrl-C.
 	cmd.Flags().IntVar(&o.clones, "clones", 3, "clones per fork")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON (no progress)")
 	return cmd
+}
+
+// checkBenchFlag refuses a bench's count or size flag outside 1..most.
+func checkBenchFlag(name string, v, most int) error {
+	if v < 1 || v > most {
+		return fmt.Errorf("--%s %d: pass a value between 1 and %d", name, v, most)
+	}
+	return nil
 }
 
 // runClientBench runs a bench the client times: it reaches (or starts) the daemon, runs

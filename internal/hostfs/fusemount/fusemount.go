@@ -123,7 +123,8 @@ func (n *node) fromListing(name string) (a *hostfs.Attr, absent, known bool, lef
 }
 
 // changed drops this node's entry from its directory's listing: the guest changed it (a
-// write, a chmod, a truncate), so the attributes listed before are no longer true.
+// write, a chmod, a truncate), so the attributes listed before are no longer true. A
+// listing under way meanwhile is not kept either (its change count moves).
 func (n *node) changed() {
 	name, p := n.Parent()
 	if p == nil {
@@ -131,6 +132,7 @@ func (n *node) changed() {
 	}
 	if pn, ok := p.Operations().(*node); ok {
 		pn.mu.Lock()
+		pn.gen++
 		if _, listed := pn.listed[name]; listed {
 			pn.listed[name] = nil
 		}
